@@ -1,0 +1,35 @@
+# glassformer: `make demo` and `make test` each set up .venv/ themselves on a fresh clone.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU wheel of torch; a bare `torch` would pull a multi-GB CUDA build. On a GPU
+# machine: make test TORCH='torch>=2.4,<3'
+TORCH ?= torch==2.13.0
+EXTRAS ?= dev,viz,serve,hf
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install test test-fast demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH)"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(BIN)/glassformer explain "a fluffy blue creature roamed the verdant forest" --layer 0 --head 0
+
+bench: $(STAMP)
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .hypothesis

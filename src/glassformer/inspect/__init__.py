@@ -1,0 +1,1 @@
+"""Looking inside: activation caches, head detectors, the logit lens."""

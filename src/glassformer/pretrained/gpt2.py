@@ -1,0 +1,105 @@
+"""Hugging Face GPT-2 state dict -> ours. A pure function: tensors in, tensors out.
+
+Key map (i = layer; Hugging Face names may carry a leading "transformer."):
+
+    ours                          Hugging Face                 change
+    embed.W_E.weight              wte.weight                   -
+    embed.W_pos.weight            wpe.weight                   -
+    blocks.i.ln1.{weight,bias}    h.i.ln_1.{weight,bias}       -
+    blocks.i.attn.qkv.weight      h.i.attn.c_attn.weight       transpose
+    blocks.i.attn.qkv.bias        h.i.attn.c_attn.bias         -
+    blocks.i.attn.proj.weight     h.i.attn.c_proj.weight       transpose
+    blocks.i.attn.proj.bias       h.i.attn.c_proj.bias         -
+    blocks.i.ln2.{weight,bias}    h.i.ln_2.{weight,bias}       -
+    blocks.i.mlp.up.weight        h.i.mlp.c_fc.weight          transpose
+    blocks.i.mlp.up.bias          h.i.mlp.c_fc.bias            -
+    blocks.i.mlp.down.weight      h.i.mlp.c_proj.weight        transpose
+    blocks.i.mlp.down.bias        h.i.mlp.c_proj.bias          -
+    ln_final.{weight,bias}        ln_f.{weight,bias}           -
+    unembed.weight                lm_head.weight               only when not tied
+
+Why transpose: OpenAI's GPT-2 code used a "Conv1D" layer that stores its weight as
+[in, out] and computes x @ W; torch.nn.Linear stores [out, in] and computes x @ Wᵀ.
+Same numbers, other layout. c_attn's output columns are already Q | K | V with the
+heads side by side, which is exactly how our fused qkv is laid out.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import GlassformerError, ModelConfig
+from ._common import Converter
+
+ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
+# causal-mask buffers that old GPT-2 checkpoints saved alongside the weights; not parameters
+IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
+
+
+def config_from_hf(hf: dict) -> ModelConfig:
+    for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
+        if hf.get(flag):
+            raise GlassformerError(f"GPT-2 variant with {flag}=true is not supported")
+    if hf.get("scale_attn_weights") is False:
+        raise GlassformerError("GPT-2 variant with scale_attn_weights=false is not supported")
+    act = hf.get("activation_function", "gelu_new")
+    if act not in ACTIVATIONS:
+        raise GlassformerError(
+            f"GPT-2 activation {act!r} is not supported; supported: {', '.join(ACTIVATIONS)}"
+        )
+    d_model = hf["n_embd"]
+    return ModelConfig(
+        vocab_size=hf["vocab_size"],
+        context_length=hf.get("n_positions", hf.get("n_ctx", 1024)),
+        d_model=d_model,
+        n_heads=hf["n_head"],
+        n_layers=hf["n_layer"],
+        d_mlp=hf.get("n_inner") or 4 * d_model,
+        causal=True,
+        norm="pre",
+        activation=ACTIVATIONS[act],
+        norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+        tied_unembedding=hf.get("tie_word_embeddings", True),
+        bias=True,
+    )
+
+
+def convert(hf_config: dict, hf_state: dict[str, torch.Tensor]) -> tuple[ModelConfig, dict]:
+    """(our config, our state dict) from a Hugging Face GPT-2 config and state dict."""
+    config = config_from_hf(hf_config)
+    state = {
+        (k.removeprefix("transformer.") if k.startswith("transformer.") else k): v
+        for k, v in hf_state.items()
+        if not k.endswith(IGNORED_SUFFIXES)
+    }
+    c = Converter(state, "GPT-2")
+    C, V = config.d_model, config.vocab_size
+    ours = {
+        "embed.W_E.weight": c.take("wte.weight", (V, C)),
+        "embed.W_pos.weight": c.take("wpe.weight", (config.context_length, C)),
+        "ln_final.weight": c.take("ln_f.weight", (C,)),
+        "ln_final.bias": c.take("ln_f.bias", (C,)),
+    }
+    M, HD = config.d_mlp, config.n_heads * config.d_head
+    for i in range(config.n_layers):
+        h, b = f"h.{i}.", f"blocks.{i}."
+        ours |= {
+            b + "ln1.weight": c.take(h + "ln_1.weight", (C,)),
+            b + "ln1.bias": c.take(h + "ln_1.bias", (C,)),
+            b + "attn.qkv.weight": c.take(h + "attn.c_attn.weight", (C, 3 * HD)).T,
+            b + "attn.qkv.bias": c.take(h + "attn.c_attn.bias", (3 * HD,)),
+            b + "attn.proj.weight": c.take(h + "attn.c_proj.weight", (HD, C)).T,
+            b + "attn.proj.bias": c.take(h + "attn.c_proj.bias", (C,)),
+            b + "ln2.weight": c.take(h + "ln_2.weight", (C,)),
+            b + "ln2.bias": c.take(h + "ln_2.bias", (C,)),
+            b + "mlp.up.weight": c.take(h + "mlp.c_fc.weight", (C, M)).T,
+            b + "mlp.up.bias": c.take(h + "mlp.c_fc.bias", (M,)),
+            b + "mlp.down.weight": c.take(h + "mlp.c_proj.weight", (M, C)).T,
+            b + "mlp.down.bias": c.take(h + "mlp.c_proj.bias", (C,)),
+        }
+    if config.tied_unembedding:
+        c.drop("lm_head.weight")  # saved by some exports, but it is W_E itself
+    else:
+        ours["unembed.weight"] = c.take("lm_head.weight", (V, C))
+    c.check_all_used()
+    return config, {k: v.contiguous() for k, v in ours.items()}

@@ -1,0 +1,169 @@
+"""Text <-> token ids.
+
+Three kinds, one interface (`encode(text) -> list[int]`, `decode(ids) -> str`,
+`vocab_size`, `token_texts(ids)`, `to_json()`):
+
+- CharTokenizer: one token per character seen in a training text (nanoGPT's
+  Shakespeare-char); unseen characters are refused by name.
+- ByteTokenizer: one token per UTF-8 byte; lets a randomly initialised preset read any text.
+- HFTokenizer: any Hugging Face `tokenizer.json` (byte-level BPE like GPT-2,
+  WordPiece like BERT) through the `tokenizers` library; `train_bpe` makes a new one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+from .config import GlassformerError
+
+_MARK = "glassformer_tokenizer"  # key that tells our own formats from Hugging Face's
+
+
+class CharTokenizer:
+    kind = "char"
+
+    def __init__(self, chars: Iterable[str]) -> None:
+        self.chars = list(chars)
+        if len(set(self.chars)) != len(self.chars) or any(len(c) != 1 for c in self.chars):
+            raise GlassformerError("a character vocabulary needs distinct single characters")
+        self.index = {c: i for i, c in enumerate(self.chars)}
+
+    @classmethod
+    def from_text(cls, text: str) -> "CharTokenizer":
+        if not text:
+            raise GlassformerError("cannot build a character vocabulary from empty text")
+        return cls(sorted(set(text)))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            return [self.index[c] for c in text]
+        except KeyError as err:
+            raise GlassformerError(
+                f"character {err.args[0]!r} is not in this model's vocabulary of "
+                f"{self.vocab_size} characters"
+            ) from None
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return "".join(self.chars[i] for i in ids)
+
+    def token_texts(self, ids: Iterable[int]) -> list[str]:
+        return [self.chars[i] for i in ids]
+
+    def to_json(self) -> str:
+        return json.dumps({_MARK: "char", "chars": self.chars}, ensure_ascii=False)
+
+
+class ByteTokenizer:
+    kind = "bytes"
+    vocab_size = 256
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return bytes(ids).decode("utf-8", errors="replace")
+
+    def token_texts(self, ids: Iterable[int]) -> list[str]:
+        return [bytes([i]).decode("utf-8", errors="replace") for i in ids]
+
+    def to_json(self) -> str:
+        return json.dumps({_MARK: "bytes"})
+
+
+class HFTokenizer:
+    """A Hugging Face `tokenizers.Tokenizer`; special tokens ([CLS], [SEP]) are added
+    the way the original tokenizer adds them."""
+
+    kind = "hf"
+
+    def __init__(self, tok) -> None:
+        self.tok = tok
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def encode_batch(self, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
+        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=add_special_tokens)]
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def token_texts(self, ids: Iterable[int]) -> list[str]:
+        """Each token's own text: ' fluffy' for GPT-2's 'Ġfluffy', '##ing' for BERT."""
+        ids = list(ids)
+        if self.tok.decoder is not None and type(self.tok.decoder).__name__ == "ByteLevel":
+            return [self.tok.decode([i]) for i in ids]
+        return [self.tok.id_to_token(i) or f"<{i}>" for i in ids]
+
+    def token_id(self, token: str) -> int | None:
+        return self.tok.token_to_id(token)
+
+    def to_json(self) -> str:
+        return self.tok.to_str()
+
+
+Tokenizer = CharTokenizer | ByteTokenizer | HFTokenizer
+
+
+def tokenizer_from_json(text: str) -> Tokenizer:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise GlassformerError(f"tokenizer.json is not valid JSON ({err.msg})") from None
+    if isinstance(data, dict) and _MARK in data:
+        if data[_MARK] == "char":
+            return CharTokenizer(data["chars"])
+        if data[_MARK] == "bytes":
+            return ByteTokenizer()
+        raise GlassformerError(f"unknown tokenizer kind {data[_MARK]!r} in tokenizer.json")
+    from tokenizers import Tokenizer as _HF
+
+    try:
+        return HFTokenizer(_HF.from_str(text))
+    except Exception as err:  # the Rust library raises plain Exceptions
+        raise GlassformerError(f"tokenizer.json could not be read: {err}") from None
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    if not path.is_file():
+        raise GlassformerError(f"no tokenizer at {path}")
+    return tokenizer_from_json(path.read_text(encoding="utf-8"))
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, *, special_tokens=("<|endoftext|>",)) -> HFTokenizer:
+    """Train a byte-level BPE (GPT-2's scheme) of `vocab_size` tokens on `texts`.
+
+    Byte-level means every string can be encoded and decoded back exactly: the 256
+    bytes are in the vocabulary before any merge is learned.
+    """
+    from tokenizers import Tokenizer as _HF
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    if vocab_size < 256 + len(special_tokens):
+        raise GlassformerError(
+            f"a byte-level BPE needs at least {256 + len(special_tokens)} tokens, got {vocab_size}"
+        )
+    tok = _HF(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=list(special_tokens),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return HFTokenizer(tok)

@@ -1,0 +1,1 @@
+"""Pictures of attention: terminal text, matplotlib figures, a self-contained HTML page."""

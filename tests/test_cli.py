@@ -1,0 +1,126 @@
+"""The command line: output that could be wrong, and one-line errors for every bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from glassformer.cli import main
+from conftest import build, tiny_decoder, tree_digest
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *words):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err and lines[0].startswith("glassformer")
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_params_gpt2_total(capsys):
+    code, out, _ = run(capsys, "params", "gpt2")
+    assert code == 0
+    total = [line for line in out.splitlines() if line.startswith("Total")]
+    assert total and "124,439,808" in total[0]
+
+
+def test_params_gpt3_matches_video(capsys):
+    code, out, _ = run(capsys, "params", "gpt3-175b")
+    assert code == 0 and "14,495,514,624" in out and "57,982,058,496" in out
+
+
+def test_params_of_a_checkpoint_dir(capsys, tmp_path):
+    import glassformer as gf
+
+    model = build(tiny_decoder())
+    gf.save(model, tmp_path / "m")
+    code, out, _ = run(capsys, "params", str(tmp_path / "m"))
+    total = int([x for x in out.splitlines() if x.startswith("Total")][0].split()[-1].replace(",", ""))
+    assert code == 0 and total == sum(p.numel() for p in model.parameters())
+
+
+def test_explain_walks_every_step(capsys):
+    code, out, _ = run(capsys, "explain", "a fluffy blue creature", "--model", "random:lesson-tiny",
+                       "--layer", "1", "--head", "3")  # fmt: skip
+    assert code == 0
+    order = ["E ", "W_Q", "Q = E·W_Q", "W_K", "K = E·W_K", "Q·Kᵀ/√d", "mask", "pattern = softmax",
+             "V = E·W_V", "ΔE = pattern·V·W_O"]  # fmt: skip
+    positions = [out.index(s) for s in order]
+    assert positions == sorted(positions), "steps out of the video's order"
+    assert "-∞" in out  # the causal mask is drawn
+    assert "columns sum to 1" in out
+
+
+def test_explain_pattern_columns_sum_to_one():
+    import glassformer as gf
+    from glassformer.inspect.explain import walk_head
+
+    walk = walk_head(gf.load("random:lesson-tiny"), "hello there", 0, 1)
+    pattern = walk.step("pattern").tensor  # [query, key]
+    assert torch.allclose(pattern.sum(-1), torch.ones(len(walk.tokens)), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["params", "gpt5"], ["unknown preset"]),
+        (["explain", "hi", "--model", "random:gpt5"], ["unknown preset"]),
+        (["explain", "", "--model", "random:lesson-tiny"], ["empty"]),
+        (["explain", "x" * 65, "--model", "random:lesson-tiny"], ["65 tokens", "64"]),
+        (["explain", "hi", "--model", "/nonexistent/ckpt"], ["no such directory"]),
+        (["explain", "hi", "--model", "random:lesson-tiny", "--layer", "2"], ["layer 2", "0..1"]),
+        (["explain", "hi", "--model", "random:lesson-tiny", "--head", "4"], ["head 4", "0..3"]),
+        (["explain", "hi", "--model", "random:lesson-tiny", "--head", "x"], ["invalid int"]),
+        (["explain", "hi", "--model", "random:gpt3-175b"], ["too big"]),
+        (["frobnicate"], ["invalid choice"]),
+    ],
+)
+def test_bad_input_gives_one_line(capsys, argv, words):
+    code = None
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    _, err = capsys.readouterr()
+    assert_one_line_error(code, err, *words)
+
+
+def test_corrupt_checkpoint_and_invalid_config(capsys, tmp_path):
+    import glassformer as gf
+
+    gf.save(build(tiny_decoder()), tmp_path / "bad")
+    w = tmp_path / "bad" / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:500])
+    before = tree_digest(tmp_path)
+    code, _, err = run(capsys, "explain", "hi", "--model", str(tmp_path / "bad"))
+    assert_one_line_error(code, err, "corrupt or truncated")
+    assert tree_digest(tmp_path) == before  # nothing on disk touched
+
+    gf.save(build(tiny_decoder()), tmp_path / "cfg")
+    cfg = json.loads((tmp_path / "cfg" / "config.json").read_text())
+    cfg["model"]["activation"] = "swish"
+    (tmp_path / "cfg" / "config.json").write_text(json.dumps(cfg))
+    code, _, err = run(capsys, "explain", "hi", "--model", str(tmp_path / "cfg"))
+    assert_one_line_error(code, err, "invalid model config")
+
+
+def test_console_script_and_module_entry_points():
+    out = subprocess.run([sys.executable, "-m", "glassformer", "params", "minilm-l6"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0 and "Total" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "glassformer", "params", "nope"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    for command in ("params", "explain"):
+        h = subprocess.run([sys.executable, "-m", "glassformer", command, "--help"],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert h.returncode == 0 and "usage" in h.stdout

@@ -1,0 +1,53 @@
+import pytest
+
+import glassformer as gf
+
+
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        (dict(d_model=50, n_heads=4), "not divisible"),
+        (dict(n_heads=0), "n_heads"),
+        (dict(vocab_size=-3), "vocab_size"),
+        (dict(norm="middle"), "norm"),
+        (dict(activation="swish"), "activation"),
+        (dict(dropout=1.5), "dropout"),
+        (dict(norm_eps=0), "norm_eps"),
+        (dict(d_head=0), "d_head"),
+        (dict(causal="yes"), "causal"),
+        (dict(context_length=2.5), "context_length"),
+    ],
+)
+def test_invalid_values_raise_clear_errors(changes, words):
+    with pytest.raises(ValueError, match=words):
+        gf.ModelConfig(**changes)
+
+
+def test_defaults_and_frozen():
+    c = gf.ModelConfig(d_model=96, n_heads=6)
+    assert c.d_head == 16 and c.d_mlp == 384
+    with pytest.raises(Exception):
+        c.d_model = 3  # frozen
+
+
+def test_presets_have_familiar_shapes():
+    assert gf.PRESETS["gpt3-175b"].d_head == 128 and gf.PRESETS["gpt3-175b"].n_heads == 96
+    assert gf.PRESETS["gpt2-xl"].n_layers == 48
+    assert not gf.PRESETS["bert-base-uncased"].causal
+    assert gf.PRESETS["minilm-l6"].d_model == 384
+    for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "gpt3-175b",
+                 "bert-base-uncased", "minilm-l6", "lesson-tiny"):  # fmt: skip
+        assert isinstance(gf.PRESETS[name], gf.ModelConfig)
+
+
+def test_round_trip_and_replace():
+    c = gf.PRESETS["minilm-l6"]
+    assert gf.ModelConfig.from_dict(c.to_dict()) == c
+    assert c.replace(n_layers=2).n_layers == 2
+    with pytest.raises(ValueError, match="unknown config field"):
+        c.replace(layers=2)
+
+
+def test_unknown_preset():
+    with pytest.raises(gf.GlassformerError, match="known presets"):
+        gf.preset("gpt5")

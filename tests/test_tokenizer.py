@@ -1,0 +1,62 @@
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import glassformer as gf
+from glassformer.tokenizer import ByteTokenizer, CharTokenizer, tokenizer_from_json, train_bpe
+
+SHAKESPEARE_BITS = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n"
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    return train_bpe([SHAKESPEARE_BITS * 20, "a fluffy blue creature roamed the verdant forest"], 400)
+
+
+@given(st.text(alphabet=sorted(set(SHAKESPEARE_BITS)), max_size=200))
+def test_char_round_trip(text):
+    tok = CharTokenizer.from_text(SHAKESPEARE_BITS)
+    assert tok.decode(tok.encode(text)) == text
+
+
+def test_char_unknown_character_is_named():
+    tok = CharTokenizer.from_text("abc")
+    with pytest.raises(gf.GlassformerError, match="'z'"):
+        tok.encode("abz")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(max_size=300))
+def test_byte_level_bpe_round_trip_is_exact(bpe, text):
+    assert bpe.decode(bpe.encode(text)) == text
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.text(max_size=100))
+def test_byte_tokenizer_round_trip(text):
+    tok = ByteTokenizer()
+    assert tok.decode(tok.encode(text)) == text
+
+
+def test_bpe_has_the_asked_vocab_size_and_merges(bpe):
+    assert 257 < bpe.vocab_size <= 400  # the corpus may run out of merges first
+    assert len(bpe.encode("Speak, speak.")) < len("Speak, speak.")
+
+
+def test_json_round_trip(bpe):
+    for tok in (bpe, CharTokenizer.from_text("hello"), ByteTokenizer()):
+        again = tokenizer_from_json(tok.to_json())
+        assert again.encode("hello") == tok.encode("hello")
+        assert type(again) is type(tok)
+
+
+def test_token_texts_are_readable(bpe):
+    ids = bpe.encode("the verdant forest")
+    assert "".join(bpe.token_texts(ids)) == "the verdant forest"
+
+
+def test_bad_json():
+    with pytest.raises(gf.GlassformerError):
+        tokenizer_from_json("{not json")
+    with pytest.raises(gf.GlassformerError):
+        train_bpe(["x"], 100)
