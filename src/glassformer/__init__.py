@@ -13,7 +13,14 @@ __version__ = "0.1.0"
 
 
 def load(name_or_path, **kwargs):
-    """A model with its tokenizer attached; see `glassformer.pretrained.load`."""
+    """A model with its tokenizer attached: a checkpoint or Hugging Face directory, a hub
+    id, "minilm", "random:PRESET", or "lesson:NAME" (trained on first use, then cached).
+    See `glassformer.pretrained.load`."""
+    if str(name_or_path).startswith("lesson:"):
+        from .pretrained import load_dir
+        from .train.lesson_models import lesson_model_dir
+
+        return load_dir(lesson_model_dir(str(name_or_path), **kwargs))
     from .pretrained import load as _load
 
     return _load(name_or_path, **kwargs)

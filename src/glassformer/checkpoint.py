@@ -48,8 +48,10 @@ def write_dir_atomically(target: str | Path, write: Callable[[Path], None]) -> P
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
     try:
         write(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is an ordinary directory
         for f in tmp.rglob("*"):
             if f.is_file():
+                os.chmod(f, 0o644)
                 _fsync(f)
         _fsync(tmp)
         if target.exists():

@@ -2,6 +2,8 @@
 
     glassformer params NAME|DIR
     glassformer explain TEXT [--model M] [--layer L] [--head H]
+    glassformer train --data FILE|lesson:NAME --out DIR [...]   |   --resume DIR
+    glassformer generate --model M --prompt TEXT [...]
 """
 
 from __future__ import annotations
@@ -15,9 +17,26 @@ from .config import PRESETS, GlassformerError
 
 DEFAULT_TEXT = "a fluffy blue creature roamed the verdant forest"
 MODEL_HELP = (
-    "a checkpoint or Hugging Face directory, a hub id (gpt2, bert-base-uncased, ...), "
-    "minilm (offline all-MiniLM-L6-v2), or random:PRESET"
+    "a checkpoint, training run or Hugging Face directory, a hub id (gpt2, bert-base-uncased, ...), "
+    "minilm (offline all-MiniLM-L6-v2), lesson:adjectives or lesson:induction (trained on first "
+    "use), or random:PRESET"
 )
+TRAIN_FIELDS = {  # flag -> (type, help); None defaults mean "the lesson's or TrainConfig's"
+    "tokenizer": (str, "char or bpe:VOCAB_SIZE (trained on the training split); lessons bring their own"),
+    "preset": (str, "model shape to start from (see glassformer params)"),
+    "n_layers": (int, "blocks"), "n_heads": (int, "heads per layer"), "d_model": (int, "embedding size"),
+    "d_head": (int, "query/key size per head"), "d_mlp": (int, "MLP hidden size"),
+    "context_length": (int, "tokens per window"), "dropout": (float, "dropout probability"),
+    "steps": (int, "optimizer steps"), "batch_size": (int, "sequences per micro-batch per process"),
+    "grad_accum": (int, "micro-batches per step"), "lr": (float, "peak learning rate"),
+    "min_lr": (float, "final learning rate of the cosine decay"), "warmup": (int, "linear warmup steps"),
+    "weight_decay": (float, "AdamW weight decay on matrices"), "grad_clip": (float, "max gradient norm (0: off)"),
+    "eval_every": (int, "steps between evaluations and checkpoints"),
+    "eval_batches": (int, "validation batches per evaluation"),
+    "ckpt_every": (int, "extra checkpoints every N steps"), "seed": (int, "random seed"),
+    "val_fraction": (float, "share of a text file held out"), "device": (str, "auto, cpu or cuda"),
+    "stop_at": (int, "stop this process at step N (resume later)"),
+}  # fmt: skip
 
 
 class Parser(argparse.ArgumentParser):
@@ -26,7 +45,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def default_model() -> str:
-    return "random:lesson-tiny"
+    return "lesson:adjectives"
 
 
 def load_model(name: str):
@@ -79,6 +98,74 @@ def cmd_explain(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from . import lessons
+    from .train import TrainConfig, resume, train
+    from .train.trainer import MODEL_FIELDS
+
+    given = {f: getattr(args, f) for f in TRAIN_FIELDS if getattr(args, f) is not None}
+    if args.compile:
+        given["compile"] = True
+    progress = not args.quiet
+    if args.resume:
+        if args.out and Path(args.out) != Path(args.resume):
+            raise GlassformerError("--resume continues a run in its own directory; drop --out")
+        expect = {f: given[f] for f in MODEL_FIELDS + ("preset",) if f in given}
+        result = resume(args.resume, steps=given.get("steps"), stop_at=given.get("stop_at"),
+                        expect=expect, data=args.data, progress=progress)  # fmt: skip
+    else:
+        if not args.data or not args.out:
+            raise GlassformerError("give --data FILE|lesson:NAME and --out DIR (or --resume DIR)")
+        defaults = {}
+        if args.data.startswith("lesson:"):
+            defaults = lessons.get(args.data).TRAIN_DEFAULTS
+            if "tokenizer" in given:
+                raise GlassformerError(f"{args.data} brings its own word tokenizer; drop --tokenizer")
+        result = train(TrainConfig(data=args.data, out=args.out, **{**defaults, **given}), progress=progress)
+    last = result.history[-1] if result.history else None
+    summary = f"; last val loss {last['val_loss']:.4f}" if last else ""
+    print(f"trained to step {result.step}{summary}; best val loss {result.best_val_loss:.4f}")
+    print(f"model: {result.out} (glassformer generate --model {result.out} --prompt ...)")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from .generate import stream
+
+    model = load_model(args.model)
+    if not model.config.causal:
+        raise GlassformerError(f"{args.model} is an encoder; generation needs a decoder (GPT) model")
+    if model.tokenizer is None:
+        raise GlassformerError(f"{args.model} has no tokenizer to read the prompt with")
+    if not args.prompt:
+        raise GlassformerError("the prompt is empty; give --prompt TEXT")
+    ids = model.tokenizer.encode(args.prompt)
+    limit = model.config.context_length
+    if len(ids) > limit:
+        if not args.crop:
+            raise GlassformerError(
+                f"the prompt is {len(ids)} tokens; this model's context is {limit} tokens (--crop keeps the end)"
+            )
+        print(f"glassformer: prompt cropped from {len(ids)} to its last {limit} tokens", file=sys.stderr)
+        ids = ids[-limit:]
+    decode = model.tokenizer.decode
+    shown = decode(ids)
+    sys.stdout.write(shown)
+    sys.stdout.flush()
+    all_ids = list(ids)
+    for new in stream(model, ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                      top_k=args.top_k, top_p=args.top_p, seed=args.seed, use_cache=not args.no_cache):  # fmt: skip
+        all_ids.append(int(new[0]))
+        text = decode(all_ids)
+        if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+            continue
+        sys.stdout.write(text[len(shown):] if text.startswith(shown) else "")
+        sys.stdout.flush()
+        shown = text
+    sys.stdout.write("\n")
+    return 0
+
+
 # --- parser ------------------------------------------------------------------------
 def build_parser() -> Parser:
     p = Parser(prog="glassformer", description="A transformer you can see through.")
@@ -103,6 +190,34 @@ def build_parser() -> Parser:
     s.add_argument("--usual", action="store_true",
                    help="draw grids with queries down the side (rows sum to 1) instead of the video's way")  # fmt: skip
     s.set_defaults(fn=cmd_explain)
+
+    s = sub.add_parser("train", help="train a GPT on a text file or a built-in lesson",
+                       description="Train with AdamW (decay on matrices only), linear warmup then "
+                       "cosine decay, clipping and accumulation; evaluate on fixed validation batches; "
+                       "checkpoint atomically to DIR/latest and DIR/best; log DIR/log.jsonl. "
+                       "Under torchrun the same command runs DistributedDataParallel.")  # fmt: skip
+    s.add_argument("--data", help="a UTF-8 text file, or lesson:adjectives / lesson:induction")
+    s.add_argument("--out", help="run directory to create")
+    s.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly where it stopped")
+    for field, (kind, text) in TRAIN_FIELDS.items():
+        s.add_argument("--" + field.replace("_", "-"), dest=field, type=kind, default=None, help=text)
+    s.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
+    s.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("generate", help="sample text from a decoder, streaming it as it comes",
+                       description="Sample with temperature (0 = greedy), top-k and top-p, using a KV "
+                       "cache so each new token costs one position.")  # fmt: skip
+    s.add_argument("--model", "-m", required=True, help=MODEL_HELP)
+    s.add_argument("--prompt", "-p", default="\n", help="text to continue")
+    s.add_argument("--max-new-tokens", "-n", type=int, default=100)
+    s.add_argument("--temperature", "-t", type=float, default=1.0, help="0 = always the likeliest token")
+    s.add_argument("--top-k", type=int, help="sample only among the k likeliest tokens")
+    s.add_argument("--top-p", type=float, help="sample only among the likeliest tokens covering p")
+    s.add_argument("--seed", type=int, help="make sampling reproducible")
+    s.add_argument("--crop", action="store_true", help="keep the end of a prompt longer than the context")
+    s.add_argument("--no-cache", action="store_true", help="recompute every position each step (slow)")
+    s.set_defaults(fn=cmd_generate)
     return p
 
 

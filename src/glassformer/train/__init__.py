@@ -1,0 +1,5 @@
+"""Training: text -> token ids -> batches -> AdamW, with exact resume and DDP."""
+
+from .trainer import TrainConfig, resume, train
+
+__all__ = ["TrainConfig", "resume", "train"]

@@ -1,0 +1,181 @@
+"""Training: loss falls, resume is bit-exact, kills never lose a checkpoint, DDP == one process."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import glassformer as gf
+from glassformer import checkpoint
+from glassformer.cli import main
+from glassformer.train import TrainConfig, resume, train
+from conftest import tree_digest
+
+SMALL = dict(preset="lesson-tiny", d_model=32, n_layers=1, batch_size=8, lr=3e-3, warmup=5,
+             eval_batches=4)  # fmt: skip
+
+
+def text_file(tmp_path, n=4000) -> Path:
+    from glassformer.lessons import adjectives
+
+    path = tmp_path / "text.txt"
+    path.write_text(adjectives.text(n, seed=3))
+    return path
+
+
+def log_lines(out) -> list[dict]:
+    return [json.loads(x) for x in (Path(out) / "log.jsonl").read_text().splitlines()]
+
+
+def test_loss_falls_and_run_loads(tmp_path):
+    out = tmp_path / "run"
+    result = train(TrainConfig(data=str(text_file(tmp_path)), out=str(out), steps=60, eval_every=20,
+                               **SMALL), progress=False)  # fmt: skip
+    log = log_lines(out)
+    assert [r["step"] for r in log] == [20, 40, 60]
+    assert log[-1]["val_loss"] < log[0]["val_loss"] - 0.3
+    assert set(log[0]) >= {"step", "train_loss", "val_loss", "lr", "tokens_per_s"}
+    model = gf.load(out)  # a run directory loads as its best checkpoint
+    assert model.tokenizer.kind == "char" and result.best_val_loss == min(r["val_loss"] for r in log)
+
+
+def test_bpe_tokenizer_is_trained_and_saved(tmp_path):
+    out = tmp_path / "run"
+    train(TrainConfig(data=str(text_file(tmp_path)), out=str(out), tokenizer="bpe:300", steps=4,
+                      eval_every=4, **SMALL), progress=False)  # fmt: skip
+    model = gf.load(out)
+    assert model.config.vocab_size == model.tokenizer.vocab_size <= 300
+    assert model.tokenizer.decode(model.tokenizer.encode("a fluffy creature")) == "a fluffy creature"
+
+
+def test_resume_is_bit_identical(tmp_path):
+    common = dict(data="lesson:adjectives", steps=30, eval_every=10, **SMALL)
+    full = tmp_path / "full"
+    train(TrainConfig(out=str(full), **common), progress=False)
+    split = tmp_path / "split"
+    train(TrainConfig(out=str(split), stop_at=15, ckpt_every=5, **common), progress=False)
+    assert [r["step"] for r in log_lines(split)] == [10]
+    resume(split, progress=False)
+    assert log_lines(split) == [{**r, "tokens_per_s": s["tokens_per_s"]}
+                                for r, s in zip(log_lines(full), log_lines(split))]  # fmt: skip
+    a = checkpoint.read_safetensors(full / "latest" / "model.safetensors")
+    b = checkpoint.read_safetensors(split / "latest" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_sigkill_never_loses_the_last_good_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "glassformer", "train", "--data", "lesson:adjectives", "--out", str(out),
+           "--preset", "lesson-tiny", "--steps", "100000", "--eval-every", "7", "--eval-batches", "1",
+           "--ckpt-every", "1", "--batch-size", "4", "--quiet"]  # fmt: skip
+    def saved_step() -> int:
+        latest = checkpoint.find_dir(out / "latest")
+        try:
+            return json.loads((latest / "train_state.json").read_text())["step"]
+        except (TypeError, OSError, ValueError):
+            return -1
+
+    steps_seen = [-1]
+    for attempt, delay in enumerate([0.5, 0.13, 0.31, 0.07, 0.22]):
+        proc = subprocess.Popen(cmd if attempt == 0 else cmd[:4] + ["--resume", str(out), "--quiet"])
+        start = time.monotonic()
+        while time.monotonic() - start < 90 and saved_step() <= steps_seen[-1]:
+            time.sleep(0.02)  # until this process has written checkpoints of its own
+        time.sleep(delay)  # with a checkpoint every step, most of the time is spent writing one
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        latest = checkpoint.find_dir(out / "latest")
+        assert latest is not None, "the last good checkpoint was lost"
+        model = checkpoint.load(out / "latest")  # loads, with every tensor in place
+        assert model.config.n_layers == 2
+        steps_seen.append(saved_step())
+    steps_seen = steps_seen[1:]
+    assert steps_seen == sorted(steps_seen) and steps_seen[-1] > steps_seen[0]
+    # and the run still continues from there
+    assert main(["train", "--resume", str(out), "--steps", str(steps_seen[-1] + 2), "--quiet"]) == 0
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_equal_one_with_the_combined_batch(tmp_path):
+    args = ["--data", "lesson:adjectives", "--preset", "lesson-tiny", "--steps", "6", "--eval-every", "3",
+            "--eval-batches", "2", "--quiet", "--device", "cpu"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "glassformer", "train", "--out", str(tmp_path / "one"),
+                          "--batch-size", "8", *args], env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+                          "--nproc-per-node", "2", "-m", "glassformer", "train", "--out", str(tmp_path / "two"),
+                          "--batch-size", "4", *args], env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = checkpoint.read_safetensors(tmp_path / "one" / "latest" / "model.safetensors")
+    b = checkpoint.read_safetensors(tmp_path / "two" / "latest" / "model.safetensors")
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst <= 1e-5, f"max |Δ| between 1 and 2 processes = {worst}"
+    assert not list((tmp_path / "two").glob("*/.*tmp*"))  # only rank 0 wrote
+
+
+@pytest.mark.slow
+def test_default_adjectives_lesson_grows_an_adjective_head(tmp_path):
+    from glassformer.inspect import heads
+
+    start = time.monotonic()
+    code = subprocess.run([sys.executable, "-m", "glassformer", "train", "--data", "lesson:adjectives",
+                           "--out", str(tmp_path / "adj"), "--quiet"], timeout=600).returncode  # fmt: skip
+    seconds = time.monotonic() - start
+    assert code == 0
+    assert seconds < 120, f"the default lesson took {seconds:.0f} s"
+    model = gf.load(tmp_path / "adj")
+    own, far = heads.adjective_scores(model, n=300, seed=2024)  # held-out sentences
+    layer, head, score = heads.strongest(own)
+    print(f"\nadjective head {layer}.{head}: own {score:.2f}, non-adjacent {far[layer, head]:.2f}, {seconds:.0f} s")
+    assert score >= 0.5, f"best head puts only {score:.2f} of a noun's attention on its adjectives"
+    assert far[layer, head] >= 0.3, f"head {layer}.{head} puts {far[layer, head]:.2f} on non-adjacent adjectives"
+
+
+# --- bad input -------------------------------------------------------------------------
+def one_line_error(capsys, argv, *words):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for w in words:
+        assert w in err, err
+
+
+def test_bad_training_inputs(capsys, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    binary = tmp_path / "data.bin"
+    binary.write_bytes(bytes(range(256)) * 10)
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("café".encode("latin-1"))
+    latin.with_name("ok.txt").write_text("some fine text " * 50)
+    out = str(tmp_path / "o")
+    one_line_error(capsys, ["train", "--data", str(empty), "--out", out], "empty")
+    one_line_error(capsys, ["train", "--data", str(binary), "--out", out], "binary")
+    one_line_error(capsys, ["train", "--data", str(latin), "--out", out], "not UTF-8")
+    one_line_error(capsys, ["train", "--data", str(tmp_path / "nope.txt"), "--out", out], "no such file")
+    one_line_error(capsys, ["train", "--data", "lesson:poetry", "--out", out], "unknown lesson", "lesson:adjectives")
+    one_line_error(capsys, ["train", "--data", "lesson:adjectives"], "--out")
+    one_line_error(capsys, ["train", "--data", str(latin.with_name("ok.txt")), "--out", out, "--tokenizer",
+                            "words"], "unknown tokenizer")  # fmt: skip
+    one_line_error(capsys, ["train", "--data", "lesson:adjectives", "--out", out, "--tokenizer", "bpe:300"],
+                   "brings its own")  # fmt: skip
+    assert not Path(out).exists()  # nothing was created by any of them
+
+
+def test_resume_refuses_another_shape_and_keeps_files(capsys, tmp_path):
+    out = tmp_path / "run"
+    train(TrainConfig(data="lesson:adjectives", out=str(out), steps=4, eval_every=2, **SMALL), progress=False)
+    before = tree_digest(out)
+    one_line_error(capsys, ["train", "--resume", str(out), "--d-model", "64"], "d_model=32", "not 64")
+    one_line_error(capsys, ["train", "--resume", str(out), "--data", "lesson:induction"], "resume refused")
+    one_line_error(capsys, ["train", "--data", "lesson:adjectives", "--out", str(out)], "--resume")
+    one_line_error(capsys, ["train", "--resume", str(tmp_path / "nothing")], "no resumable checkpoint")
+    assert tree_digest(out) == before
