@@ -32,6 +32,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .hooks import HookPoint
+from .linear import Linear
 
 
 class LayerCache:
@@ -98,8 +99,8 @@ class Attention(nn.Module):
         self.causal = config.causal
         self.dropout = config.dropout
         HD = self.n_heads * self.d_head
-        self.qkv = nn.Linear(C, 3 * HD, bias=config.bias)  # W_Q | W_K | W_V (value-down), stacked
-        self.proj = nn.Linear(HD, C, bias=config.bias)  # W_O: value-up, every head's at once
+        self.qkv = Linear(C, 3 * HD, bias=config.bias)  # [C, 3·H·D]: W_Q | W_K | W_V side by side
+        self.proj = Linear(HD, C, bias=config.bias)  # [H·D, C]: W_O, value-up, every head's at once
         self.pattern_dropout = nn.Dropout(config.dropout)
         self.hook_q = HookPoint()  # [B, H, T, D]
         self.hook_k = HookPoint()  # [B, H, S, D]
@@ -114,8 +115,8 @@ class Attention(nn.Module):
     # --- per-head views of the stored weights (no copies) ---------------------------
     def _split(self, which: int) -> torch.Tensor:
         H, D = self.n_heads, self.d_head
-        rows = self.qkv.weight[which * H * D : (which + 1) * H * D]  # [H*D, C] (nn.Linear is out×in)
-        return rows.view(H, D, -1).transpose(1, 2)  # [H, C, D], so that Q_h = E @ W_Q[h]
+        cols = self.qkv.weight[:, which * H * D : (which + 1) * H * D]  # [C, H*D]
+        return cols.view(-1, H, D).permute(1, 0, 2)  # [H, C, D], so that Q_h = E @ W_Q[h]
 
     @property
     def W_Q(self) -> torch.Tensor:
@@ -131,8 +132,7 @@ class Attention(nn.Module):
 
     @property
     def W_O(self) -> torch.Tensor:
-        # [C, H*D] -> [H, D, C], so that ΔE = Σ_h z_h @ W_O[h]
-        return self.proj.weight.view(-1, self.n_heads, self.d_head).permute(1, 2, 0)
+        return self.proj.weight.view(self.n_heads, self.d_head, -1)  # [H, D, C]: ΔE = Σ_h z_h @ W_O[h]
 
     def _split_bias(self, which: int) -> torch.Tensor | None:
         if self.qkv.bias is None:

@@ -4,6 +4,9 @@
     glassformer explain TEXT [--model M] [--layer L] [--head H]
     glassformer train --data FILE|lesson:NAME --out DIR [...]   |   --resume DIR
     glassformer generate --model M --prompt TEXT [...]
+    glassformer heads --model M            what each head does
+    glassformer lens TEXT --model M        the logit lens
+    glassformer neurons TEXT --model M     MLP neurons that fire, and what they write
 """
 
 from __future__ import annotations
@@ -48,10 +51,10 @@ def default_model() -> str:
     return "lesson:adjectives"
 
 
-def load_model(name: str):
+def load_model(name: str | None):
     from . import load
 
-    return load(name)
+    return load(name or default_model())
 
 
 # --- commands ----------------------------------------------------------------------
@@ -166,6 +169,81 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_heads(args) -> int:
+    from .inspect import heads
+
+    model = load_model(args.model)
+    ids = None
+    if args.text:
+        from .inspect.explain import encode_text
+
+        ids = encode_text(model, args.text)
+    tables = heads.detect_all(model, ids)
+    print(f"{args.model}: {model.config.n_layers} layers x {model.config.n_heads} heads; "
+          f"scores are attention weights in [0, 1]")  # fmt: skip
+    for kind, table in tables.items():
+        print()
+        print(f"{kind}: {heads.DETECTORS[kind]}")
+        print("layer " + " ".join(f"{f'h{h}':>5}" for h in range(table.shape[1])))
+        for layer, row in enumerate(table.tolist()):
+            print(f"{layer:>5} " + " ".join(f"{v:5.2f}" for v in row))
+    print()
+    for kind, table in tables.items():
+        layer, head, score = heads.strongest(table)
+        print(f"strongest {kind} head: layer {layer}, head {head} ({score:.2f})")
+    return 0
+
+
+def cmd_lens(args) -> int:
+    from .inspect.explain import encode_text
+    from .inspect.lens import logit_lens
+    from .viz.text import label
+
+    model = load_model(args.model)
+    ids = encode_text(model, args.text)
+    rows = logit_lens(model, ids, k=args.k)
+    tokens = model.tokenizer.token_texts(ids[0].tolist())
+    print("the residual stream read through the final norm and W_U after each layer "
+          f"(top {args.k} next-token guesses, probability in brackets)")  # fmt: skip
+    for pos, tok in enumerate(tokens):
+        print(f"\nafter [{label(tok, 16)}] (position {pos})")
+        for row in rows:
+            guesses = "  ".join(f"{label(t, 10)}({p:.2f})" for t, p in zip(row.tokens[pos], row.probs[pos].tolist()))
+            print(f"  {row.layer:>5}: {guesses}")
+    return 0
+
+
+def cmd_neurons(args) -> int:
+    from .inspect.explain import encode_text
+    from .inspect.lens import neuron_tokens, top_neurons
+    from .viz.text import label
+
+    model = load_model(args.model)
+    if args.neuron:
+        try:
+            layer, index = (int(x) for x in args.neuron.split("."))
+        except ValueError:
+            raise GlassformerError(f"--neuron wants LAYER.INDEX, e.g. 3.1024, got {args.neuron!r}") from None
+        pairs = [(layer, index, None)]
+    else:
+        if not args.text:
+            raise GlassformerError("give a TEXT to find the neurons that fire on it, or --neuron LAYER.INDEX")
+        ids = encode_text(model, args.text)
+        T = ids.shape[1]
+        if not -T <= args.position < T:
+            raise GlassformerError(f"position {args.position} is out of range for {T} tokens")
+        token = model.tokenizer.token_texts([int(ids[0, args.position])])[0]
+        print(f"MLP neurons firing hardest at [{label(token, 16)}] (position {args.position % T})")
+        pairs = top_neurons(model, ids, args.position, k=args.k)
+    for layer, index, act in pairs:
+        head = f"  neuron {layer}.{index}" + (f"  activation {act:+.2f}" if act is not None else "")
+        if model.config.causal:
+            pushes = ", ".join(f"{label(t, 12)}" for t, _ in neuron_tokens(model, layer, index, k=6))
+            head += f"  pushes up: {pushes}"
+        print(head)
+    return 0
+
+
 # --- parser ------------------------------------------------------------------------
 def build_parser() -> Parser:
     p = Parser(prog="glassformer", description="A transformer you can see through.")
@@ -218,6 +296,27 @@ def build_parser() -> Parser:
     s.add_argument("--crop", action="store_true", help="keep the end of a prompt longer than the context")
     s.add_argument("--no-cache", action="store_true", help="recompute every position each step (slow)")
     s.set_defaults(fn=cmd_generate)
+
+    s = sub.add_parser("heads", help="score every head: previous-token, duplicate, induction, sink, adjective",
+                       description="Run the head detectors and print a [layer, head] table for each, "
+                       "then the strongest head of each kind.")  # fmt: skip
+    s.add_argument("--model", "-m", default=None, help=MODEL_HELP)
+    s.add_argument("--text", help="score on this text instead of repeated random tokens")
+    s.set_defaults(fn=cmd_heads)
+
+    s = sub.add_parser("lens", help="the logit lens: what the stream predicts after each layer")
+    s.add_argument("text", help="the text to read")
+    s.add_argument("--model", "-m", default=None, help=MODEL_HELP)
+    s.add_argument("-k", type=int, default=5, help="guesses per position")
+    s.set_defaults(fn=cmd_lens)
+
+    s = sub.add_parser("neurons", help="the MLP as a store of facts: neurons that fire, tokens they push")
+    s.add_argument("text", nargs="?", help="the text to run")
+    s.add_argument("--model", "-m", default=None, help=MODEL_HELP)
+    s.add_argument("--position", type=int, default=-1, help="token position (default: the last)")
+    s.add_argument("--neuron", help="LAYER.INDEX: show what one neuron writes instead")
+    s.add_argument("-k", type=int, default=10, help="how many neurons")
+    s.set_defaults(fn=cmd_neurons)
     return p
 
 

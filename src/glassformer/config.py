@@ -138,8 +138,9 @@ PRESETS: dict[str, ModelConfig] = {
         vocab_size=256, context_length=128, d_model=128, n_heads=4, n_layers=4
     ),  # 0.8M
     "shakespeare-char": ModelConfig(
-        vocab_size=65, context_length=64, d_model=128, n_heads=4, n_layers=4
-    ),  # 0.8M: nanoGPT's CPU Shakespeare run
+        vocab_size=65, context_length=64, d_model=128, n_heads=4, n_layers=4, bias=False,
+        activation="gelu",
+    ),  # 0.8M: nanoGPT's CPU Shakespeare run (no biases, exact GELU, as nanoGPT)
 }
 
 # Presets whose tensors would not fit in memory here: tally them, never build them.

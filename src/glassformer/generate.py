@@ -74,14 +74,17 @@ def stream(
         gen = torch.Generator(device=model.device).manual_seed(seed)
     ctx = model.config.context_length
     cache = model.new_cache(ids.shape[0]) if use_cache else None
+    # At small batch each step is a vector times W_U; BLAS reads a [C, V] matrix much
+    # faster than the stored [V, C] one (tied to W_E), so decode with a contiguous copy.
+    W_U = model.W_U.contiguous() if ids.shape[0] <= 4 and max_new_tokens > 8 else None
     fresh = ids  # what the model has not seen yet
     for _ in range(max_new_tokens):
         if cache is not None and len(cache) + fresh.shape[1] > ctx:
             cache = None  # full: positions are absolute, so slide the window without a cache
         if cache is None:
-            logits = model(ids[:, -ctx:], last_only=True)
+            logits = model(ids[:, -ctx:], last_only=True, W_U=W_U)
         else:
-            logits = model(fresh, cache=cache, last_only=True)
+            logits = model(fresh, cache=cache, last_only=True, W_U=W_U)
         probs = next_token_probs(logits[:, -1], temperature=temperature, top_k=top_k, top_p=top_p)
         if temperature == 0:
             new = probs.argmax(-1)

@@ -19,6 +19,7 @@ from torch import nn
 from .attention import Attention, KVCache
 from .config import GlassformerError, ModelConfig
 from .hooks import HookFn, HookPoint, name_hook_points
+from .linear import Linear
 
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,  # exact erf form (BERT)
@@ -77,8 +78,8 @@ class MLP(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.up = nn.Linear(config.d_model, config.d_mlp, bias=config.bias)
-        self.down = nn.Linear(config.d_mlp, config.d_model, bias=config.bias)
+        self.up = Linear(config.d_model, config.d_mlp, bias=config.bias)  # [C, d_mlp]
+        self.down = Linear(config.d_mlp, config.d_model, bias=config.bias)  # [d_mlp, C]
         self.act = _ACTIVATIONS[config.activation]
         self.hook_pre = HookPoint()  # [B, T, d_mlp] before the non-linearity
         self.hook_post = HookPoint()  # [B, T, d_mlp] neuron activations
@@ -150,9 +151,9 @@ class Transformer(nn.Module):
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
+        if isinstance(module, (Linear, nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
+        if isinstance(module, (Linear, nn.Linear)) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
     # --- the matrices by their video names ---------------------------------------
@@ -180,13 +181,15 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         explicit: bool = False,
         last_only: bool = False,
+        W_U: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits [B, T, V] (decoder) or last hidden states [B, T, C] (encoder).
 
         `attention_mask` [B, S]: 1 for real tokens, 0 for padding (keys that nobody
         may attend to). `explicit=True` forces the step-by-step attention path.
         `cache` holds past keys and values (generation). `last_only=True` unembeds only
-        the last position, which is all that sampling needs.
+        the last position, which is all that sampling needs. `W_U` [C, V], if given, is
+        used instead of the stored unembedding (generation passes a contiguous copy).
         """
         if input_ids.dim() == 1:
             input_ids = input_ids[None]
@@ -217,7 +220,8 @@ class Transformer(nn.Module):
         if last_only:
             x = x[:, -1:]
         x = self.hook_ln_final(self.ln_final(x))
-        return self.hook_logits(self.unembed(x))
+        logits = self.unembed(x) if W_U is None else x @ W_U
+        return self.hook_logits(logits)
 
     def new_cache(self, batch: int = 1, max_len: int | None = None) -> KVCache:
         p = self.W_E

@@ -49,12 +49,12 @@ def induction(model, ids: torch.Tensor | None = None, *, half: int | None = None
     if ids is None:
         from ..lessons import induction as lesson
 
-        half = half or min(lesson.HALF, model.config.context_length // 2)
-        vocab = min(model.config.vocab_size, lesson.VOCAB + 1)
-        ids = lesson.batch(16, half=half, vocab=vocab, seed=seed)
-        if model.tokenizer is not None and getattr(model.tokenizer, "kind", "") == "hf" and \
-                model.tokenizer.token_id("t1") is not None:  # fmt: skip
-            ids = ids + 1  # the induction lesson's tokenizer: token tK has id K + 1
+        tok = model.tokenizer
+        if getattr(tok, "kind", "") == "hf" and tok.token_id("t1") is not None:
+            half = half or min(lesson.HALF, model.config.context_length // 2)
+            ids = lesson.batch(16, half=half, seed=seed) + 1  # the lesson's ids: token tK is K + 1
+        else:
+            ids = random_repeats(model, n=16, seed=seed)
     half = ids.shape[1] // 2
     P = _patterns(model, ids)
     t = torch.arange(half, 2 * half - 1)  # queries in the second copy
@@ -100,3 +100,51 @@ def strongest(scores: torch.Tensor) -> tuple[int, int, float]:
     flat = int(scores.argmax())
     layer, head = divmod(flat, scores.shape[1])
     return layer, head, float(scores[layer, head])
+
+
+DETECTORS = {
+    "previous-token": "weight on the token just before the query",
+    "duplicate-token": "weight on earlier copies of the query's own token",
+    "induction": "weight on the token after the query's earlier occurrence (repeated random tokens)",
+    "first-token": "weight on position 0 (an attention sink)",
+    "adjective-noun": "share of a noun's attention on its own adjectives (adjectives lesson)",
+}
+
+
+def random_repeats(model, n: int = 8, seed: int = 0) -> torch.Tensor:
+    """[n, 2·half] ids: random tokens then the same again, within the model's vocabulary."""
+    from ..lessons import induction as lesson
+
+    half = min(lesson.HALF, model.config.context_length // 2)
+    low = 1 if model.config.vocab_size > 2 else 0
+    g = torch.Generator().manual_seed(seed)
+    first = torch.randint(low, model.config.vocab_size, (n, half), generator=g)
+    return torch.cat([first, first], dim=1)
+
+
+def speaks_adjectives(model) -> bool:
+    """True when the model's tokenizer reads the adjectives lesson one word per token."""
+    from ..lessons import adjectives
+
+    tok = model.tokenizer
+    if tok is None:
+        return False
+    try:
+        return len(tok.encode(adjectives.EXAMPLE)) == len(adjectives.EXAMPLE.split()) and \
+            getattr(tok, "token_id", lambda _: None)("[UNK]") not in tok.encode(adjectives.EXAMPLE)  # fmt: skip
+    except GlassformerError:
+        return False
+
+
+def detect_all(model, ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Every detector's [layer, head] table that applies to this model."""
+    ids = random_repeats(model) if ids is None else ids
+    tables = {
+        "previous-token": previous_token(model, ids),
+        "duplicate-token": duplicate_token(model, ids),
+        "induction": induction(model, ids) if ids.shape[1] % 2 == 0 else None,
+        "first-token": first_token(model, ids),
+    }
+    if speaks_adjectives(model):
+        tables["adjective-noun"] = adjective_noun(model)
+    return {k: v for k, v in tables.items() if v is not None}

@@ -7,15 +7,17 @@ Key map (i = layer; Hugging Face names may carry a leading "bert."):
     embed.W_pos.weight            embeddings.position_embeddings.weight           -
     embed.W_type.weight           embeddings.token_type_embeddings.weight         -
     embed.ln.{weight,bias}        embeddings.LayerNorm.{weight,bias}              -
-    blocks.i.attn.qkv.weight      encoder.layer.i.attention.self.{query,key,value}.weight  stacked
-    blocks.i.attn.qkv.bias        encoder.layer.i.attention.self.{query,key,value}.bias    stacked
-    blocks.i.attn.proj.*          encoder.layer.i.attention.output.dense.*        -
+    blocks.i.attn.qkv.weight      encoder.layer.i.attention.self.{query,key,value}.weight  transpose, side by side
+    blocks.i.attn.qkv.bias        encoder.layer.i.attention.self.{query,key,value}.bias    side by side
+    blocks.i.attn.proj.weight     encoder.layer.i.attention.output.dense.weight   transpose
     blocks.i.ln1.*                encoder.layer.i.attention.output.LayerNorm.*    -
-    blocks.i.mlp.up.*             encoder.layer.i.intermediate.dense.*            -
-    blocks.i.mlp.down.*           encoder.layer.i.output.dense.*                  -
+    blocks.i.mlp.up.weight        encoder.layer.i.intermediate.dense.weight       transpose
+    blocks.i.mlp.down.weight      encoder.layer.i.output.dense.weight             transpose
     blocks.i.ln2.*                encoder.layer.i.output.LayerNorm.*              -
+    (biases of the same layers)                                                   -
 
-BERT uses torch.nn.Linear, so no transposes. Old TensorFlow-era exports call the norm
+Why transpose: BERT uses torch.nn.Linear, which stores [out, in] and computes x·Wᵀ;
+our Linear stores [in, out] and computes x·W (see linear.py). Old TensorFlow-era exports call the norm
 parameters gamma/beta; they are renamed. Deliberately not used: the pooler (a tanh
 layer on [CLS] for next-sentence prediction; sentence embeddings mean-pool instead),
 the pre-training heads (cls.*) and the position_ids buffer.
@@ -84,15 +86,15 @@ def convert(hf_config: dict, hf_state: dict[str, torch.Tensor]) -> tuple[ModelCo
         h, b = f"encoder.layer.{i}.", f"blocks.{i}."
         s = h + "attention.self."
         ours |= {
-            b + "attn.qkv.weight": torch.cat([c.take(s + f"{n}.weight", (HD, C)) for n in ("query", "key", "value")]),
+            b + "attn.qkv.weight": torch.cat([c.take(s + f"{n}.weight", (HD, C)).T for n in ("query", "key", "value")], 1),
             b + "attn.qkv.bias": torch.cat([c.take(s + f"{n}.bias", (HD,)) for n in ("query", "key", "value")]),
-            b + "attn.proj.weight": c.take(h + "attention.output.dense.weight", (C, HD)),
+            b + "attn.proj.weight": c.take(h + "attention.output.dense.weight", (C, HD)).T,
             b + "attn.proj.bias": c.take(h + "attention.output.dense.bias", (C,)),
             b + "ln1.weight": c.take(h + "attention.output.LayerNorm.weight", (C,)),
             b + "ln1.bias": c.take(h + "attention.output.LayerNorm.bias", (C,)),
-            b + "mlp.up.weight": c.take(h + "intermediate.dense.weight", (M, C)),
+            b + "mlp.up.weight": c.take(h + "intermediate.dense.weight", (M, C)).T,
             b + "mlp.up.bias": c.take(h + "intermediate.dense.bias", (M,)),
-            b + "mlp.down.weight": c.take(h + "output.dense.weight", (C, M)),
+            b + "mlp.down.weight": c.take(h + "output.dense.weight", (C, M)).T,
             b + "mlp.down.bias": c.take(h + "output.dense.bias", (C,)),
             b + "ln2.weight": c.take(h + "output.LayerNorm.weight", (C,)),
             b + "ln2.bias": c.take(h + "output.LayerNorm.bias", (C,)),

@@ -6,22 +6,25 @@ Key map (i = layer; Hugging Face names may carry a leading "transformer."):
     embed.W_E.weight              wte.weight                   -
     embed.W_pos.weight            wpe.weight                   -
     blocks.i.ln1.{weight,bias}    h.i.ln_1.{weight,bias}       -
-    blocks.i.attn.qkv.weight      h.i.attn.c_attn.weight       transpose
+    blocks.i.attn.qkv.weight      h.i.attn.c_attn.weight       -  ([in, out], see below)
     blocks.i.attn.qkv.bias        h.i.attn.c_attn.bias         -
-    blocks.i.attn.proj.weight     h.i.attn.c_proj.weight       transpose
+    blocks.i.attn.proj.weight     h.i.attn.c_proj.weight       -
     blocks.i.attn.proj.bias       h.i.attn.c_proj.bias         -
     blocks.i.ln2.{weight,bias}    h.i.ln_2.{weight,bias}       -
-    blocks.i.mlp.up.weight        h.i.mlp.c_fc.weight          transpose
+    blocks.i.mlp.up.weight        h.i.mlp.c_fc.weight          -
     blocks.i.mlp.up.bias          h.i.mlp.c_fc.bias            -
-    blocks.i.mlp.down.weight      h.i.mlp.c_proj.weight        transpose
+    blocks.i.mlp.down.weight      h.i.mlp.c_proj.weight        -
     blocks.i.mlp.down.bias        h.i.mlp.c_proj.bias          -
     ln_final.{weight,bias}        ln_f.{weight,bias}           -
     unembed.weight                lm_head.weight               only when not tied
 
-Why transpose: OpenAI's GPT-2 code used a "Conv1D" layer that stores its weight as
-[in, out] and computes x @ W; torch.nn.Linear stores [out, in] and computes x @ Wᵀ.
-Same numbers, other layout. c_attn's output columns are already Q | K | V with the
-heads side by side, which is exactly how our fused qkv is laid out.
+Why no transpose here when every other GPT-2 port needs one: OpenAI's GPT-2 code used
+a "Conv1D" layer that stores its weight as [in, out] and computes x @ W, while
+torch.nn.Linear stores [out, in] and computes x @ Wᵀ, so ports built on nn.Linear
+transpose these four matrices. glassformer's Linear keeps [in, out] (E·W_Q, as the
+video writes it; see linear.py), so they are taken as they are, and it is BERT's
+nn.Linear weights that get transposed (bert.py). c_attn's output columns are already
+Q | K | V with the heads side by side, exactly how our fused qkv is laid out.
 """
 
 from __future__ import annotations
@@ -86,15 +89,15 @@ def convert(hf_config: dict, hf_state: dict[str, torch.Tensor]) -> tuple[ModelCo
         ours |= {
             b + "ln1.weight": c.take(h + "ln_1.weight", (C,)),
             b + "ln1.bias": c.take(h + "ln_1.bias", (C,)),
-            b + "attn.qkv.weight": c.take(h + "attn.c_attn.weight", (C, 3 * HD)).T,
+            b + "attn.qkv.weight": c.take(h + "attn.c_attn.weight", (C, 3 * HD)),
             b + "attn.qkv.bias": c.take(h + "attn.c_attn.bias", (3 * HD,)),
-            b + "attn.proj.weight": c.take(h + "attn.c_proj.weight", (HD, C)).T,
+            b + "attn.proj.weight": c.take(h + "attn.c_proj.weight", (HD, C)),
             b + "attn.proj.bias": c.take(h + "attn.c_proj.bias", (C,)),
             b + "ln2.weight": c.take(h + "ln_2.weight", (C,)),
             b + "ln2.bias": c.take(h + "ln_2.bias", (C,)),
-            b + "mlp.up.weight": c.take(h + "mlp.c_fc.weight", (C, M)).T,
+            b + "mlp.up.weight": c.take(h + "mlp.c_fc.weight", (C, M)),
             b + "mlp.up.bias": c.take(h + "mlp.c_fc.bias", (M,)),
-            b + "mlp.down.weight": c.take(h + "mlp.c_proj.weight", (M, C)).T,
+            b + "mlp.down.weight": c.take(h + "mlp.c_proj.weight", (M, C)),
             b + "mlp.down.bias": c.take(h + "mlp.c_proj.bias", (C,)),
         }
     if config.tied_unembedding:

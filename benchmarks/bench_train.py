@@ -1,0 +1,98 @@
+"""Training on nanoGPT's CPU Shakespeare configuration (char-level, 4 layers, 4 heads,
+d_model 128, context 64, batch 12, AdamW, ../shared/data/tinyshakespeare.txt):
+
+1. tokens/s of glassformer vs Hugging Face GPT2LMHeadModel of the same shape with the
+   same optimizer and the same batches, measured in turns in one run;
+2. the full 2000-iteration run (lr 1e-3 -> 1e-4 cosine, warmup 100, dropout 0) through
+   `glassformer.train`, its final validation loss (nanoGPT reports 1.88) and wall time.
+
+    .venv/bin/python benchmarks/bench_train.py [--data PATH] [--skip-full]
+"""
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from _common import env_line
+
+import glassformer as gf
+from glassformer.train import TrainConfig, train
+from glassformer.train.data import Batcher, prepare
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+
+
+def speed_race(data_path: Path, steps: int = 60) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    data = prepare(str(data_path), "char")
+    V = data.tokenizer.vocab_size
+    cfg = gf.PRESETS["shakespeare-char"].replace(vocab_size=V, bias=True)  # GPT-2 always has biases
+    torch.manual_seed(0)
+    ours = gf.Transformer(cfg)
+    hf = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_positions=64, n_embd=128, n_layer=4, n_head=4,
+                                    resid_pdrop=0, embd_pdrop=0, attn_pdrop=0))  # fmt: skip
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in hf.parameters())
+    batches = Batcher(data.train, 64, 12, seed=0)
+    xs = [batches.next() for _ in range(steps)]
+
+    def loop(model, logits_of):
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1, fused=True)
+        model.train()
+
+        def run():
+            for x, y in xs:
+                loss = F.cross_entropy(logits_of(model, x).flatten(0, 1), y.flatten())
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+
+        return run
+
+    runs = {"glassformer": loop(ours, lambda m, x: m(x)), "hf": loop(hf, lambda m, x: m(x).logits)}
+    times = {k: [] for k in runs}
+    for run in runs.values():
+        run()  # warm-up
+    for _ in range(3):
+        for name, run in runs.items():
+            t = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - t)
+    tps = {k: steps * 12 * 64 / min(v) for k, v in times.items()}
+    print(f"training tokens/s: glassformer {tps['glassformer']:,.0f}   HF GPT2LMHeadModel {tps['hf']:,.0f}   "
+          f"speed-up {tps['glassformer'] / tps['hf']:.2f}x")  # fmt: skip
+
+
+def full_run(data_path: Path) -> None:
+    with tempfile.TemporaryDirectory() as out:
+        cfg = TrainConfig(data=str(data_path), out=out + "/run", tokenizer="char", preset="shakespeare-char",
+                          steps=2000, batch_size=12, lr=1e-3, min_lr=1e-4, warmup=100, weight_decay=0.1,
+                          beta2=0.99, grad_clip=1.0, eval_every=250, eval_batches=200, dropout=0.0)  # fmt: skip
+        t = time.perf_counter()
+        result = train(cfg, progress=False)
+        wall = time.perf_counter() - t
+    last = result.history[-1]
+    print(f"2000 iterations: val loss {last['val_loss']:.4f} (nanoGPT reports 1.88), "
+          f"train loss {last['train_loss']:.4f}, wall {wall:.0f} s, {last['tokens_per_s']:,.0f} tokens/s")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--skip-full", action="store_true")
+    args = p.parse_args()
+    if not args.data.is_file():
+        raise SystemExit(f"no Shakespeare at {args.data}; pass --data PATH")
+    print(f"nanoGPT Shakespeare-char shape, {env_line()}")
+    speed_race(args.data)
+    if not args.skip_full:
+        full_run(args.data)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Editing activations: head ablation, activation patching, direct logit attribution.
+
+Each helper returns a mapping for `model.hooks(...)`, so edits compose:
+
+    with model.hooks(ablate_head(model, 1, 3) | patch(model, clean_cache, "blocks.0.*")):
+        logits = model(ids)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import GlassformerError
+from .explain import check_layer_head
+
+
+def ablate_head(model, layer: int, head: int, *, mode: str = "zero", reference=None) -> dict:
+    """Remove head `head` of `layer`: its z (pattern-weighted values) is set to zero, or
+    to its mean over `reference` token ids (mode="mean"), so its ΔE becomes 0 (or average)."""
+    check_layer_head(model, layer, head)
+    name = f"blocks.{layer}.attn.z"
+    if mode == "zero":
+        replacement = None
+    elif mode == "mean":
+        if reference is None:
+            raise GlassformerError("mean ablation needs reference token ids to average over")
+        _, cache = model.run_with_cache(reference, names=name)
+        replacement = cache[name][:, head].mean(dim=(0, 1))  # [D]
+    else:
+        raise GlassformerError(f"unknown ablation mode {mode!r}; use zero or mean")
+
+    def fn(z_BHTD: torch.Tensor, _name: str) -> torch.Tensor:
+        z_BHTD = z_BHTD.clone()
+        z_BHTD[:, head] = 0.0 if replacement is None else replacement.to(z_BHTD)
+        return z_BHTD
+
+    return {name: fn}
+
+
+def patch(model, source, names) -> dict:
+    """Replace activations with the ones in `source` (an ActivationCache from another
+    run of the same length): activation patching."""
+    chosen = model.matching_hook_names(names)
+    missing = [n for n in chosen if n not in source]
+    if missing:
+        raise GlassformerError(f"the source cache does not hold {missing[0]!r}")
+
+    def fn(tensor: torch.Tensor, name: str) -> torch.Tensor:
+        patched = source[name].to(tensor.device, tensor.dtype)
+        if patched.shape != tensor.shape:
+            raise GlassformerError(f"cannot patch {name}: shape {list(patched.shape)} vs {list(tensor.shape)}")
+        return patched
+
+    return {name: fn for name in chosen}
+
+
+@torch.inference_mode()
+def head_logit_attribution(model, ids, token: int, *, position: int = -1) -> torch.Tensor:
+    """"What does each head write?": [layer, head], each head's ΔE at `position`
+    projected on the direction that raises `token`'s logit.
+
+    The final LayerNorm is linearised the usual way: its scale is frozen at the value
+    the real run used, so the contributions of all heads, the MLPs, the embeddings and
+    the biases add up to the logit (up to the LayerNorm's bias term).
+    """
+    if not model.config.causal:
+        raise GlassformerError("direct logit attribution needs a decoder (a model with W_U)")
+    L = model.config.n_layers
+    names = [f"blocks.{i}.attn.z" for i in range(L)] + [f"blocks.{L - 1}.resid_post"]
+    _, cache = model.run_with_cache(ids, names=names)
+    final = cache[f"blocks.{L - 1}.resid_post"][0, position]  # [C]
+    ln = model.ln_final
+    scale = (final.var(unbiased=False) + ln.eps).sqrt()
+    direction = ln.weight * model.W_U[:, token] / scale  # [C]
+    rows = []
+    for i in range(L):
+        z_HD = cache[f"blocks.{i}.attn.z"][0, :, position]  # [H, D] at the position
+        per_head = torch.einsum("hd,hdc->hc", z_HD, model.blocks[i].attn.W_O)  # each head's ΔE, [H, C]
+        rows.append((per_head - per_head.mean(-1, keepdim=True)) @ direction)  # LayerNorm centres first
+    return torch.stack(rows)

@@ -1,0 +1,74 @@
+"""The logit lens and the MLP as a store of facts.
+
+logit_lens: read the residual stream after each layer as if it were the last, through
+the final LayerNorm and W_U, and see which tokens it already predicts.
+
+top_neurons / neuron_tokens: the video's "Michael Jordan plays basketball" chapter —
+which MLP neurons fire at a position, and which tokens a neuron's down-projection
+column pushes up when it fires.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..config import GlassformerError
+
+
+@dataclass
+class LensRow:
+    layer: str  # "embed", "0", "1", ...
+    tokens: list[list[str]]  # [position][rank]
+    probs: torch.Tensor  # [T, k]
+    ids: torch.Tensor  # [T, k]
+
+
+def _need_decoder(model) -> None:
+    if not model.config.causal:
+        raise GlassformerError("this needs a decoder (a model with an unembedding W_U)")
+
+
+@torch.inference_mode()
+def logit_lens(model, ids: torch.Tensor, k: int = 5) -> list[LensRow]:
+    """Top-k next-token guesses at every position, after the embedding and each block."""
+    _need_decoder(model)
+    L = model.config.n_layers
+    names = ["blocks.0.resid_pre"] + [f"blocks.{i}.resid_post" for i in range(L)]
+    _, cache = model.run_with_cache(ids, names=names)
+    rows = []
+    for label, name in zip(["embed"] + [str(i) for i in range(L)], names):
+        logits = model.ln_final(cache[name][0]) @ model.W_U  # [T, V]
+        probs, top = torch.softmax(logits.float(), -1).topk(k, dim=-1)
+        tokens = [model.tokenizer.token_texts(row.tolist()) for row in top] if model.tokenizer else \
+            [[str(i) for i in row.tolist()] for row in top]  # fmt: skip
+        rows.append(LensRow(label, tokens, probs, top))
+    return rows
+
+
+@torch.inference_mode()
+def top_neurons(model, ids: torch.Tensor, position: int = -1, k: int = 10) -> list[tuple[int, int, float]]:
+    """The k MLP neurons (layer, index, activation) that fire hardest at `position`."""
+    L = model.config.n_layers
+    _, cache = model.run_with_cache(ids, names="blocks.*.mlp.post")
+    acts = torch.stack([cache[f"blocks.{i}.mlp.post"][0, position] for i in range(L)])  # [L, d_mlp]
+    values, flat = acts.flatten().topk(min(k, acts.numel()))
+    return [(int(f) // acts.shape[1], int(f) % acts.shape[1], float(v)) for v, f in zip(values, flat)]
+
+
+@torch.inference_mode()
+def neuron_tokens(model, layer: int, neuron: int, k: int = 10) -> list[tuple[str, float]]:
+    """Tokens whose logits this neuron's down-projection row raises most, read directly
+    through W_U (the direct path; later layers may change it)."""
+    _need_decoder(model)
+    if not 0 <= layer < model.config.n_layers or not 0 <= neuron < model.config.d_mlp:
+        raise GlassformerError(
+            f"neuron {layer}.{neuron} is out of range: layers 0..{model.config.n_layers - 1}, "
+            f"neurons 0..{model.config.d_mlp - 1}"
+        )
+    writes = model.blocks[layer].mlp.down.weight[neuron]  # [C]: what the neuron adds per unit
+    scores = (writes * model.ln_final.weight) @ model.W_U  # [V]
+    values, top = scores.topk(k)
+    names = model.tokenizer.token_texts(top.tolist()) if model.tokenizer else [str(i) for i in top.tolist()]
+    return list(zip(names, values.tolist()))

@@ -1,0 +1,34 @@
+"""Linear: y = x·W + b with W stored [in, out], the way the video writes Q = E·W_Q.
+
+torch.nn.Linear stores [out, in] and computes x·Wᵀ. Keeping [in, out] (as GPT-2's
+original Conv1D does) lets a head's matrix be read straight off the stored weight
+(W_Q[h] is a column block of it) and is what makes decoding fast on a CPU: at batch 1
+each step is a vector-matrix product, and BLAS streams an [in, out] matrix at about
+1.7× the bandwidth of an [out, in] one on the machines we measured
+(benchmarks/bench_generate.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Linear(nn.Module):
+    def __init__(self, d_in: int, d_out: int, bias: bool = True) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(d_in, d_out))  # [in, out]
+        self.bias = nn.Parameter(torch.zeros(d_out)) if bias else None
+        nn.init.normal_(self.weight, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        if self.bias is None:
+            out = flat @ self.weight
+        else:
+            out = torch.addmm(self.bias, flat, self.weight)
+        return out.view(*x.shape[:-1], self.weight.shape[1])
+
+    def extra_repr(self) -> str:
+        d_in, d_out = self.weight.shape
+        return f"in={d_in}, out={d_out}, bias={self.bias is not None}"

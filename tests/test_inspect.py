@@ -1,0 +1,223 @@
+"""Looking inside: names, caches, hooks, ablation, patching, attribution, detectors, lens."""
+
+import math
+
+import pytest
+import torch
+
+import glassformer as gf
+from glassformer.inspect import heads
+from glassformer.inspect.cache import ACTIVATIONS
+from glassformer.inspect.edit import ablate_head, head_logit_attribution, patch
+from glassformer.inspect.lens import logit_lens, neuron_tokens, top_neurons
+from conftest import build, tiny_decoder, tiny_encoder
+
+B, T = 2, 7
+
+
+def expected_shape(words: str, model) -> tuple:
+    c = model.config
+    size = {"batch": B, "1": 1, "head": c.n_heads, "query": T, "key": T, "d_head": c.d_head,
+            "d_model": c.d_model, "d_mlp": c.d_mlp, "vocab": c.vocab_size}  # fmt: skip
+    return tuple(size[w.strip()] for w in words.split(","))
+
+
+@pytest.mark.parametrize("make, kind", [(tiny_decoder, "GPT"), (tiny_encoder, "BERT")])
+def test_every_documented_name_fires_with_its_shape(make, kind):
+    model = build(make())
+    ids = torch.randint(0, 97, (B, T))
+    _, cache = model.run_with_cache(ids, names=lambda n: True)
+    documented = set()
+    for pattern, shape, fires_on, _ in ACTIVATIONS:
+        names = [pattern.format(i=i) for i in range(model.config.n_layers)] if "{i}" in pattern else [pattern]
+        for name in names:
+            if kind in fires_on:
+                documented.add(name)
+                assert name in cache, f"{name} did not fire on {kind}"
+                assert tuple(cache[name].shape) == expected_shape(shape, model), name
+            else:
+                assert name not in cache, f"{name} fired on {kind} but is documented for {fires_on}"
+    assert documented == set(cache.names()), "an activation fires that the table does not document"
+
+
+def test_cached_pattern_equals_pattern_recomputed_from_q_and_k(decoder):
+    ids = torch.randint(0, 97, (B, T))
+    _, c = decoder.run_with_cache(ids, names=["blocks.1.attn.q", "blocks.1.attn.k", "blocks.1.attn.pattern"])
+    q, k = c["blocks.1.attn.q"], c["blocks.1.attn.k"]
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    scores = scores.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), float("-inf"))
+    assert (torch.softmax(scores, -1) - c["blocks.1.attn.pattern"]).abs().max() < 1e-6
+
+
+def test_filtered_cache_holds_only_what_was_asked(decoder):
+    ids = torch.randint(0, 97, (1, T))
+    _, c = decoder.run_with_cache(ids, names="blocks.*.attn.pattern")
+    assert c.names() == ["blocks.0.attn.pattern", "blocks.1.attn.pattern"]
+    _, c = decoder.run_with_cache(ids, names=["embed", "blocks.1.mlp.*"])
+    assert c.names() == ["embed", "blocks.1.mlp.pre", "blocks.1.mlp.post", "blocks.1.mlp.out"]
+    _, c = decoder.run_with_cache(ids, names=lambda n: n.endswith("resid_mid"))
+    assert c.names() == ["blocks.0.resid_mid", "blocks.1.resid_mid"]
+    _, c = decoder.run_with_cache(ids)
+    assert len(c) == 0
+    with pytest.raises(gf.GlassformerError, match="no activation"):
+        decoder.run_with_cache(ids, names="blocks.*.attn.weights")
+    with pytest.raises(KeyError, match="was not kept"):
+        c["embed"]
+    _, c = decoder.run_with_cache(ids, names="embed", device="cpu")
+    assert c["embed"].device.type == "cpu"
+
+
+@pytest.mark.parametrize("make", [tiny_decoder, tiny_encoder])
+def test_hooks_returning_none_leave_outputs_bit_identical(make):
+    model = build(make())
+    ids = torch.randint(0, 97, (B, T))
+    inside = ("attn.q", "attn.k", "attn.v", "attn.scores", "attn.pattern", "attn.z")
+    outside = [n for n in model.hook_names() if not n.endswith(inside)]
+    with torch.no_grad():
+        plain, explicit = model(ids), model(ids, explicit=True)
+        seen = []
+        # listening outside the heads keeps the fused attention: bit-identical to a plain run
+        with model.hooks({n: lambda t, name: seen.append(name) for n in outside}):
+            assert torch.equal(model(ids), plain)
+        # listening inside a head takes that layer's explicit path: bit-identical to it
+        with model.hooks({"*": lambda t, name: seen.append(name)}):
+            hooked = model(ids)
+        after = model(ids)
+    assert torch.equal(explicit, hooked) and torch.equal(plain, after)
+    assert len(seen) == len(outside) + len(model.hook_names())
+    assert all(not p.fns for p in model.hook_points.values()), "hooks must come off after the block"
+
+
+def test_zero_ablation_equals_removing_that_heads_delta_e_by_hand(decoder):
+    ids = torch.randint(0, 97, (B, T))
+    layer, head = 1, 2
+    with torch.no_grad():
+        with decoder.hooks(ablate_head(decoder, layer, head)):
+            ablated = decoder(ids)
+
+        attn = decoder.blocks[layer].attn
+        kept = {}
+
+        def remove_by_hand(out, name):
+            return out - attn.head_outputs(kept["z"])[:, head]  # ΔE minus this head's share
+
+        with decoder.hooks({f"blocks.{layer}.attn.z": lambda z, n: kept.update(z=z),
+                            f"blocks.{layer}.attn.out": remove_by_hand}):  # fmt: skip
+            by_hand = decoder(ids)
+        plain = decoder(ids)
+    assert (ablated - by_hand).abs().max() < 1e-5
+    assert (ablated - plain).abs().max() > 1e-3  # and the head mattered
+
+
+def test_mean_ablation_uses_the_reference_mean(decoder):
+    ids = torch.randint(0, 97, (B, T))
+    hooks = ablate_head(decoder, 0, 1, mode="mean", reference=ids)
+    _, c = decoder.run_with_cache(ids, names="blocks.0.attn.z")
+    with decoder.hooks(hooks):
+        _, c2 = decoder.run_with_cache(ids, names="blocks.0.attn.z")
+    mean = c["blocks.0.attn.z"][:, 1].mean(dim=(0, 1))
+    assert torch.allclose(c2["blocks.0.attn.z"][:, 1], mean.expand(B, T, -1))
+    assert torch.equal(c2["blocks.0.attn.z"][:, 0], c["blocks.0.attn.z"][:, 0])
+
+
+@pytest.mark.parametrize("names", [lambda n: True, "blocks.0.resid_pre"])
+def test_patching_from_run_b_reproduces_run_b(decoder, names):
+    a, b = torch.randint(0, 97, (1, T)), torch.randint(0, 97, (1, T))
+    logits_b, cache_b = decoder.run_with_cache(b, names=lambda n: True)
+    with torch.no_grad(), decoder.hooks(patch(decoder, cache_b, names)):
+        patched = decoder(a)
+    assert (patched - logits_b).abs().max() < 1e-5
+
+
+def test_head_attribution_adds_up_to_the_logit(decoder):
+    ids = torch.randint(0, 97, (1, T))
+    token, L = 11, decoder.config.n_layers
+    dla = head_logit_attribution(decoder, ids, token)  # [L, H]
+    assert dla.shape == (L, decoder.config.n_heads)
+    names = ["embed", "pos_embed", f"blocks.{L - 1}.resid_post"] + [f"blocks.{i}.mlp.out" for i in range(L)]
+    logits, c = decoder.run_with_cache(ids, names=names)
+    ln = decoder.ln_final
+    final = c[f"blocks.{L - 1}.resid_post"][0, -1]
+    scale = (final.var(unbiased=False) + ln.eps).sqrt()
+    direction = ln.weight * decoder.W_U[:, token] / scale
+
+    def through(x):
+        return float((x - x.mean()).detach() @ direction.detach())
+
+    rest = through(c["embed"][0, -1] + c["pos_embed"][0, -1])
+    rest += sum(through(c[f"blocks.{i}.mlp.out"][0, -1] + decoder.blocks[i].attn.b_O) for i in range(L))
+    rest += float(ln.bias @ decoder.W_U[:, token])
+    assert abs(dla.sum().item() + rest - logits[0, -1, token].item()) < 1e-4
+
+
+def test_detectors_find_planted_heads():
+    model = build(tiny_decoder(n_layers=1, n_heads=2))
+    ids = heads.random_repeats(model, n=4)
+    T_ = ids.shape[1]
+
+    def plant(pattern, name):  # head 0 looks at the previous token, head 1 at position 0
+        p = torch.zeros_like(pattern)
+        p[:, 0, torch.arange(1, T_), torch.arange(T_ - 1)] = 1.0
+        p[:, 0, 0, 0] = 1.0
+        p[:, 1, :, 0] = 1.0
+        return p
+
+    with model.hooks({"blocks.0.attn.pattern": plant}):
+        prev = heads.previous_token(model, ids)
+        first = heads.first_token(model, ids)
+    assert prev[0, 0] > 0.95 and prev[0, 1] < 0.05
+    assert first[0, 1] == 1.0 and first[0, 0] < 0.1  # only query 0 sees position 0 as "previous"
+    assert heads.strongest(prev)[:2] == (0, 0)
+
+
+@pytest.mark.slow
+def test_induction_head_appears_after_training_and_not_before(tmp_path):
+    from glassformer.train import TrainConfig, train
+
+    train(TrainConfig(data="lesson:induction", out=str(tmp_path / "ind"), preset="lesson-tiny", steps=800,
+                      batch_size=32, lr=3e-3, min_lr=3e-4, warmup=50, eval_every=400), progress=False)  # fmt: skip
+    trained = gf.load(tmp_path / "ind")
+    random = build(trained.config, seed=1)
+    random.tokenizer = trained.tokenizer
+    best_trained = heads.strongest(heads.induction(trained))[2]
+    best_random = heads.strongest(heads.induction(random))[2]
+    print(f"\ninduction score: trained {best_trained:.2f}, random {best_random:.2f}")
+    assert best_trained >= 0.4 and best_random < 0.1
+
+
+def test_logit_lens_last_layer_is_the_model_output(decoder):
+    ids = torch.randint(0, 97, (1, T))
+    rows = logit_lens(decoder, ids, k=3)
+    assert [r.layer for r in rows] == ["embed", "0", "1"]
+    logits = decoder(ids)[0]
+    assert torch.equal(rows[-1].ids, logits.topk(3, dim=-1).indices)
+    assert torch.allclose(rows[-1].probs, torch.softmax(logits, -1).topk(3, dim=-1).values, atol=1e-6)
+
+
+def test_neurons_fire_and_write(decoder):
+    ids = torch.randint(0, 97, (1, T))
+    found = top_neurons(decoder, ids, position=-1, k=5)
+    _, c = decoder.run_with_cache(ids, names="blocks.*.mlp.post")
+    layer, index, act = found[0]
+    assert act == pytest.approx(c[f"blocks.{layer}.mlp.post"][0, -1, index].item())
+    assert act == max(c[f"blocks.{i}.mlp.post"][0, -1].max().item() for i in range(2))
+    writes = neuron_tokens(decoder, layer, index, k=4)
+    assert len(writes) == 4 and writes[0][1] >= writes[-1][1]
+    with pytest.raises(gf.GlassformerError, match="out of range"):
+        neuron_tokens(decoder, 5, 0)
+
+
+def test_cli_heads_lens_neurons(capsys, tmp_path):
+    from glassformer.cli import main
+
+    gf.save(gf.load("random:lesson-tiny"), tmp_path / "m")
+    assert main(["heads", "--model", str(tmp_path / "m")]) == 0
+    out = capsys.readouterr().out
+    for kind in ("previous-token", "duplicate-token", "induction", "first-token"):
+        assert f"strongest {kind} head: layer" in out
+    assert main(["lens", "hello", "--model", str(tmp_path / "m"), "-k", "2"]) == 0
+    assert "embed:" in capsys.readouterr().out
+    assert main(["neurons", "hello", "--model", str(tmp_path / "m"), "-k", "3"]) == 0
+    assert capsys.readouterr().out.count("neuron ") == 3
+    assert main(["neurons", "--model", str(tmp_path / "m"), "--neuron", "x"]) == 2
+    assert "LAYER.INDEX" in capsys.readouterr().err
