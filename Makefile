@@ -26,7 +26,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(BIN)/glassformer explain "a fluffy blue creature roamed the verdant forest" --layer 0 --head 0
+	$(BIN)/glassformer serve --model lesson:adjectives $(DEMO_ARGS)
 
 bench: $(STAMP)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

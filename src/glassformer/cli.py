@@ -7,13 +7,17 @@
     glassformer heads --model M            what each head does
     glassformer lens TEXT --model M        the logit lens
     glassformer neurons TEXT --model M     MLP neurons that fire, and what they write
+    glassformer show TEXT --model M --out FILE.html|.png|.svg
+    glassformer serve [--model M ...] [--host H] [--port P]
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import threading
 from pathlib import Path
 
 from .config import PRESETS, GlassformerError
@@ -244,6 +248,70 @@ def cmd_neurons(args) -> int:
     return 0
 
 
+def cmd_show(args) -> int:
+    from .inspect.explain import analyze, check_layer_head
+
+    out = Path(args.out)
+    suffix = out.suffix.lower()
+    if suffix not in (".html", ".png", ".svg"):
+        raise GlassformerError(f"--out must end in .html, .png or .svg, not {out.name!r}")
+    if not out.parent.is_dir():
+        raise GlassformerError(f"the folder {out.parent} does not exist")
+    model = load_model(args.model)
+    check_layer_head(model, args.layer, args.head)
+    if suffix == ".html":
+        from .viz.page import report_html
+
+        page = report_html(model, args.text, title=f"glassformer: {args.text[:60]}", layer=args.layer, head=args.head)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(page, encoding="utf-8")
+        tmp.replace(out)  # never leave half a file where the report should be
+    else:
+        from .viz import plots
+
+        a = analyze(model, args.text, scores=True)
+        title = f"{args.model} — layer {args.layer}, head {args.head}"
+        if args.kind == "head":
+            pic = plots.head_picture(a.patterns[args.layer, args.head], a.tokens,
+                                     scores_TS=a.scores[args.layer, args.head], video=not args.usual, title=title)  # fmt: skip
+        elif args.kind == "all":
+            pic = plots.all_heads_picture(a.patterns, a.tokens, video=not args.usual, title=str(args.model))
+        else:
+            if a.last_logits is None:
+                raise GlassformerError(f"{args.model} is an encoder: it has no next-token distribution")
+            pic = plots.next_token_picture(a.last_logits, model.tokenizer.token_texts(range(model.config.vocab_size)),
+                                           temperature=args.temperature, title=str(args.model))  # fmt: skip
+        pic.save(out)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import webbrowser
+
+    from .server.app import create_app, default_registry
+
+    try:
+        import uvicorn
+    except ImportError:
+        raise GlassformerError("the explorer needs uvicorn: pip install 'glassformer[serve]'") from None
+    names = args.model or []
+    registry = default_registry(names)
+    first = next(iter(registry.slots))
+    print(f"loading {first} ...", flush=True)
+    registry[first].get()  # fail now, with one line, rather than on the first request
+    app = create_app(registry)
+    url = f"http://{args.host}:{args.port}/"
+    print(f"glassformer explorer on {url}  (models: {', '.join(registry.slots)}; Ctrl-C stops)", flush=True)
+    if args.open or (args.open is None and os.environ.get("DISPLAY")):
+        threading.Timer(1.0, lambda: webbrowser.open(url)).start()
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    except OSError as err:
+        raise GlassformerError(f"cannot listen on {args.host}:{args.port}: {err.strerror or err}") from None
+    return 0
+
+
 # --- parser ------------------------------------------------------------------------
 def build_parser() -> Parser:
     p = Parser(prog="glassformer", description="A transformer you can see through.")
@@ -317,6 +385,30 @@ def build_parser() -> Parser:
     s.add_argument("--neuron", help="LAYER.INDEX: show what one neuron writes instead")
     s.add_argument("-k", type=int, default=10, help="how many neurons")
     s.set_defaults(fn=cmd_neurons)
+
+    s = sub.add_parser("show", help="write the attention of a sentence as a self-contained HTML report or a picture",
+                       description="HTML: one file with its script, styles and data inside; opens from "
+                       "file:// with no network. PNG/SVG: one head (dot products beside the pattern), "
+                       "all heads, or the next-token distribution.")  # fmt: skip
+    s.add_argument("text", help="the sentence")
+    s.add_argument("--model", "-m", default=None, help=MODEL_HELP)
+    s.add_argument("--out", "-o", required=True, help="FILE.html, FILE.png or FILE.svg")
+    s.add_argument("--layer", "-l", type=int, default=0)
+    s.add_argument("--head", type=int, default=0)
+    s.add_argument("--kind", choices=["head", "all", "next"], default="head", help="what a picture shows")
+    s.add_argument("--temperature", "-t", type=float, default=1.0, help="for --kind next")
+    s.add_argument("--usual", action="store_true", help="rows are queries (default: the video's orientation)")
+    s.set_defaults(fn=cmd_show)
+
+    s = sub.add_parser("serve", help="the local web explorer",
+                       description="Serve the explorer: type a sentence, pick a model, layer and head, and "
+                       "see every step of attention. The JSON API is documented at /docs.")  # fmt: skip
+    s.add_argument("--model", "-m", action="append", help=MODEL_HELP + " (repeatable)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--open", action=argparse.BooleanOptionalAction, default=None,
+                   help="open a browser (default: when there is a display)")  # fmt: skip
+    s.set_defaults(fn=cmd_serve)
     return p
 
 

@@ -53,7 +53,8 @@ class CharTokenizer:
         return "".join(self.chars[i] for i in ids)
 
     def token_texts(self, ids: Iterable[int]) -> list[str]:
-        return [self.chars[i] for i in ids]
+        n = len(self.chars)  # a model may have more rows in W_E than the tokenizer has tokens
+        return [self.chars[i] if 0 <= i < n else f"<{i}>" for i in ids]
 
     def to_json(self) -> str:
         return json.dumps({_MARK: "char", "chars": self.chars}, ensure_ascii=False)
@@ -70,7 +71,7 @@ class ByteTokenizer:
         return bytes(ids).decode("utf-8", errors="replace")
 
     def token_texts(self, ids: Iterable[int]) -> list[str]:
-        return [bytes([i]).decode("utf-8", errors="replace") for i in ids]
+        return [bytes([i]).decode("utf-8", errors="replace") if 0 <= i < 256 else f"<{i}>" for i in ids]
 
     def to_json(self) -> str:
         return json.dumps({_MARK: "bytes"})

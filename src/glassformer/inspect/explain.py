@@ -116,3 +116,31 @@ def walk_head(model, text: str, layer: int, head: int) -> HeadWalk:
              "share of E ← E + ΣΔE", "token", "d_model"),
     ]  # fmt: skip
     return HeadWalk(token_texts(model, ids), layer, head, model.config.causal, steps)
+
+
+@dataclass
+class Analysis:
+    """Everything the pictures and the explorer draw for one text."""
+
+    tokens: list[str]
+    ids: list[int]
+    patterns: torch.Tensor  # [L, H, T, S] float32 on the CPU, rows (queries) sum to 1
+    scores: torch.Tensor | None  # [L, H, T, S] scaled dot products, −∞ where masked (if asked)
+    causal: bool
+    last_logits: torch.Tensor | None  # [V] next-token logits after the last token (decoders)
+
+
+@torch.inference_mode()
+def analyze(model, text: str, *, scores: bool = False) -> Analysis:
+    """All attention patterns of every layer and head (and with scores=True the grids of
+    dot products), and the next-token logits."""
+    ids = encode_text(model, text)
+    kinds = ["pattern", "scores"] if scores else ["pattern"]
+    out, cache = model.run_with_cache(ids, names=[f"blocks.*.attn.{k}" for k in kinds], device="cpu")
+
+    def stack(kind: str) -> torch.Tensor:
+        return torch.stack([cache[f"blocks.{i}.attn.{kind}"][0] for i in range(model.config.n_layers)]).float()
+
+    logits = out[0, -1].float().cpu() if model.config.causal else None
+    return Analysis(token_texts(model, ids), ids[0].tolist(), stack("pattern"),
+                    stack("scores") if scores else None, model.config.causal, logits)  # fmt: skip

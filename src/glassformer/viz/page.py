@@ -1,0 +1,128 @@
+"""A self-contained HTML report: one file with its JavaScript, CSS and data inlined.
+
+It opens from file:// with no network: no CDN, no fonts, no requests. Hover a cell to
+see the query and key tokens, the dot product and the weight; click through layers and
+heads. Token text is data (JSON), put on the page with textContent only.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from importlib import resources
+
+import torch
+
+from ..inspect.explain import Analysis, analyze
+
+PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:">
+<title>{title}</title>
+<style>{css}</style>
+</head>
+<body>
+<h1>{title}</h1>
+<p class="muted" id="source"></p>
+<div class="controls">
+  <span>layer <span id="layers"></span></span>
+  <span>head <span id="heads"></span></span>
+  <button id="flip">switch orientation</button>
+</div>
+<h2 id="which"></h2>
+<p class="muted" id="orientation"></p>
+<div id="hover">hover a cell to see the query, the key, their dot product and the weight</div>
+<div id="grid"></div>
+<h2>every head</h2>
+<div id="thumbs"></div>
+<section id="next-section"><h2>next token (T = 1)</h2><div id="next"></div></section>
+<script id="glassformer-data" type="application/json">{data}</script>
+<script>{grid_js}</script>
+<script>{report_js}
+document.getElementById("source").textContent = JSON.parse(
+  document.getElementById("glassformer-data").textContent).text;</script>
+</body>
+</html>
+"""
+
+
+def static_text(name: str) -> str:
+    return resources.files("glassformer.viz").joinpath("static", name).read_text(encoding="utf-8")
+
+
+def json_for_script(value) -> str:
+    """JSON that cannot end its <script> element early: <, > and & become \\u escapes."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _rounded(t: torch.Tensor, digits: int = 4):
+    """Nested lists with masked (−∞) cells as null, which JSON can carry."""
+    t = t.double()
+    out = torch.where(torch.isfinite(t), t.round(decimals=digits), torch.nan).tolist()
+
+    def clean(x):
+        return [clean(v) for v in x] if isinstance(x, list) else (None if x != x else x)
+
+    return clean(out)
+
+
+def report_data(analysis: Analysis, text: str, *, top_k: int = 10, token_texts=None, start=(0, 0)) -> dict:
+    data = {
+        "text": text,
+        "tokens": analysis.tokens,
+        "n_layers": analysis.patterns.shape[0],
+        "n_heads": analysis.patterns.shape[1],
+        "causal": analysis.causal,
+        "patterns": _rounded(analysis.patterns),
+        "scores": _rounded(analysis.scores) if analysis.scores is not None else None,
+        "start": list(start),
+        "next": None,
+    }
+    if analysis.last_logits is not None and token_texts is not None:
+        probs = torch.softmax(analysis.last_logits, -1).topk(top_k)
+        data["next"] = [{"token": t, "prob": round(p, 5)}
+                        for t, p in zip(token_texts(probs.indices.tolist()), probs.values.tolist())]  # fmt: skip
+    return data
+
+
+def report_html(model, text: str, *, title: str = "glassformer: attention", layer: int = 0, head: int = 0) -> str:
+    """The whole report for `text` on `model`, as one HTML string."""
+    from ..inspect.explain import check_layer_head
+
+    check_layer_head(model, layer, head)
+    analysis = analyze(model, text, scores=True)
+    data = report_data(analysis, text, token_texts=model.tokenizer.token_texts, start=(layer, head))
+    return PAGE.format(
+        title=html.escape(title),
+        css=static_text("style.css"),
+        data=json_for_script(data),
+        grid_js=static_text("grid.js"),
+        report_js=static_text("report.js"),
+    )
+
+
+class AttentionView:
+    """A pattern you can look at: renders itself in Jupyter as the interactive report.
+
+        gf.viz.page.AttentionView(model, "a fluffy blue creature")   # last expression in a cell
+    """
+
+    def __init__(self, model, text: str, *, layer: int = 0, head: int = 0) -> None:
+        self.model, self.text, self.layer, self.head = model, text, layer, head
+        self.analysis = analyze(model, text)
+
+    @property
+    def pattern(self) -> torch.Tensor:
+        return self.analysis.patterns[self.layer, self.head]  # [query, key]
+
+    def _repr_html_(self) -> str:
+        page = report_html(self.model, self.text, layer=self.layer, head=self.head)
+        # an iframe keeps the page's script and styles to itself inside the notebook
+        return (f'<iframe srcdoc="{html.escape(page, quote=True)}" '
+                'style="width:100%;height:720px;border:0" sandbox="allow-scripts"></iframe>')  # fmt: skip
+
+    def __repr__(self) -> str:
+        return f"AttentionView({len(self.analysis.tokens)} tokens, layer {self.layer}, head {self.head})"
