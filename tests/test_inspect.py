@@ -221,3 +221,11 @@ def test_cli_heads_lens_neurons(capsys, tmp_path):
     assert capsys.readouterr().out.count("neuron ") == 3
     assert main(["neurons", "--model", str(tmp_path / "m"), "--neuron", "x"]) == 2
     assert "LAYER.INDEX" in capsys.readouterr().err
+
+
+def test_readme_documents_every_name():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for name, shape, fires_on, what in ACTIVATIONS:
+        assert f"| `{name}` | {shape} | {fires_on} | {what} |" in readme, name

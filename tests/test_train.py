@@ -179,3 +179,19 @@ def test_resume_refuses_another_shape_and_keeps_files(capsys, tmp_path):
     one_line_error(capsys, ["train", "--data", "lesson:adjectives", "--out", str(out)], "--resume")
     one_line_error(capsys, ["train", "--resume", str(tmp_path / "nothing")], "no resumable checkpoint")
     assert tree_digest(out) == before
+
+
+def test_lesson_model_is_trained_on_first_use_then_cached(tmp_path, monkeypatch):
+    from glassformer.lessons import adjectives
+    from glassformer.train import lesson_models
+
+    monkeypatch.setenv("GLASSFORMER_CACHE", str(tmp_path))
+    monkeypatch.setattr(adjectives, "TRAIN_DEFAULTS", {**adjectives.TRAIN_DEFAULTS, "steps": 10, "eval_every": 5})
+    assert not lesson_models.is_cached("lesson:adjectives")
+    first = gf.load("lesson:adjectives", progress=False)
+    assert lesson_models.is_cached("lesson:adjectives")
+    assert (tmp_path / "lessons" / "adjectives" / "log.jsonl").is_file()
+    monkeypatch.setattr(lesson_models, "train", lambda *a, **k: pytest.fail("trained twice"))
+    again = gf.load("lesson:adjectives")
+    assert torch.equal(first.W_E, again.W_E)
+    assert [p.name for p in (tmp_path / "lessons").iterdir()] == ["adjectives"]  # no temp dirs left

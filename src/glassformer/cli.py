@@ -298,6 +298,11 @@ def cmd_serve(args) -> int:
     names = args.model or []
     registry = default_registry(names)
     first = next(iter(registry.slots))
+    if first.startswith("lesson:"):
+        from .train.lesson_models import is_cached
+
+        if not is_cached(first):
+            print(f"training the {first} model (first use only, about a minute on two cores) ...", flush=True)
     print(f"loading {first} ...", flush=True)
     registry[first].get()  # fail now, with one line, rather than on the first request
     app = create_app(registry)

@@ -136,7 +136,9 @@ def analyze(model, text: str, *, scores: bool = False) -> Analysis:
     dot products), and the next-token logits."""
     ids = encode_text(model, text)
     kinds = ["pattern", "scores"] if scores else ["pattern"]
-    out, cache = model.run_with_cache(ids, names=[f"blocks.*.attn.{k}" for k in kinds], device="cpu")
+    # only the last position's logits are needed: skip unembedding the rest
+    out, cache = model.run_with_cache(ids, names=[f"blocks.*.attn.{k}" for k in kinds], device="cpu",
+                                      last_only=True)  # fmt: skip
 
     def stack(kind: str) -> torch.Tensor:
         return torch.stack([cache[f"blocks.{i}.attn.{kind}"][0] for i in range(model.config.n_layers)]).float()

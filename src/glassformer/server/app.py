@@ -6,6 +6,7 @@ files come only from the package's own folder.
 """
 
 
+import json
 import threading
 from dataclasses import dataclass, field
 from importlib import resources
@@ -14,7 +15,7 @@ from typing import Callable
 import torch
 
 from ..config import GlassformerError
-from ..inspect.explain import analyze, check_layer_head, encode_text, walk_head
+from ..inspect.explain import analyze, encode_text, walk_head
 from ..viz.page import _rounded
 
 DEFAULT_TEXT = "a fluffy blue creature roamed the verdant forest"
@@ -27,7 +28,10 @@ class ModelSlot:
     note: str = ""
     model: object = None
     head_scores: dict | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.RLock = field(default_factory=threading.RLock)  # loading and detector scores
+    # one forward pass at a time per model: torch already spreads each one over every
+    # core, so running twenty at once only makes them fight (and use twenty times the memory)
+    busy: threading.Lock = field(default_factory=threading.Lock)
 
     def get(self):
         with self.lock:
@@ -69,7 +73,7 @@ def default_registry(names: list[str]) -> Registry:
 def create_app(registry: Registry):
     try:
         from fastapi import FastAPI, HTTPException
-        from fastapi.responses import HTMLResponse
+        from fastapi.responses import HTMLResponse, Response
         from fastapi.staticfiles import StaticFiles
         from pydantic import BaseModel, Field
     except ImportError:
@@ -111,6 +115,12 @@ def create_app(registry: Registry):
         except GlassformerError as err:
             raise HTTPException(422, str(err))
 
+    def run(name: str, fn, *args, **kwargs):
+        """fn(model, ...) on the named model, one at a time; user mistakes become 422."""
+        model = model_for(name)
+        with registry[name].busy:
+            return checked(fn, model, *args, **kwargs)
+
     def next_tokens(model, logits: torch.Tensor, temperature: float, top_k: int) -> dict:
         from ..model import softmax_with_temperature
 
@@ -139,22 +149,24 @@ def create_app(registry: Registry):
             out.append(entry)
         return out
 
+    def as_json(data: dict) -> Response:
+        # big nested lists of floats: json.dumps is many times faster than FastAPI's encoder
+        return Response(json.dumps(data, separators=(",", ":"), ensure_ascii=False), media_type="application/json")
+
     @app.post("/api/analyze", summary="every layer's and head's pattern, and the next-token distribution")
-    def analyze_text(req: AnalyzeRequest) -> dict:
+    def analyze_text(req: AnalyzeRequest) -> Response:
         model = model_for(req.model)
-        a = checked(analyze, model, req.text)
+        a = run(req.model, analyze, req.text)
         result = {"model": req.model, "tokens": a.tokens, "ids": a.ids, "decoder": a.causal,
                   "n_layers": a.patterns.shape[0], "n_heads": a.patterns.shape[1],
                   "patterns": _rounded(a.patterns)}  # fmt: skip
         if a.last_logits is not None:
             result |= next_tokens(model, a.last_logits, req.temperature, req.top_k)
-        return result
+        return as_json(result)
 
     @app.post("/api/head", summary="one head step by step: Q, K, dot products, mask, pattern, ΔE")
     def head(req: HeadRequest) -> dict:
-        model = model_for(req.model)
-        checked(check_layer_head, model, req.layer, req.head)
-        walk = checked(walk_head, model, req.text, req.layer, req.head)
+        walk = run(req.model, walk_head, req.text, req.layer, req.head)
         mask = walk.step("mask").tensor
         return {
             "model": req.model, "layer": req.layer, "head": req.head, "tokens": walk.tokens,
@@ -173,20 +185,20 @@ def create_app(registry: Registry):
         model = model_for(req.model)
         if not model.config.causal:
             raise HTTPException(422, f"{req.model} is an encoder: it does not predict a next token")
-        ids = checked(encode_text, model, req.text)
-        with torch.inference_mode():
-            logits = model(ids, last_only=True)[0, -1].float().cpu()
-        return next_tokens(model, logits, req.temperature, req.top_k)
+        def last_logits(m, text):
+            with torch.inference_mode():
+                return m(encode_text(m, text), last_only=True)[0, -1].float().cpu()
+
+        return next_tokens(model, run(req.model, last_logits, req.text), req.temperature, req.top_k)
 
     @app.get("/api/heads", summary="head-detector scores, [layer][head] per kind")
     def head_scores(model: str) -> dict:
         from ..inspect import heads
 
         slot = slot_for(model)
-        m = model_for(model)
         with slot.lock:
             if slot.head_scores is None:
-                tables = checked(heads.detect_all, m)
+                tables = run(model, heads.detect_all)
                 slot.head_scores = {
                     "kinds": {k: {"definition": heads.DETECTORS[k], "scores": _rounded(v, 3),
                                   "strongest": list(heads.strongest(v))} for k, v in tables.items()}

@@ -31,6 +31,10 @@ def lesson_config(name: str, out: str | Path, **overrides) -> TrainConfig:
     return TrainConfig(data=f"lesson:{short}", out=str(out), **{**lesson.TRAIN_DEFAULTS, **overrides})
 
 
+def is_cached(name: str) -> bool:
+    return is_checkpoint(cache_root() / "lessons" / name.removeprefix("lesson:") / "best")
+
+
 def lesson_model_dir(name: str, *, progress: bool = True) -> Path:
     """The run directory of the lesson's model, trained now if it is not cached."""
     short = name.removeprefix("lesson:")

@@ -60,8 +60,11 @@ def json_for_script(value) -> str:
 
 def _rounded(t: torch.Tensor, digits: int = 4):
     """Nested lists with masked (−∞) cells as null, which JSON can carry."""
-    t = t.double()
-    out = torch.where(torch.isfinite(t), t.round(decimals=digits), torch.nan).tolist()
+    t = t.double().round(decimals=digits)
+    finite = torch.isfinite(t)
+    if bool(finite.all()):
+        return t.tolist()
+    out = torch.where(finite, t, torch.nan).tolist()
 
     def clean(x):
         return [clean(v) for v in x] if isinstance(x, list) else (None if x != x else x)
