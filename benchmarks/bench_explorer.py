@@ -7,7 +7,6 @@ eager forward with output_attentions=True on the same weights, same run.
 """
 
 import sys
-import time
 from pathlib import Path
 
 import httpx

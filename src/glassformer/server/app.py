@@ -100,20 +100,20 @@ def create_app(registry: Registry):
         try:
             return registry[name]
         except KeyError:
-            raise HTTPException(404, f"unknown model {name!r}; this server has: {', '.join(registry.slots)}")
+            raise HTTPException(404, f"unknown model {name!r}; this server has: {', '.join(registry.slots)}") from None
 
     def model_for(name: str):
         slot = slot_for(name)
         try:
             return slot.get()
         except GlassformerError as err:
-            raise HTTPException(503, f"model {name!r} could not be loaded: {err}")
+            raise HTTPException(503, f"model {name!r} could not be loaded: {err}") from None
 
     def checked(fn, *args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except GlassformerError as err:
-            raise HTTPException(422, str(err))
+            raise HTTPException(422, str(err)) from None
 
     def run(name: str, fn, *args, **kwargs):
         """fn(model, ...) on the named model, one at a time; user mistakes become 422."""
