@@ -114,12 +114,19 @@ def cmd_train(args) -> int:
     if args.compile:
         given["compile"] = True
     progress = not args.quiet
+
+    def on_eval(r: dict) -> None:
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"step {r['step']}: train loss {r['train_loss']:.4f}  val loss {r['val_loss']:.4f}  "
+                   f"lr {r['lr']:.2e}  {r['tokens_per_s']:,.0f} tokens/s")  # fmt: skip
+
     if args.resume:
         if args.out and Path(args.out) != Path(args.resume):
             raise GlassformerError("--resume continues a run in its own directory; drop --out")
         expect = {f: given[f] for f in MODEL_FIELDS + ("preset",) if f in given}
         result = resume(args.resume, steps=given.get("steps"), stop_at=given.get("stop_at"),
-                        expect=expect, data=args.data, progress=progress)  # fmt: skip
+                        expect=expect, data=args.data, progress=progress, on_eval=on_eval)  # fmt: skip
     else:
         if not args.data or not args.out:
             raise GlassformerError("give --data FILE|lesson:NAME and --out DIR (or --resume DIR)")
@@ -128,7 +135,8 @@ def cmd_train(args) -> int:
             defaults = lessons.get(args.data).TRAIN_DEFAULTS
             if "tokenizer" in given:
                 raise GlassformerError(f"{args.data} brings its own word tokenizer; drop --tokenizer")
-        result = train(TrainConfig(data=args.data, out=args.out, **{**defaults, **given}), progress=progress)
+        result = train(TrainConfig(data=args.data, out=args.out, **{**defaults, **given}), progress=progress,
+                       on_eval=on_eval)  # fmt: skip
     last = result.history[-1] if result.history else None
     summary = f"; last val loss {last['val_loss']:.4f}" if last else ""
     print(f"trained to step {result.step}{summary}; best val loss {result.best_val_loss:.4f}")

@@ -167,11 +167,13 @@ class TrainResult:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, *, progress: bool = True, state: dict | None = None) -> None:
+    def __init__(self, cfg: TrainConfig, *, progress: bool = True, state: dict | None = None,
+                 on_eval=None) -> None:  # fmt: skip
         cfg.check()
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.progress = progress
+        self.on_eval = on_eval  # called with each evaluation's record (rank 0), e.g. to print it
         self.dist = setup_distributed(cfg.device if cfg.device != "auto" else
                                       ("cuda" if torch.cuda.is_available() else "cpu"))  # fmt: skip
         self.device = pick_device(cfg.device, self.dist)
@@ -310,8 +312,9 @@ class Trainer:
             if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
                 record = self._eval_and_save(lr, speed)
                 history.append(record)
-                bar.write(f"step {record['step']}: train {record['train_loss']:.4f}  val {record['val_loss']:.4f}") \
-                    if self.progress and self.dist.main else None  # fmt: skip
+                log.info("step %d: train %.4f val %.4f", record["step"], record["train_loss"], record["val_loss"])
+                if self.on_eval is not None and self.dist.main:
+                    self.on_eval(record)
             elif cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.dist.main:
                 self._save_latest()
         bar.close()
@@ -338,14 +341,14 @@ class Trainer:
         return record
 
 
-def train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
+def train(cfg: TrainConfig, *, progress: bool = True, on_eval=None) -> TrainResult:
     """Start a new run in `cfg.out` (which must be empty or absent)."""
     out = Path(cfg.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise GlassformerError(
             f"{out} already holds files; continue it with --resume {out} or choose a new --out"
         )
-    return _run(Trainer(cfg, progress=progress))
+    return _run(Trainer(cfg, progress=progress, on_eval=on_eval))
 
 
 def read_resume_state(out: str | Path) -> tuple[TrainConfig, ModelConfig, dict]:
@@ -361,7 +364,8 @@ def read_resume_state(out: str | Path) -> tuple[TrainConfig, ModelConfig, dict]:
 
 
 def resume(out: str | Path, *, steps: int | None = None, stop_at: int | None = None,
-           expect: dict | None = None, data: str | None = None, progress: bool = True) -> TrainResult:  # fmt: skip
+           expect: dict | None = None, data: str | None = None, progress: bool = True,
+           on_eval=None) -> TrainResult:  # fmt: skip
     """Continue the run in `out` exactly where its last checkpoint left it.
 
     The run keeps its own settings; `steps` may lengthen it. `expect` (model fields) and
@@ -378,7 +382,7 @@ def resume(out: str | Path, *, steps: int | None = None, stop_at: int | None = N
     if data is not None and data != saved.data:
         raise GlassformerError(f"{out} was trained on {saved.data}, not {data}; resume refused")
     cfg = dataclasses.replace(saved, out=str(out), stop_at=stop_at, steps=steps or saved.steps)
-    return _run(Trainer(cfg, progress=progress, state=state))
+    return _run(Trainer(cfg, progress=progress, state=state, on_eval=on_eval))
 
 
 def _run(trainer: Trainer) -> TrainResult:
