@@ -38,6 +38,23 @@ def next_token_probs(
     return probs
 
 
+def decode_unembedding(model) -> torch.Tensor:
+    """W_U as a contiguous [C, V] matrix, kept on the model until the weights change.
+
+    At small batch each step is a vector times W_U, and BLAS streams a [C, V] matrix much
+    faster than the stored [V, C] one (tied to W_E). Making the copy is itself slow (a
+    transpose of V·C numbers), so it is made once and reused while the weight tensor and
+    its version counter (bumped by every in-place update, e.g. an optimizer step) are the same.
+    """
+    weight = model.unembed.weight
+    key = (weight.data_ptr(), weight._version, weight.device, weight.dtype)
+    cached = model.__dict__.get("_decode_W_U")
+    if cached is None or cached[0] != key:
+        cached = (key, model.W_U.detach().contiguous())
+        model.__dict__["_decode_W_U"] = cached
+    return cached[1]
+
+
 def _check(model, prompt_len: int, max_new_tokens, temperature, top_k, top_p) -> None:
     if not model.config.causal:
         raise GlassformerError("generation needs a decoder (GPT-style) model, not an encoder")
@@ -74,9 +91,7 @@ def stream(
         gen = torch.Generator(device=model.device).manual_seed(seed)
     ctx = model.config.context_length
     cache = model.new_cache(ids.shape[0]) if use_cache else None
-    # At small batch each step is a vector times W_U; BLAS reads a [C, V] matrix much
-    # faster than the stored [V, C] one (tied to W_E), so decode with a contiguous copy.
-    W_U = model.W_U.contiguous() if ids.shape[0] <= 4 and max_new_tokens > 8 else None
+    W_U = decode_unembedding(model) if ids.shape[0] <= 4 and max_new_tokens > 8 else None
     fresh = ids  # what the model has not seen yet
     for _ in range(max_new_tokens):
         if cache is not None and len(cache) + fresh.shape[1] > ctx:
