@@ -81,3 +81,18 @@ def test_cli_generate_streams_and_crops(capsys, tmp_path):
     assert "cropped" in capsys.readouterr().err
     code = main(["generate", "--model", "minilm", "--prompt", "hi"])
     assert code == 2 and "encoder" in capsys.readouterr().err
+
+
+def test_decode_copy_of_w_u_follows_weight_changes():
+    from glassformer.generate import decode_unembedding
+
+    m = build(tiny_decoder())
+    first = decode_unembedding(m)
+    assert decode_unembedding(m) is first  # reused while the weights stand still
+    with torch.no_grad():
+        m.embed.W_E.weight.add_(1.0)  # tied: this is W_U too
+    again = decode_unembedding(m)
+    assert again is not first and torch.equal(again, m.W_U)
+    prompt = [1, 2, 3]
+    assert m.generate(prompt, max_new_tokens=12, temperature=0) == \
+        m.generate(prompt, max_new_tokens=12, temperature=0, use_cache=False)  # fmt: skip
