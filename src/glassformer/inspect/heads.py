@@ -130,10 +130,11 @@ def speaks_adjectives(model) -> bool:
     if tok is None:
         return False
     try:
-        return len(tok.encode(adjectives.EXAMPLE)) == len(adjectives.EXAMPLE.split()) and \
-            getattr(tok, "token_id", lambda _: None)("[UNK]") not in tok.encode(adjectives.EXAMPLE)  # fmt: skip
-    except GlassformerError:
+        ids = tok.encode(adjectives.EXAMPLE)
+    except GlassformerError:  # a character vocabulary without these letters
         return False
+    unknown = tok.token_id("[UNK]") if hasattr(tok, "token_id") else None
+    return len(ids) == len(adjectives.EXAMPLE.split()) and unknown not in ids
 
 
 def detect_all(model, ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

@@ -113,7 +113,8 @@ def setup_distributed(device: str) -> Dist:
         return Dist()
     import torch.distributed as dist
 
-    backend = "nccl" if device.startswith("cuda") else "gloo"
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    backend = "nccl" if cuda else "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
@@ -174,8 +175,7 @@ class Trainer:
         self.out = Path(cfg.out)
         self.progress = progress
         self.on_eval = on_eval  # called with each evaluation's record (rank 0), e.g. to print it
-        self.dist = setup_distributed(cfg.device if cfg.device != "auto" else
-                                      ("cuda" if torch.cuda.is_available() else "cpu"))  # fmt: skip
+        self.dist = setup_distributed(cfg.device)
         self.device = pick_device(cfg.device, self.dist)
         torch.manual_seed(cfg.seed)
         tokenizer = checkpoint.load(state["dir"]).tokenizer if state else cfg.tokenizer
