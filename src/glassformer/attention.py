@@ -24,6 +24,7 @@ builds the T×S grid; it is taken whenever no hook inside the head is listening.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -71,22 +72,26 @@ class KVCache:
         return self.layers[0].length
 
 
-def allowed_cells(
+@functools.lru_cache(maxsize=16)
+def _future_cells(T: int, S: int, device: torch.device) -> torch.Tensor:
+    """Boolean [T, S], True where key s comes after query t. Queries are the last T of
+    the S positions (with a cache, the earlier ones are already stored), so query t
+    sits at position t + S - T. Cached: every layer of a forward asks for the same one."""
+    return torch.ones(T, S, dtype=torch.bool, device=device).triu_(S - T + 1)
+
+
+def blocked_cells(
     T: int, S: int, *, causal: bool, key_keep_BS: torch.Tensor | None, device
 ) -> torch.Tensor | None:
-    """Boolean [B|1, 1, T, S]: True where query t may look at key s; None if everywhere.
-
-    With a cache the T queries are the last T of the S positions, so query t sits at
-    position t + (S - T) and may see keys up to and including that position.
-    """
-    allowed = None
-    if causal and not (T == 1 and key_keep_BS is None):
-        query_pos = torch.arange(T, device=device)[:, None] + (S - T)
-        allowed = (torch.arange(S, device=device)[None, :] <= query_pos)[None, None]  # [1,1,T,S]
+    """Boolean [B|1, 1, T, S]: True where query t may not look at key s (a later
+    position in a decoder, padding in any model); None when nothing is blocked."""
+    blocked = None
+    if causal and T > 1:  # a single query is the newest position: every key is in its past
+        blocked = _future_cells(T, S, torch.device(device))[None, None]
     if key_keep_BS is not None:
-        keep = key_keep_BS.bool()[:, None, None, :]  # [B,1,1,S]
-        allowed = keep if allowed is None else allowed & keep
-    return allowed
+        padding = ~key_keep_BS.bool()[:, None, None, :]  # [B,1,1,S]
+        blocked = padding if blocked is None else blocked | padding
+    return blocked
 
 
 class Attention(nn.Module):
@@ -197,11 +202,12 @@ class Attention(nn.Module):
         T, S = q_BHTD.shape[2], k_BHSD.shape[2]
 
         # the grid of dot products, scaled so its spread does not grow with D
-        scores_BHTS = (q_BHTD @ k_BHSD.transpose(-2, -1)) / math.sqrt(self.d_head)
-        allowed = allowed_cells(T, S, causal=self.causal, key_keep_BS=key_keep_BS,
+        scores_BHTS = q_BHTD @ k_BHSD.transpose(-2, -1)
+        scores_BHTS.div_(math.sqrt(self.d_head))  # in place: nothing else holds this grid yet
+        blocked = blocked_cells(T, S, causal=self.causal, key_keep_BS=key_keep_BS,
                                 device=q_BHTD.device)  # fmt: skip
-        if allowed is not None:
-            scores_BHTS = scores_BHTS.masked_fill(~allowed, float("-inf"))
+        if blocked is not None:
+            scores_BHTS.masked_fill_(blocked, float("-inf"))
         scores_BHTS = self.hook_scores(scores_BHTS)
 
         pattern_BHTS = torch.softmax(scores_BHTS, dim=-1)  # each row (query) sums to 1
@@ -222,8 +228,8 @@ class Attention(nn.Module):
             return F.scaled_dot_product_attention(
                 q_BHTD, k_BHTD, v_BHTD, dropout_p=dropout_p, is_causal=True
             )
-        allowed = allowed_cells(T, S, causal=self.causal, key_keep_BS=key_keep_BS,
+        blocked = blocked_cells(T, S, causal=self.causal, key_keep_BS=key_keep_BS,
                                 device=q_BHTD.device)  # fmt: skip
         return F.scaled_dot_product_attention(
-            q_BHTD, k_BHTD, v_BHTD, attn_mask=allowed, dropout_p=dropout_p
+            q_BHTD, k_BHTD, v_BHTD, attn_mask=None if blocked is None else ~blocked, dropout_p=dropout_p
         )

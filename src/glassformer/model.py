@@ -19,7 +19,7 @@ from torch import nn
 from .attention import Attention, KVCache
 from .config import GlassformerError, ModelConfig
 from .hooks import HookFn, HookPoint, name_hook_points
-from .linear import Linear
+from .linear import Linear, wide_matmul
 
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,  # exact erf form (BERT)
@@ -222,7 +222,7 @@ class Transformer(nn.Module):
         if last_only:
             x = x[:, -1:]
         x = self.hook_ln_final(self.ln_final(x))
-        logits = self.unembed(x) if W_U is None else x @ W_U
+        logits = wide_matmul(x, self.unembed.weight.T if W_U is None else W_U)
         return self.hook_logits(logits)
 
     def new_cache(self, batch: int = 1, max_len: int | None = None) -> KVCache:
