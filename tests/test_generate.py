@@ -96,3 +96,27 @@ def test_decode_copy_of_w_u_follows_weight_changes():
     prompt = [1, 2, 3]
     assert m.generate(prompt, max_new_tokens=12, temperature=0) == \
         m.generate(prompt, max_new_tokens=12, temperature=0, use_cache=False)  # fmt: skip
+
+
+def test_cpu_decoding_restores_threads_and_matches_plain_products(model):
+    """Cached batch-1 steps on a CPU run PyTorch on one thread with numpy's products; the
+    thread count comes back when the stream ends or is dropped, and the logits agree."""
+    import torch
+
+    from glassformer.generate import stream as token_stream
+    from glassformer.linear import vector_products
+
+    before = torch.get_num_threads()
+    stream = token_stream(model, [1, 2, 3], max_new_tokens=5, temperature=0)
+    next(stream), next(stream)
+    assert torch.get_num_threads() == 1
+    stream.close()
+    assert torch.get_num_threads() == before
+    model.generate([1, 2, 3], max_new_tokens=5, temperature=0)
+    assert torch.get_num_threads() == before
+    ids = torch.tensor([[4]])
+    with torch.inference_mode():
+        plain = model(ids)
+        with vector_products():
+            routed = model(ids)
+    torch.testing.assert_close(routed, plain, rtol=1e-4, atol=1e-5)  # another summation order

@@ -7,11 +7,13 @@ with and without the cache gives the same tokens.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Iterator
 
 import torch
 
 from .config import GlassformerError
+from .linear import vector_products
 
 
 def next_token_probs(
@@ -81,7 +83,11 @@ def stream(
     top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
     use_cache: bool = True, stop_token: int | None = None,
 ) -> Iterator[torch.Tensor]:  # fmt: skip
-    """Yield each new token, [B] ids, as soon as it is chosen."""
+    """Yield each new token, [B] ids, as soon as it is chosen.
+
+    On a CPU at batch 1, once the prompt is cached, PyTorch is held at one thread until
+    the stream ends or is closed, and the one-row products go to numpy (see linear.py).
+    """
     ids = torch.as_tensor(tokens, dtype=torch.long, device=model.device)
     if ids.dim() == 1:
         ids = ids[None]
@@ -93,23 +99,28 @@ def stream(
     cache = model.new_cache(ids.shape[0]) if use_cache else None
     W_U = decode_unembedding(model) if ids.shape[0] <= 4 and max_new_tokens > 8 else None
     fresh = ids  # what the model has not seen yet
-    for _ in range(max_new_tokens):
-        if cache is not None and len(cache) + fresh.shape[1] > ctx:
-            cache = None  # full: positions are absolute, so slide the window without a cache
-        if cache is None:
-            logits = model(ids[:, -ctx:], last_only=True, W_U=W_U)
-        else:
-            logits = model(fresh, cache=cache, last_only=True, W_U=W_U)
-        probs = next_token_probs(logits[:, -1], temperature=temperature, top_k=top_k, top_p=top_p)
-        if temperature == 0:
-            new = probs.argmax(-1)
-        else:
-            new = torch.multinomial(probs, 1, generator=gen)[:, 0]
-        ids = torch.cat([ids, new[:, None]], dim=1)
-        fresh = new[:, None]
-        yield new
-        if stop_token is not None and bool((new == stop_token).all()):
-            return
+    one_row = contextlib.ExitStack()  # held while each step feeds the model a single row
+    with one_row:
+        for step in range(max_new_tokens):
+            if cache is not None and len(cache) + fresh.shape[1] > ctx:
+                cache = None  # full: positions are absolute, so slide the window without a cache
+                one_row.close()
+            if cache is None:
+                logits = model(ids[:, -ctx:], last_only=True, W_U=W_U)
+            else:
+                logits = model(fresh, cache=cache, last_only=True, W_U=W_U)
+            probs = next_token_probs(logits[:, -1], temperature=temperature, top_k=top_k, top_p=top_p)
+            if temperature == 0:
+                new = probs.argmax(-1)
+            else:
+                new = torch.multinomial(probs, 1, generator=gen)[:, 0]
+            ids = torch.cat([ids, new[:, None]], dim=1)
+            if step == 0 and cache is not None and ids.shape[0] == 1 and ids.device.type == "cpu":
+                one_row.enter_context(vector_products())  # the prompt is cached; one row per step from here
+            fresh = new[:, None]
+            yield new
+            if stop_token is not None and bool((new == stop_token).all()):
+                return
 
 
 def generate(model, tokens, *, max_new_tokens: int = 50, **kwargs):

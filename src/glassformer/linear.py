@@ -10,8 +10,43 @@ each step is a vector-matrix product, and BLAS streams an [in, out] matrix at ab
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
+import numpy as np
 import torch
 from torch import nn
+
+# Decoding at batch 1 multiplies one vector by every weight matrix per token, so its
+# speed is how fast the weights stream from memory. On the CPUs we measured, PyTorch's
+# MKL streams an [in, out] matrix at 11-16 GB/s whatever its thread count, while numpy's
+# OpenBLAS streams the same matrix at 18-21 GB/s once PyTorch's own thread pool is idle;
+# a plain single-core sum reads at 24 GB/s. So inside `vector_products()` (entered by
+# generate.py for each cached step on a CPU) PyTorch runs on one thread and each
+# one-row product goes to numpy. benchmarks/bench_generate.py measures the effect.
+_vector_products = contextvars.ContextVar("glassformer_vector_products", default=False)
+
+
+@contextlib.contextmanager
+def vector_products():
+    """Route one-row float32 products on the CPU through numpy's BLAS for this block."""
+    threads = torch.get_num_threads()
+    token = _vector_products.set(True)
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        _vector_products.reset(token)
+
+
+def _one_row(flat: torch.Tensor, W: torch.Tensor) -> bool:
+    return (flat.shape[0] == 1 and _vector_products.get() and flat.dtype == torch.float32
+            and W.dtype == torch.float32 and flat.device.type == "cpu" and not torch.is_grad_enabled())  # fmt: skip
+
+
+def _numpy_product(flat: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(np.matmul(flat.numpy(), W.detach().numpy()))
 
 
 class Linear(nn.Module):
@@ -23,7 +58,11 @@ class Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
-        if self.bias is None:
+        if _one_row(flat, self.weight):
+            out = _numpy_product(flat, self.weight)
+            if self.bias is not None:
+                out += self.bias
+        elif self.bias is None:
             out = flat @ self.weight
         else:
             out = torch.addmm(self.bias, flat, self.weight)
@@ -46,6 +85,8 @@ def wide_matmul(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     """x [..., K] @ W [K, N], tiled on a CPU when W is wide and nothing needs gradients."""
     flat = x.reshape(-1, x.shape[-1])
     M, N = flat.shape[0], W.shape[1]
+    if _one_row(flat, W):
+        return _numpy_product(flat, W).view(*x.shape[:-1], N)
     needs_grad = torch.is_grad_enabled() and (flat.requires_grad or W.requires_grad)
     if flat.device.type != "cpu" or M < 2 or N < 4 * TILE_COLS or needs_grad:
         return x @ W
