@@ -101,8 +101,6 @@ def test_decode_copy_of_w_u_follows_weight_changes():
 def test_cpu_decoding_restores_threads_and_matches_plain_products(model):
     """Cached batch-1 steps on a CPU run PyTorch on one thread with numpy's products; the
     thread count comes back when the stream ends or is dropped, and the logits agree."""
-    import torch
-
     from glassformer.generate import stream as token_stream
     from glassformer.linear import vector_products
 

@@ -99,8 +99,7 @@ def stream(
     cache = model.new_cache(ids.shape[0]) if use_cache else None
     W_U = decode_unembedding(model) if ids.shape[0] <= 4 and max_new_tokens > 8 else None
     fresh = ids  # what the model has not seen yet
-    one_row = contextlib.ExitStack()  # held while each step feeds the model a single row
-    with one_row:
+    with contextlib.ExitStack() as one_row:  # held while each step feeds the model a single row
         for step in range(max_new_tokens):
             if cache is not None and len(cache) + fresh.shape[1] > ctx:
                 cache = None  # full: positions are absolute, so slide the window without a cache

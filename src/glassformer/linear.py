@@ -2,10 +2,9 @@
 
 torch.nn.Linear stores [out, in] and computes x·Wᵀ. Keeping [in, out] (as GPT-2's
 original Conv1D does) lets a head's matrix be read straight off the stored weight
-(W_Q[h] is a column block of it) and is what makes decoding fast on a CPU: at batch 1
-each step is a vector-matrix product, and BLAS streams an [in, out] matrix at about
-1.7× the bandwidth of an [out, in] one on the machines we measured
-(benchmarks/bench_generate.py).
+(W_Q[h] is a column block of it). The module also holds the two CPU speed paths of the
+model's products: one-row products through numpy while decoding, and the wide
+unembedding in tiles; each is explained, with its measurement, where it is defined.
 """
 
 from __future__ import annotations

@@ -222,7 +222,7 @@ class Transformer(nn.Module):
         if last_only:
             x = x[:, -1:]
         x = self.hook_ln_final(self.ln_final(x))
-        logits = wide_matmul(x, self.unembed.weight.T if W_U is None else W_U)
+        logits = wide_matmul(x, self.W_U if W_U is None else W_U)
         return self.hook_logits(logits)
 
     def new_cache(self, batch: int = 1, max_len: int | None = None) -> KVCache:
