@@ -2,7 +2,9 @@
 d_model 128, context 64, batch 12, AdamW, ../shared/data/tinyshakespeare.txt):
 
 1. tokens/s of glassformer vs Hugging Face GPT2LMHeadModel of the same shape with the
-   same optimizer and the same batches, measured in turns in one run;
+   same optimizer and the same batches, each in fp32 and under bf16 autocast, measured in
+   turns in one run; glassformer's trainer default (`--precision auto`) is set against
+   the faster of Hugging Face's two;
 2. the full 2000-iteration run (lr 1e-3 -> 1e-4 cosine, warmup 100, dropout 0) through
    `glassformer.train`, its final validation loss (nanoGPT reports 1.88) and wall time.
 
@@ -12,6 +14,7 @@ d_model 128, context 64, batch 12, AdamW, ../shared/data/tinyshakespeare.txt):
 import argparse
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -21,51 +24,71 @@ from _common import env_line
 
 import glassformer as gf
 from glassformer.train import TrainConfig, train
+from glassformer.train.trainer import resolve_precision
 from glassformer.train.data import Batcher, prepare
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
 
 def speed_race(data_path: Path, steps: int = 60) -> None:
+    """Both models in both precisions, in turns; glassformer's trainer default (`auto`)
+    is compared with the faster of Hugging Face's two."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     data = prepare(str(data_path), "char")
     V = data.tokenizer.vocab_size
     cfg = gf.PRESETS["shakespeare-char"].replace(vocab_size=V, bias=True)  # GPT-2 always has biases
-    torch.manual_seed(0)
-    ours = gf.Transformer(cfg)
-    hf = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_positions=64, n_embd=128, n_layer=4, n_head=4,
-                                    resid_pdrop=0, embd_pdrop=0, attn_pdrop=0))  # fmt: skip
-    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in hf.parameters())
     batches = Batcher(data.train, 64, 12, seed=0)
     xs = [batches.next() for _ in range(steps)]
+    auto = resolve_precision("auto", "cpu")
 
-    def loop(model, logits_of):
+    def contender(kind: str, precision: str):
+        torch.manual_seed(0)
+        if kind == "glassformer":
+            model = gf.Transformer(cfg)
+            logits_of = model
+        else:
+            model = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_positions=64, n_embd=128, n_layer=4, n_head=4,
+                                               resid_pdrop=0, embd_pdrop=0, attn_pdrop=0))  # fmt: skip
+            logits_of = lambda x: model(x).logits  # noqa: E731
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1, fused=True)
+        autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
         model.train()
 
         def run():
             for x, y in xs:
-                loss = F.cross_entropy(logits_of(model, x).flatten(0, 1), y.flatten())
+                with autocast():
+                    logits = logits_of(x)
+                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
 
-        return run
+        return model, run
 
-    runs = {"glassformer": loop(ours, lambda m, x: m(x)), "hf": loop(hf, lambda m, x: m(x).logits)}
+    runs, sizes = {}, set()
+    for kind in ("glassformer", "hf"):
+        for precision in ("fp32", "bf16"):
+            model, runs[kind, precision] = contender(kind, precision)
+            sizes.add(sum(p.numel() for p in model.parameters()))
+    assert len(sizes) == 1, "the two models must have the same parameters"
     times = {k: [] for k in runs}
     for run in runs.values():
         run()  # warm-up
-    for _ in range(3):
-        for name, run in runs.items():
+    for _ in range(5):
+        for key, run in runs.items():
             t = time.perf_counter()
             run()
-            times[name].append(time.perf_counter() - t)
+            times[key].append(time.perf_counter() - t)
     tps = {k: steps * 12 * 64 / min(v) for k, v in times.items()}
-    print(f"training tokens/s: glassformer {tps['glassformer']:,.0f}   HF GPT2LMHeadModel {tps['hf']:,.0f}   "
-          f"speed-up {tps['glassformer'] / tps['hf']:.2f}x")  # fmt: skip
+    for (kind, precision), v in tps.items():
+        print(f"  {kind:12s} {precision}: {v:8,.0f} tokens/s")
+    hf_best = max(("fp32", "bf16"), key=lambda p: tps["hf", p])
+    print(f"training tokens/s: glassformer's default here ({auto}) {tps['glassformer', auto]:,.0f}   "
+          f"HF GPT2LMHeadModel at its faster ({hf_best}) {tps['hf', hf_best]:,.0f}   "
+          f"speed-up {tps['glassformer', auto] / tps['hf', hf_best]:.2f}x   "
+          f"(fp32 vs fp32 {tps['glassformer', 'fp32'] / tps['hf', 'fp32']:.2f}x)")  # fmt: skip
 
 
 @torch.no_grad()

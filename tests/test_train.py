@@ -69,6 +69,34 @@ def test_resume_is_bit_identical(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_bf16_training_keeps_fp32_weights_and_records_its_precision(tmp_path):
+    from glassformer.train.trainer import cpu_has_bf16_units, read_resume_state
+
+    out = tmp_path / "run"
+    train(TrainConfig(data="lesson:adjectives", out=str(out), steps=40, eval_every=20, precision="bf16",
+                      **SMALL), progress=False)  # fmt: skip
+    log = log_lines(out)
+    assert log[-1]["val_loss"] < log[0]["val_loss"]
+    weights = checkpoint.read_safetensors(out / "latest" / "model.safetensors")
+    assert {w.dtype for w in weights.values()} == {torch.float32}
+    assert read_resume_state(out)[0].precision == "bf16"
+    auto = tmp_path / "auto"
+    train(TrainConfig(data="lesson:adjectives", out=str(auto), steps=2, eval_every=2, **SMALL), progress=False)
+    # auto is stored resolved, so a resume on another machine trains the same way
+    assert read_resume_state(auto)[0].precision == ("bf16" if cpu_has_bf16_units() else "fp32")
+
+
+def test_attention_stays_fp32_under_cpu_autocast():
+    model = gf.load("random:lesson-tiny").train()
+    seen = {}
+    hook = model.blocks[0].attn.proj.register_forward_pre_hook(lambda m, args: seen.update(z=args[0].dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(torch.arange(10)[None])
+    hook.remove()
+    assert seen["z"] == torch.float32  # the pattern-weighted values came out of fp32 attention
+    assert logits.dtype == torch.bfloat16  # while the products around it ran in bf16
+
+
 @pytest.mark.slow
 def test_sigkill_never_loses_the_last_good_checkpoint(tmp_path):
     out = tmp_path / "run"
@@ -105,7 +133,8 @@ def test_sigkill_never_loses_the_last_good_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_two_gloo_processes_equal_one_with_the_combined_batch(tmp_path):
     args = ["--data", "lesson:adjectives", "--preset", "lesson-tiny", "--steps", "6", "--eval-every", "3",
-            "--eval-batches", "2", "--quiet", "--device", "cpu"]  # fmt: skip
+            "--eval-batches", "2", "--quiet", "--device", "cpu",
+            "--precision", "fp32"]  # fmt: skip  (bf16 would round each process's partial sums differently)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, "-m", "glassformer", "train", "--out", str(tmp_path / "one"),
                           "--batch-size", "8", *args], env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
@@ -167,6 +196,8 @@ def test_bad_training_inputs(capsys, tmp_path):
                             "words"], "unknown tokenizer")  # fmt: skip
     one_line_error(capsys, ["train", "--data", "lesson:adjectives", "--out", out, "--tokenizer", "bpe:300"],
                    "brings its own")  # fmt: skip
+    one_line_error(capsys, ["train", "--data", "lesson:adjectives", "--out", out, "--precision", "fp16"],
+                   "unknown precision", "bf16")  # fmt: skip
     assert not Path(out).exists()  # nothing was created by any of them
 
 

@@ -222,8 +222,17 @@ class Attention(nn.Module):
         """The same numbers from a fused kernel that never stores the T×S grid."""
         if cache is not None:
             k_BHTD, v_BHTD = cache.append(k_BHTD, v_BHTD)
-        T, S = q_BHTD.shape[2], k_BHTD.shape[2]
         dropout_p = self.dropout if self.training else 0.0
+        if q_BHTD.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # bf16 training on a CPU: the fused kernel's bf16 backward ran 4x slower than its
+            # fp32 one here, so attention itself stays in fp32 (the products around it do not)
+            with torch.autocast("cpu", enabled=False):
+                q, k, v = q_BHTD.float(), k_BHTD.float(), v_BHTD.float()
+                return self._sdpa(q, k, v, key_keep_BS, dropout_p)
+        return self._sdpa(q_BHTD, k_BHTD, v_BHTD, key_keep_BS, dropout_p)
+
+    def _sdpa(self, q_BHTD, k_BHTD, v_BHTD, key_keep_BS, dropout_p) -> torch.Tensor:
+        T, S = q_BHTD.shape[2], k_BHTD.shape[2]
         if self.causal and key_keep_BS is None and T == S:
             return F.scaled_dot_product_attention(
                 q_BHTD, k_BHTD, v_BHTD, dropout_p=dropout_p, is_causal=True

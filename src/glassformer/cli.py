@@ -42,6 +42,7 @@ TRAIN_FIELDS = {  # flag -> (type, help); None defaults mean "the lesson's or Tr
     "eval_batches": (int, "validation batches per evaluation"),
     "ckpt_every": (int, "extra checkpoints every N steps"), "seed": (int, "random seed"),
     "val_fraction": (float, "share of a text file held out"), "device": (str, "auto, cpu or cuda"),
+    "precision": (str, "auto, fp32 or bf16 autocast (auto: bf16 where the chip computes it natively)"),
     "stop_at": (int, "stop this process at step N (resume later)"),
 }  # fmt: skip
 
@@ -139,7 +140,7 @@ def cmd_train(args) -> int:
                        on_eval=on_eval)  # fmt: skip
     last = result.history[-1] if result.history else None
     summary = f"; last val loss {last['val_loss']:.4f}" if last else ""
-    print(f"trained to step {result.step}{summary}; best val loss {result.best_val_loss:.4f}")
+    print(f"trained to step {result.step} ({result.precision}){summary}; best val loss {result.best_val_loss:.4f}")
     print(f"model: {result.out} (glassformer generate --model {result.out} --prompt ...)")
     return 0
 

@@ -10,6 +10,7 @@ A run directory holds:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -62,6 +63,7 @@ class TrainConfig:
     seed: int = 1337
     val_fraction: float = 0.1
     device: str = "auto"  # auto, cpu, cuda, cuda:N
+    precision: str = "auto"  # auto, fp32 or bf16 (autocast; weights and optimizer stay fp32)
     compile: bool = False  # torch.compile the model (CUDA)
     stop_at: int | None = None  # end this process early at this step (the run stays resumable)
 
@@ -80,6 +82,8 @@ class TrainConfig:
                 raise GlassformerError(f"{name.replace('_', '-')} must be at least 1")
         if self.lr <= 0 or self.min_lr < 0:
             raise GlassformerError("learning rates must be positive")
+        if self.precision not in PRECISIONS:
+            raise GlassformerError(f"unknown precision {self.precision!r}; use {', '.join(PRECISIONS)}")
         spec = self.tokenizer
         if isinstance(spec, str) and not (spec == "char" or (spec.startswith("bpe:") and spec[4:].isdigit())):
             raise GlassformerError(f"unknown tokenizer {spec!r}; use char or bpe:VOCAB_SIZE")
@@ -134,6 +138,33 @@ def pick_device(name: str, d: Dist) -> str:
     return name
 
 
+# --- precision -----------------------------------------------------------------------
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX). Without those
+    instructions bf16 is emulated and slower than fp32, so `auto` keeps fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no cheap way to know, stay with fp32
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(name: str, device: str) -> str:
+    """`auto` is whatever trains fastest here: bf16 autocast on CUDA GPUs that support it
+    and on CPUs with bf16 units (nanoGPT's CPU Shakespeare step: 36 -> 26 ms), else fp32."""
+    cuda = device.startswith("cuda")
+    supported = torch.cuda.is_bf16_supported() if cuda else cpu_has_bf16_units()
+    if name == "auto":
+        return "bf16" if supported else "fp32"
+    if name == "bf16" and cuda and not supported:
+        raise GlassformerError("this GPU has no bf16 support; use --precision fp32")
+    return name
+
+
 # --- optimizer state without pickle ---------------------------------------------------
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     sd = opt.state_dict()
@@ -165,6 +196,7 @@ class TrainResult:
     step: int
     best_val_loss: float
     history: list[dict]
+    precision: str = "fp32"  # what the run trained in (auto resolved)
 
 
 class Trainer:
@@ -177,6 +209,8 @@ class Trainer:
         self.on_eval = on_eval  # called with each evaluation's record (rank 0), e.g. to print it
         self.dist = setup_distributed(cfg.device)
         self.device = pick_device(cfg.device, self.dist)
+        # the resolved precision is what checkpoints record, so a resume trains the same way
+        cfg = self.cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, self.device))
         torch.manual_seed(cfg.seed)
         tokenizer = checkpoint.load(state["dir"]).tokenizer if state else cfg.tokenizer
         self.data: Dataset = prepare(cfg.data, tokenizer, val_fraction=cfg.val_fraction, seed=cfg.seed)
@@ -202,8 +236,9 @@ class Trainer:
                                                self.device.startswith("cuda") else None)  # fmt: skip
         if cfg.compile:
             self.net = torch.compile(self.net)
-        cuda = self.device.startswith("cuda")
-        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else nullcontext
+        kind = self.device.split(":")[0]
+        bf16 = cfg.precision == "bf16"
+        self.autocast = (lambda: torch.autocast(kind, dtype=torch.bfloat16)) if bf16 else nullcontext
 
     def _restore(self, state: dict) -> None:
         latest = Path(state["dir"])
@@ -322,7 +357,7 @@ class Trainer:
             self.step % cfg.eval_every == 0 or (cfg.ckpt_every and self.step % cfg.ckpt_every == 0)
         ):
             self._save_latest()  # stopped early between checkpoints: keep the place
-        return TrainResult(self.out, self.step, self.best_val, history)
+        return TrainResult(self.out, self.step, self.best_val, history, self.cfg.precision)
 
     def _eval_and_save(self, lr: float, speed: float) -> dict:
         val = self.evaluate() if self.dist.main else float("nan")
