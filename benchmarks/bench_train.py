@@ -13,6 +13,7 @@ d_model 128, context 64, batch 12, AdamW, ../shared/data/tinyshakespeare.txt):
 
 import argparse
 import tempfile
+import statistics
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -30,16 +31,17 @@ from glassformer.train.data import Batcher, prepare
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
 
-def speed_race(data_path: Path, steps: int = 60) -> None:
-    """Both models in both precisions, in turns; glassformer's trainer default (`auto`)
-    is compared with the faster of Hugging Face's two."""
+def speed_race(data_path: Path, chunk: int = 10, rounds: int = 30) -> None:
+    """Both models in both precisions, taking turns every `chunk` steps so that the shared
+    machine's drift hits all four alike; each one's speed is its median chunk.
+    glassformer's trainer default (`auto`) is compared with the faster of Hugging Face's two."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     data = prepare(str(data_path), "char")
     V = data.tokenizer.vocab_size
     cfg = gf.PRESETS["shakespeare-char"].replace(vocab_size=V, bias=True)  # GPT-2 always has biases
     batches = Batcher(data.train, 64, 12, seed=0)
-    xs = [batches.next() for _ in range(steps)]
+    xs = [batches.next() for _ in range(chunk)]
     auto = resolve_precision("auto", "cpu")
 
     def contender(kind: str, precision: str):
@@ -76,12 +78,12 @@ def speed_race(data_path: Path, steps: int = 60) -> None:
     times = {k: [] for k in runs}
     for run in runs.values():
         run()  # warm-up
-    for _ in range(5):
+    for _ in range(rounds):
         for key, run in runs.items():
             t = time.perf_counter()
             run()
             times[key].append(time.perf_counter() - t)
-    tps = {k: steps * 12 * 64 / min(v) for k, v in times.items()}
+    tps = {k: chunk * 12 * 64 / statistics.median(v) for k, v in times.items()}
     for (kind, precision), v in tps.items():
         print(f"  {kind:12s} {precision}: {v:8,.0f} tokens/s")
     hf_best = max(("fp32", "bf16"), key=lambda p: tps["hf", p])

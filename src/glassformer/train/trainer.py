@@ -155,7 +155,7 @@ def cpu_has_bf16_units() -> bool:
 
 def resolve_precision(name: str, device: str) -> str:
     """`auto` is whatever trains fastest here: bf16 autocast on CUDA GPUs that support it
-    and on CPUs with bf16 units (nanoGPT's CPU Shakespeare step: 36 -> 26 ms), else fp32."""
+    and on CPUs with bf16 units (benchmarks/bench_train.py races both), else fp32."""
     cuda = device.startswith("cuda")
     supported = torch.cuda.is_bf16_supported() if cuda else cpu_has_bf16_units()
     if name == "auto":
