@@ -12,10 +12,9 @@ d_model 128, context 64, batch 12, AdamW, ../shared/data/tinyshakespeare.txt):
 """
 
 import argparse
-import tempfile
 import statistics
+import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -25,8 +24,8 @@ from _common import env_line
 
 import glassformer as gf
 from glassformer.train import TrainConfig, train
-from glassformer.train.trainer import resolve_precision
 from glassformer.train.data import Batcher, prepare
+from glassformer.train.trainer import autocast_for, resolve_precision
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
@@ -54,7 +53,7 @@ def speed_race(data_path: Path, chunk: int = 10, rounds: int = 30) -> None:
                                                resid_pdrop=0, embd_pdrop=0, attn_pdrop=0))  # fmt: skip
             logits_of = lambda x: model(x).logits  # noqa: E731
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1, fused=True)
-        autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
+        autocast = autocast_for(precision, "cpu")  # what the trainer wraps each forward in
         model.train()
 
         def run():

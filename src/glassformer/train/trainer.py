@@ -165,6 +165,14 @@ def resolve_precision(name: str, device: str) -> str:
     return name
 
 
+def autocast_for(precision: str, device: str):
+    """What to wrap each forward in: a factory of bf16 autocast contexts, or of no-ops."""
+    if precision != "bf16":
+        return nullcontext
+    kind = device.split(":")[0]
+    return lambda: torch.autocast(kind, dtype=torch.bfloat16)
+
+
 # --- optimizer state without pickle ---------------------------------------------------
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     sd = opt.state_dict()
@@ -196,7 +204,7 @@ class TrainResult:
     step: int
     best_val_loss: float
     history: list[dict]
-    precision: str = "fp32"  # what the run trained in (auto resolved)
+    precision: str  # what the run trained in (auto resolved)
 
 
 class Trainer:
@@ -236,9 +244,7 @@ class Trainer:
                                                self.device.startswith("cuda") else None)  # fmt: skip
         if cfg.compile:
             self.net = torch.compile(self.net)
-        kind = self.device.split(":")[0]
-        bf16 = cfg.precision == "bf16"
-        self.autocast = (lambda: torch.autocast(kind, dtype=torch.bfloat16)) if bf16 else nullcontext
+        self.autocast = autocast_for(cfg.precision, self.device)
 
     def _restore(self, state: dict) -> None:
         latest = Path(state["dir"])
