@@ -170,11 +170,25 @@ def test_default_adjectives_lesson_grows_an_adjective_head(tmp_path):
 
 # --- bad input -------------------------------------------------------------------------
 def one_line_error(capsys, argv, *words):
-    code = main(argv)
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse refuses a flag's value before main runs anything
+        code = exit_.code
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
     for w in words:
         assert w in err, err
+
+
+@pytest.mark.parametrize("tied", ["yes", "no"])
+def test_cli_chooses_a_tied_or_separate_unembedding(tmp_path, tied):
+    out = tmp_path / "run"
+    argv = ["train", "--data", "lesson:adjectives", "--out", str(out), "--preset", "lesson-tiny",
+            "--steps", "2", "--eval-every", "2", "--tied-unembedding", tied, "-q"]  # fmt: skip
+    assert main(argv) == 0
+    model = gf.load(out)
+    shared = model.unembed.weight.data_ptr() == model.embed.W_E.weight.data_ptr()
+    assert model.config.tied_unembedding is shared is (tied == "yes")
 
 
 def test_bad_training_inputs(capsys, tmp_path):
@@ -198,6 +212,8 @@ def test_bad_training_inputs(capsys, tmp_path):
                    "brings its own")  # fmt: skip
     one_line_error(capsys, ["train", "--data", "lesson:adjectives", "--out", out, "--precision", "fp16"],
                    "unknown precision", "bf16")  # fmt: skip
+    one_line_error(capsys, ["train", "--data", "lesson:adjectives", "--out", out,
+                            "--tied-unembedding", "maybe"], "yes or no")  # fmt: skip
     assert not Path(out).exists()  # nothing was created by any of them
 
 

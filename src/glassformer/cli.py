@@ -28,12 +28,20 @@ MODEL_HELP = (
     "minilm (offline all-MiniLM-L6-v2), lesson:adjectives or lesson:induction (trained on first "
     "use), or random:PRESET"
 )
+def yes_no(text: str) -> bool:
+    if text.lower() in ("yes", "no"):
+        return text.lower() == "yes"
+    raise argparse.ArgumentTypeError(f"give yes or no, not {text!r}")
+
+
 TRAIN_FIELDS = {  # flag -> (type, help); None defaults mean "the lesson's or TrainConfig's"
     "tokenizer": (str, "char or bpe:VOCAB_SIZE (trained on the training split); lessons bring their own"),
     "preset": (str, "model shape to start from (see glassformer params)"),
     "n_layers": (int, "blocks"), "n_heads": (int, "heads per layer"), "d_model": (int, "embedding size"),
     "d_head": (int, "query/key size per head"), "d_mlp": (int, "MLP hidden size"),
     "context_length": (int, "tokens per window"), "dropout": (float, "dropout probability"),
+    "bias": (yes_no, "yes/no: biases in linear layers and norms"),
+    "tied_unembedding": (yes_no, "yes/no: W_U = W_Eᵀ (GPT-2, nanoGPT) or W_U its own matrix"),
     "steps": (int, "optimizer steps"), "batch_size": (int, "sequences per micro-batch per process"),
     "grad_accum": (int, "micro-batches per step"), "lr": (float, "peak learning rate"),
     "min_lr": (float, "final learning rate of the cosine decay"), "warmup": (int, "linear warmup steps"),
@@ -360,7 +368,8 @@ def build_parser() -> Parser:
     s.add_argument("--out", help="run directory to create")
     s.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly where it stopped")
     for field, (kind, text) in TRAIN_FIELDS.items():
-        s.add_argument("--" + field.replace("_", "-"), dest=field, type=kind, default=None, help=text)
+        s.add_argument("--" + field.replace("_", "-"), dest=field, type=kind, default=None, help=text,
+                       metavar="yes|no" if kind is yes_no else None)  # fmt: skip
     s.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
     s.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_train)

@@ -30,7 +30,8 @@ from .data import Batcher, Dataset, fixed_batches, prepare
 
 log = logging.getLogger(__name__)
 
-MODEL_FIELDS = ("n_layers", "n_heads", "d_model", "d_head", "d_mlp", "context_length", "dropout", "bias")
+MODEL_FIELDS = ("n_layers", "n_heads", "d_model", "d_head", "d_mlp", "context_length", "dropout",
+                "bias", "tied_unembedding")
 
 
 @dataclass
@@ -47,6 +48,7 @@ class TrainConfig:
     context_length: int | None = None
     dropout: float | None = None
     bias: bool | None = None
+    tied_unembedding: bool | None = None  # W_U = W_Eᵀ, or W_U its own matrix
     steps: int = 2000  # optimizer steps
     batch_size: int = 12  # sequences per micro-batch per process
     grad_accum: int = 1  # micro-batches per optimizer step
