@@ -8,7 +8,11 @@ d_model 128, context 64, batch 12, AdamW, ../shared/data/tinyshakespeare.txt):
 2. the full 2000-iteration run (lr 1e-3 -> 1e-4 cosine, warmup 100, dropout 0) through
    `glassformer.train`, its final validation loss (nanoGPT reports 1.88) and wall time.
 
-    .venv/bin/python benchmarks/bench_train.py [--data PATH] [--skip-full] [--seed S]
+Both use the `shakespeare-char` preset: nanoGPT's shape with its own W_U instead of W_Eᵀ
+(the Hugging Face model is untied to match, so the parameters are the same); `--tied` ties
+both, as nanoGPT does.
+
+    .venv/bin/python benchmarks/bench_train.py [--data PATH] [--skip-full] [--seed S] [--tied]
 """
 
 import argparse
@@ -30,7 +34,7 @@ from glassformer.train.trainer import autocast_for, resolve_precision
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
 
-def speed_race(data_path: Path, chunk: int = 10, rounds: int = 30) -> None:
+def speed_race(data_path: Path, tied: bool, chunk: int = 10, rounds: int = 30) -> None:
     """Both models in both precisions, taking turns every `chunk` steps so that the shared
     machine's drift hits all four alike; each one's speed is its median chunk.
     glassformer's trainer default (`auto`) is compared with the faster of Hugging Face's two."""
@@ -38,7 +42,8 @@ def speed_race(data_path: Path, chunk: int = 10, rounds: int = 30) -> None:
 
     data = prepare(str(data_path), "char")
     V = data.tokenizer.vocab_size
-    cfg = gf.PRESETS["shakespeare-char"].replace(vocab_size=V, bias=True)  # GPT-2 always has biases
+    cfg = gf.PRESETS["shakespeare-char"].replace(vocab_size=V, tied_unembedding=tied,
+                                                 bias=True)  # GPT-2 always has biases
     batches = Batcher(data.train, 64, 12, seed=0)
     xs = [batches.next() for _ in range(chunk)]
     auto = resolve_precision("auto", "cpu")
@@ -50,7 +55,9 @@ def speed_race(data_path: Path, chunk: int = 10, rounds: int = 30) -> None:
             logits_of = model
         else:
             model = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_positions=64, n_embd=128, n_layer=4, n_head=4,
-                                               resid_pdrop=0, embd_pdrop=0, attn_pdrop=0))  # fmt: skip
+                                               resid_pdrop=0, embd_pdrop=0, attn_pdrop=0,
+                                               bos_token_id=None, eos_token_id=None,  # not 50256
+                                               tie_word_embeddings=cfg.tied_unembedding))  # fmt: skip
             logits_of = lambda x: model(x).logits  # noqa: E731
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1, fused=True)
         autocast = autocast_for(precision, "cpu")  # what the trainer wraps each forward in
@@ -102,12 +109,12 @@ def whole_split_loss(model, ids: torch.Tensor, context: int = 64) -> float:
     return total / (n * context)
 
 
-def full_run(data_path: Path, seed: int) -> None:
+def full_run(data_path: Path, seed: int, tied: bool) -> None:
     with tempfile.TemporaryDirectory() as out:
         cfg = TrainConfig(data=str(data_path), out=out + "/run", tokenizer="char", preset="shakespeare-char",
                           steps=2000, batch_size=12, lr=1e-3, min_lr=1e-4, warmup=100, weight_decay=0.1,
                           beta2=0.99, grad_clip=1.0, eval_every=250, eval_batches=200, dropout=0.0,
-                          seed=seed)  # fmt: skip
+                          seed=seed, tied_unembedding=tied)  # fmt: skip
         t = time.perf_counter()
         result = train(cfg, progress=False)
         wall = time.perf_counter() - t
@@ -124,13 +131,14 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--skip-full", action="store_true")
     p.add_argument("--seed", type=int, default=1337, help="seed of the 2000-iteration run (nanoGPT's is 1337)")
+    p.add_argument("--tied", action="store_true", help="W_U = W_Eᵀ in both, as nanoGPT has it")
     args = p.parse_args()
     if not args.data.is_file():
         raise SystemExit(f"no Shakespeare at {args.data}; pass --data PATH")
     print(f"nanoGPT Shakespeare-char shape, {env_line()}")
-    speed_race(args.data)
+    speed_race(args.data, args.tied)
     if not args.skip_full:
-        full_run(args.data, args.seed)
+        full_run(args.data, args.seed, args.tied)
 
 
 if __name__ == "__main__":
