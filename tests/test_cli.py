@@ -82,6 +82,8 @@ def test_explain_pattern_columns_sum_to_one():
         (["explain", "hi", "--model", "random:lesson-tiny", "--head", "x"], ["invalid int"]),
         (["explain", "hi", "--model", "random:gpt3-175b"], ["too big"]),
         (["frobnicate"], ["invalid choice"]),
+        (["train", "--data", "lesson:adjectives", "--out", "/nonexistent/run", "--tied-unembedding", "maybe"],
+         ["--tied-unembedding", "yes or no"]),
     ],
 )
 def test_bad_input_gives_one_line(capsys, argv, words):

@@ -28,7 +28,9 @@ MODEL_HELP = (
     "minilm (offline all-MiniLM-L6-v2), lesson:adjectives or lesson:induction (trained on first "
     "use), or random:PRESET"
 )
-def yes_no(text: str) -> bool:
+
+
+def yes_no(text: str) -> bool:  # argparse type of the on/off model flags
     if text.lower() in ("yes", "no"):
         return text.lower() == "yes"
     raise argparse.ArgumentTypeError(f"give yes or no, not {text!r}")
