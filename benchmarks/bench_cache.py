@@ -20,12 +20,26 @@ def transformer_lens_copy(hf):
     from transformer_lens.loading_from_pretrained import convert_gpt2_weights
 
     c = hf.config
-    cfg = HookedTransformerConfig(n_layers=c.n_layer, d_model=c.n_embd, n_ctx=c.n_positions, d_head=c.n_embd // c.n_head,
-                                  n_heads=c.n_head, d_mlp=4 * c.n_embd, d_vocab=c.vocab_size, act_fn="gelu_new",
-                                  normalization_type="LN", device="cpu")  # fmt: skip
+    cfg = HookedTransformerConfig(
+        n_layers=c.n_layer,
+        d_model=c.n_embd,
+        n_ctx=c.n_positions,
+        d_head=c.n_embd // c.n_head,
+        n_heads=c.n_head,
+        d_mlp=4 * c.n_embd,
+        d_vocab=c.vocab_size,
+        act_fn="gelu_new",
+        normalization_type="LN",
+        device="cpu",
+    )
     tl = HookedTransformer(cfg)
-    tl.load_and_process_state_dict(convert_gpt2_weights(hf, cfg), fold_ln=False, center_writing_weights=False,
-                                   center_unembed=False, fold_value_biases=False)  # fmt: skip
+    tl.load_and_process_state_dict(
+        convert_gpt2_weights(hf, cfg),
+        fold_ln=False,
+        center_writing_weights=False,
+        center_unembed=False,
+        fold_value_biases=False,
+    )
     return tl.eval()
 
 
@@ -37,17 +51,24 @@ def speed() -> None:
         tl_logits, tl_cache = tl.run_with_cache(ids)
         our_logits, our_cache = ours.run_with_cache(ids, names=lambda n: True)
         assert (tl_logits - our_logits).abs().max() < 1e-3, "the two models disagree"
-        t = race({
-            "ours_cache": lambda: ours.run_with_cache(ids, names=lambda n: True),
-            "tl_cache": lambda: tl.run_with_cache(ids),
-            "ours_plain": lambda: ours(ids),
-        }, repeats=7)  # fmt: skip
+        t = race(
+            {
+                "ours_cache": lambda: ours.run_with_cache(ids, names=lambda n: True),
+                "tl_cache": lambda: tl.run_with_cache(ids),
+                "ours_plain": lambda: ours(ids),
+            },
+            repeats=7,
+        )
     print(f"gpt2 shape (124M), 1x256 tokens, {env_line()}")
-    print(f"run_with_cache (every activation): glassformer {len(our_cache)} tensors {t['ours_cache'] * 1e3:.0f} ms, "
-          f"TransformerLens {len(tl_cache)} tensors {t['tl_cache'] * 1e3:.0f} ms -> "
-          f"{t['tl_cache'] / t['ours_cache']:.2f}x faster")  # fmt: skip
-    print(f"against our plain forward {t['ours_plain'] * 1e3:.0f} ms: run_with_cache takes "
-          f"{t['ours_cache'] / t['ours_plain']:.2f}x its time")
+    print(
+        f"run_with_cache (every activation): glassformer {len(our_cache)} tensors {t['ours_cache'] * 1e3:.0f} ms, "
+        f"TransformerLens {len(tl_cache)} tensors {t['tl_cache'] * 1e3:.0f} ms -> "
+        f"{t['tl_cache'] / t['ours_cache']:.2f}x faster"
+    )
+    print(
+        f"against our plain forward {t['ours_plain'] * 1e3:.0f} ms: run_with_cache takes "
+        f"{t['ours_cache'] / t['ours_plain']:.2f}x its time"
+    )
 
 
 MEMORY_CHILD = r"""
@@ -85,10 +106,12 @@ def memory() -> None:
         runs[mode] = json.loads(out.stdout.strip().splitlines()[-1])
     grow = {m: (r["peak"] - r["base"]) / 2**30 for m, r in runs.items()}
     kept = runs["patterns"]["kept"] / 2**30
-    print(f"memory, gpt2 shape with a 2048 context, 1x2048 tokens (peak RSS above the loaded model): "
-          f"plain forward +{grow['plain']:.2f} GiB, keeping blocks.*.attn.pattern +{grow['patterns']:.2f} GiB; "
-          f"the 12 patterns are {kept:.2f} GiB, so the capture costs {grow['patterns'] - grow['plain']:.2f} GiB "
-          f"over a plain forward")  # fmt: skip
+    print(
+        f"memory, gpt2 shape with a 2048 context, 1x2048 tokens (peak RSS above the loaded model): "
+        f"plain forward +{grow['plain']:.2f} GiB, keeping blocks.*.attn.pattern +{grow['patterns']:.2f} GiB; "
+        f"the 12 patterns are {kept:.2f} GiB, so the capture costs {grow['patterns'] - grow['plain']:.2f} GiB "
+        f"over a plain forward"
+    )
 
 
 if __name__ == "__main__":

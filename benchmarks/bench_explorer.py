@@ -15,7 +15,7 @@ import torch
 from _common import env_line, hf_gpt2_and_ours, race
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from servers import running  # noqa: E402
+from servers import running
 
 TEXT_TOKENS = 32
 
@@ -30,6 +30,7 @@ def main() -> None:
     ids = torch.tensor([ours.tokenizer.encode(text)])
     assert ids.shape[1] == TEXT_TOKENS
     with running({"gpt2-shape": ours}) as url, httpx.Client(timeout=60) as client:
+
         def explorer():
             r = client.post(f"{url}/api/analyze", json={"model": "gpt2-shape", "text": text})
             assert r.status_code == 200
@@ -40,8 +41,10 @@ def main() -> None:
 
         t = race({"explorer": explorer, "hf": hugging_face}, repeats=15, warmup=3)
     print(f"gpt2 shape (124M), {TEXT_TOKENS} tokens, {env_line()}")
-    print(f"explorer /api/analyze over HTTP {t['explorer'] * 1e3:.1f} ms   HF eager forward with attentions "
-          f"{t['hf'] * 1e3:.1f} ms   ratio {t['explorer'] / t['hf']:.2f}")  # fmt: skip
+    print(
+        f"explorer /api/analyze over HTTP {t['explorer'] * 1e3:.1f} ms   HF eager forward with attentions "
+        f"{t['hf'] * 1e3:.1f} ms   ratio {t['explorer'] / t['hf']:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -34,20 +34,28 @@ def main() -> None:
         ref = hf.generate(prompt, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, pad_token_id=0)
         mine = ours.generate(prompt, max_new_tokens=NEW, temperature=0)
         assert torch.equal(ref, mine), "greedy tokens differ"
-        t = race({
-            "glassformer": lambda: ours.generate(prompt, max_new_tokens=NEW, temperature=0),
-            "hf": lambda: hf.generate(prompt, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False,
-                                      pad_token_id=0),
-        }, repeats=3, warmup=1)  # fmt: skip
+        t = race(
+            {
+                "glassformer": lambda: ours.generate(prompt, max_new_tokens=NEW, temperature=0),
+                "hf": lambda: hf.generate(
+                    prompt, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, pad_token_id=0
+                ),
+            },
+            repeats=3,
+            warmup=1,
+        )
     ours_tps, hf_tps = NEW / t["glassformer"], NEW / t["hf"]
-    weight_bytes = sum(p.numel() * p.element_size() for n, p in ours.named_parameters()
-                       if n != "embed.W_pos.weight")  # one row of W_pos per token; W_E is read whole by W_U
+    weight_bytes = sum(
+        p.numel() * p.element_size() for n, p in ours.named_parameters() if n != "embed.W_pos.weight"
+    )  # one row of W_pos per token; W_E is read whole by W_U
     bandwidth = copy_bandwidth()
     bound = bandwidth / weight_bytes
     print(f"gpt2 shape (124M), batch 1, {NEW} new tokens greedy, {env_line()}")
     print(f"glassformer {ours_tps:6.1f} tok/s   HF generate {hf_tps:6.1f} tok/s   speed-up {ours_tps / hf_tps:.2f}x")
-    print(f"memory bandwidth (copy) {bandwidth / 1e9:.1f} GB/s, weights {weight_bytes / 1e6:.0f} MB/token "
-          f"-> bound {bound:.1f} tok/s; glassformer reaches {ours_tps / bound:.0%}, HF {hf_tps / bound:.0%}")
+    print(
+        f"memory bandwidth (copy) {bandwidth / 1e9:.1f} GB/s, weights {weight_bytes / 1e6:.0f} MB/token "
+        f"-> bound {bound:.1f} tok/s; glassformer reaches {ours_tps / bound:.0%}, HF {hf_tps / bound:.0%}"
+    )
 
 
 if __name__ == "__main__":

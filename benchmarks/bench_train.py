@@ -1,5 +1,5 @@
 """Training on nanoGPT's CPU Shakespeare configuration (char-level, 4 layers, 4 heads,
-d_model 128, context 64, batch 12, AdamW, ../shared/data/tinyshakespeare.txt):
+d_model 128, context 64, batch 12, AdamW, data/tinyshakespeare.txt):
 
 1. tokens/s of glassformer vs Hugging Face GPT2LMHeadModel of the same shape with the
    same optimizer and the same batches, each in fp32 and under bf16 autocast, measured in
@@ -24,14 +24,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from _common import env_line
-
 import glassformer as gf
 from glassformer.train import TrainConfig, train
 from glassformer.train.data import Batcher, prepare
-from glassformer.train.trainer import autocast_for, resolve_precision
+from glassformer.train.devices import autocast_for, resolve_precision
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+from _common import env_line
+
+DEFAULT_DATA = Path(__file__).resolve().parents[1] / "data" / "tinyshakespeare.txt"
 
 
 def speed_race(data_path: Path, tied: bool, chunk: int = 10, rounds: int = 30) -> None:
@@ -42,8 +42,9 @@ def speed_race(data_path: Path, tied: bool, chunk: int = 10, rounds: int = 30) -
 
     data = prepare(str(data_path), "char")
     V = data.tokenizer.vocab_size
-    cfg = gf.PRESETS["shakespeare-char"].replace(vocab_size=V, tied_unembedding=tied,
-                                                 bias=True)  # GPT-2 always has biases
+    cfg = gf.PRESETS["shakespeare-char"].replace(
+        vocab_size=V, tied_unembedding=tied, bias=True
+    )  # GPT-2 always has biases
     batches = Batcher(data.train, 64, 12, seed=0)
     xs = [batches.next() for _ in range(chunk)]
     auto = resolve_precision("auto", "cpu")
@@ -54,10 +55,21 @@ def speed_race(data_path: Path, tied: bool, chunk: int = 10, rounds: int = 30) -
             model = gf.Transformer(cfg)
             logits_of = model
         else:
-            model = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_positions=64, n_embd=128, n_layer=4, n_head=4,
-                                               resid_pdrop=0, embd_pdrop=0, attn_pdrop=0,
-                                               bos_token_id=None, eos_token_id=None,  # not 50256
-                                               tie_word_embeddings=cfg.tied_unembedding))  # fmt: skip
+            model = GPT2LMHeadModel(
+                GPT2Config(
+                    vocab_size=V,
+                    n_positions=64,
+                    n_embd=128,
+                    n_layer=4,
+                    n_head=4,
+                    resid_pdrop=0,
+                    embd_pdrop=0,
+                    attn_pdrop=0,
+                    bos_token_id=None,
+                    eos_token_id=None,  # not 50256
+                    tie_word_embeddings=cfg.tied_unembedding,
+                )
+            )
             logits_of = lambda x: model(x).logits  # noqa: E731
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1, fused=True)
         autocast = autocast_for(precision, "cpu")  # what the trainer wraps each forward in
@@ -93,10 +105,12 @@ def speed_race(data_path: Path, tied: bool, chunk: int = 10, rounds: int = 30) -
     for (kind, precision), v in tps.items():
         print(f"  {kind:12s} {precision}: {v:8,.0f} tokens/s")
     hf_best = max(("fp32", "bf16"), key=lambda p: tps["hf", p])
-    print(f"training tokens/s: glassformer's default here ({auto}) {tps['glassformer', auto]:,.0f}   "
-          f"HF GPT2LMHeadModel at its faster ({hf_best}) {tps['hf', hf_best]:,.0f}   "
-          f"speed-up {tps['glassformer', auto] / tps['hf', hf_best]:.2f}x   "
-          f"(fp32 vs fp32 {tps['glassformer', 'fp32'] / tps['hf', 'fp32']:.2f}x)")  # fmt: skip
+    print(
+        f"training tokens/s: glassformer's default here ({auto}) {tps['glassformer', auto]:,.0f}   "
+        f"HF GPT2LMHeadModel at its faster ({hf_best}) {tps['hf', hf_best]:,.0f}   "
+        f"speed-up {tps['glassformer', auto] / tps['hf', hf_best]:.2f}x   "
+        f"(fp32 vs fp32 {tps['glassformer', 'fp32'] / tps['hf', 'fp32']:.2f}x)"
+    )
 
 
 @torch.no_grad()
@@ -104,26 +118,45 @@ def whole_split_loss(model, ids: torch.Tensor, context: int = 64) -> float:
     """Mean loss over every non-overlapping window of the split (no sampling noise)."""
     n = (len(ids) - 1) // context
     x, y = ids[: n * context].view(n, context), ids[1 : n * context + 1].view(n, context)
-    total = sum(F.cross_entropy(model(x[i : i + 256]).flatten(0, 1), y[i : i + 256].flatten(), reduction="sum").item()
-                for i in range(0, n, 256))  # fmt: skip
+    total = sum(
+        F.cross_entropy(model(x[i : i + 256]).flatten(0, 1), y[i : i + 256].flatten(), reduction="sum").item()
+        for i in range(0, n, 256)
+    )
     return total / (n * context)
 
 
 def full_run(data_path: Path, seed: int, tied: bool) -> None:
     with tempfile.TemporaryDirectory() as out:
-        cfg = TrainConfig(data=str(data_path), out=out + "/run", tokenizer="char", preset="shakespeare-char",
-                          steps=2000, batch_size=12, lr=1e-3, min_lr=1e-4, warmup=100, weight_decay=0.1,
-                          beta2=0.99, grad_clip=1.0, eval_every=250, eval_batches=200, dropout=0.0,
-                          seed=seed, tied_unembedding=tied)  # fmt: skip
+        cfg = TrainConfig(
+            data=str(data_path),
+            out=out + "/run",
+            tokenizer="char",
+            preset="shakespeare-char",
+            steps=2000,
+            batch_size=12,
+            lr=1e-3,
+            min_lr=1e-4,
+            warmup=100,
+            weight_decay=0.1,
+            beta2=0.99,
+            grad_clip=1.0,
+            eval_every=250,
+            eval_batches=200,
+            dropout=0.0,
+            seed=seed,
+            tied_unembedding=tied,
+        )
         t = time.perf_counter()
         result = train(cfg, progress=False)
         wall = time.perf_counter() - t
         model = gf.load(out + "/run/latest").eval()
         whole = whole_split_loss(model, prepare(str(data_path), "char").val)
     last = result.history[-1]
-    print(f"2000 iterations, seed {seed}: val loss {whole:.4f} over the whole validation split "
-          f"({last['val_loss']:.4f} on the trainer's 200 fixed batches; nanoGPT reports 1.88 from 20 random ones), "
-          f"train loss {last['train_loss']:.4f}, wall {wall:.0f} s, {last['tokens_per_s']:,.0f} tokens/s")
+    print(
+        f"2000 iterations, seed {seed}: val loss {whole:.4f} over the whole validation split "
+        f"({last['val_loss']:.4f} on the trainer's 200 fixed batches; nanoGPT reports 1.88 from 20 random ones), "
+        f"train loss {last['train_loss']:.4f}, wall {wall:.0f} s, {last['tokens_per_s']:,.0f} tokens/s"
+    )
 
 
 def main() -> None:

@@ -1,4 +1,8 @@
+"""Shared by the tests: tiny models of each family, and the checks every table of bad
+inputs uses (one line, exit 2, nothing on disk changed)."""
+
 import hashlib
+import importlib.util
 import os
 from pathlib import Path
 
@@ -6,9 +10,12 @@ import pytest
 import torch
 
 import glassformer as gf
+from glassformer.cli import main
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never need the network
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_decoder(**changes) -> gf.ModelConfig:
@@ -17,10 +24,44 @@ def tiny_decoder(**changes) -> gf.ModelConfig:
 
 
 def tiny_encoder(**changes) -> gf.ModelConfig:
-    base = dict(vocab_size=97, context_length=32, d_model=48, n_heads=4, n_layers=2,
-                causal=False, norm="post", activation="gelu", type_vocab_size=2,
-                tied_unembedding=False, norm_eps=1e-12)  # fmt: skip
+    base = dict(
+        vocab_size=97,
+        context_length=32,
+        d_model=48,
+        n_heads=4,
+        n_layers=2,
+        causal=False,
+        norm="post",
+        activation="gelu",
+        type_vocab_size=2,
+        tied_unembedding=False,
+        norm_eps=1e-12,
+    )
     return gf.ModelConfig(**{**base, **changes})
+
+
+def tiny_llama(**changes) -> gf.ModelConfig:
+    """Rotary positions, RMSNorm, SwiGLU, no biases, 4 query heads sharing 2 key/value heads."""
+    base = dict(
+        vocab_size=97,
+        context_length=32,
+        d_model=48,
+        n_heads=4,
+        n_kv_heads=2,
+        n_layers=2,
+        d_mlp=80,
+        normalization="rmsnorm",
+        activation="silu",
+        mlp="gated",
+        positions="rotary",
+        bias=False,
+        rope_base=500.0,
+        tied_unembedding=False,
+    )
+    return gf.ModelConfig(**{**base, **changes})
+
+
+FAMILIES = {"gpt": tiny_decoder, "bert": tiny_encoder, "llama": tiny_llama}
 
 
 def build(config: gf.ModelConfig, seed: int = 0) -> gf.Transformer:
@@ -44,6 +85,15 @@ def encoder() -> gf.Transformer:
     return build(tiny_encoder())
 
 
+@pytest.fixture
+def llama() -> gf.Transformer:
+    return build(tiny_llama())
+
+
+def maxdiff(a, b) -> float:
+    return (torch.as_tensor(a) - torch.as_tensor(b)).abs().max().item()
+
+
 def tree_digest(path: Path) -> dict[str, str]:
     """Every file under `path` with the hash of its bytes: to prove nothing was lost."""
     return {
@@ -51,3 +101,27 @@ def tree_digest(path: Path) -> dict[str, str]:
         for p in sorted(Path(path).rglob("*"))
         if p.is_file()
     }
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of `glassformer ARGV`, argparse's own exits included."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err: str, *words: str) -> None:
+    lines = err.strip().splitlines()
+    assert code == 2, f"exit {code}: {err}"
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("glassformer"), lines[0]
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def needs(module: str, why: str):
+    """Skip unless `module` can be imported, saying what it is for."""
+    return pytest.mark.skipif(importlib.util.find_spec(module) is None, reason=f"needs {module}: {why}")

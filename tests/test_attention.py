@@ -1,4 +1,5 @@
-"""The attention math: explicit path == fast path, masks, causality, per-head views."""
+"""The attention math: explicit path == fast path, masks, causality, rotation, grouped
+heads, per-head views, the KV cache."""
 
 import math
 
@@ -8,11 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import glassformer as gf
-from conftest import build, tiny_decoder, tiny_encoder
+from glassformer.attention import Rotary, allowed_cells, rotate
 
-
-def maxdiff(a, b) -> float:
-    return (a - b).abs().max().item()
+from conftest import FAMILIES, build, maxdiff, tiny_decoder, tiny_llama
 
 
 def padded_mask(B: int, T: int, seed: int = 0) -> torch.Tensor:
@@ -22,18 +21,20 @@ def padded_mask(B: int, T: int, seed: int = 0) -> torch.Tensor:
     return (torch.arange(T)[None] < lengths[:, None]).long()
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
-    causal=st.booleans(),
+    family=st.sampled_from(sorted(FAMILIES)),
     T=st.integers(1, 24),
     B=st.integers(1, 3),
-    heads=st.sampled_from([1, 2, 3, 4]),
-    d_head=st.integers(2, 20),
+    heads_and_groups=st.sampled_from([(1, 1), (2, 1), (2, 2), (3, 1), (3, 3), (4, 2), (6, 3), (6, 2)]),
+    d_head=st.integers(1, 10).map(lambda n: 2 * n),
     pad=st.booleans(),
 )
-def test_explicit_equals_fast(causal, T, B, heads, d_head, pad):
-    make = tiny_decoder if causal else tiny_encoder
-    model = build(make(n_heads=heads, d_head=d_head, d_model=24))
+def test_explicit_equals_fast(family, T, B, heads_and_groups, d_head, pad):
+    heads, kv_heads = heads_and_groups
+    if family != "llama":
+        kv_heads = heads  # grouped heads are a Llama-family feature here, but any config may use them
+    model = build(FAMILIES[family](n_heads=heads, n_kv_heads=kv_heads, d_head=d_head, d_model=24))
     ids = torch.randint(0, 97, (B, T))
     mask = padded_mask(B, T) if pad else None
     with torch.no_grad():
@@ -44,9 +45,9 @@ def test_explicit_equals_fast(causal, T, B, heads, d_head, pad):
     assert maxdiff(fast, explicit) <= 1e-5, f"max |Δ| = {maxdiff(fast, explicit)}"
 
 
-@pytest.mark.parametrize("make", [tiny_decoder, tiny_encoder])
-def test_pattern_rows_sum_to_one_and_masked_cells_are_zero(make):
-    model = build(make())
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_pattern_rows_sum_to_one_and_masked_cells_are_zero(family):
+    model = build(FAMILIES[family]())
     ids = torch.randint(0, 97, (3, 12))
     mask = padded_mask(3, 12, seed=1)
     _, cache = model.run_with_cache(ids, names="blocks.*.attn.pattern", attention_mask=mask)
@@ -62,22 +63,36 @@ def test_pattern_rows_sum_to_one_and_masked_cells_are_zero(make):
             assert (pattern[..., later] == 0).all(), "a query attended to a later key"
 
 
-def test_scores_are_minus_infinity_where_masked(decoder):
-    ids = torch.randint(0, 97, (1, 8))
-    _, cache = decoder.run_with_cache(ids, names="blocks.0.attn.scores")
-    scores = cache["blocks.0.attn.scores"][0, 0]
-    later = torch.triu(torch.ones(8, 8, dtype=torch.bool), diagonal=1)
-    assert torch.isneginf(scores[later]).all() and torch.isfinite(scores[~later]).all()
+def test_dots_are_scaled_products_and_scores_mask_them(decoder):
+    ids = torch.randint(0, 97, (1, 6))
+    names = [
+        "blocks.0.attn.q",
+        "blocks.0.attn.k",
+        "blocks.0.attn.dots",
+        "blocks.0.attn.scores",
+        "blocks.0.attn.pattern",
+    ]
+    _, c = decoder.run_with_cache(ids, names=names)
+    q, k = c["blocks.0.attn.q"], c["blocks.0.attn.k"]
+    assert maxdiff(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), c["blocks.0.attn.dots"]) < 1e-6
+    later = torch.triu(torch.ones(6, 6, dtype=torch.bool), 1)
+    scores = c["blocks.0.attn.scores"]
+    assert torch.isneginf(scores[..., later]).all() and torch.equal(
+        scores[..., ~later], c["blocks.0.attn.dots"][..., ~later]
+    )
+    assert maxdiff(torch.softmax(scores, -1), c["blocks.0.attn.pattern"]) < 1e-6
 
 
+@pytest.mark.parametrize("family", ["gpt", "llama"])
 @pytest.mark.parametrize("explicit", [False, True])
-def test_later_tokens_never_change_earlier_outputs(decoder, explicit):
+def test_later_tokens_never_change_earlier_outputs(family, explicit):
+    model = build(FAMILIES[family]())
     ids = torch.randint(0, 97, (1, 16))
     changed = ids.clone()
     changed[0, 10:] = (changed[0, 10:] + 5) % 97
     with torch.no_grad():
-        a = decoder(ids, explicit=explicit)
-        b = decoder(changed, explicit=explicit)
+        a = model(ids, explicit=explicit)
+        b = model(changed, explicit=explicit)
     assert maxdiff(a[:, :10], b[:, :10]) <= 1e-6
     assert maxdiff(a[:, 10:], b[:, 10:]) > 1e-3  # and the later ones did change
 
@@ -91,8 +106,7 @@ def test_encoder_sees_both_directions(encoder):
 
 
 def test_d_head_independent_of_d_model():
-    config = tiny_decoder(d_model=48, n_heads=4, d_head=20)  # 4 × 20 = 80 ≠ 48
-    model = build(config)
+    model = build(tiny_decoder(d_model=48, n_heads=4, d_head=20))  # 4 × 20 = 80 ≠ 48
     attn = model.blocks[0].attn
     assert attn.W_Q.shape == (4, 48, 20) and attn.W_O.shape == (4, 20, 48)
     ids = torch.randint(0, 97, (2, 9))
@@ -101,32 +115,87 @@ def test_d_head_independent_of_d_model():
         assert maxdiff(model(ids), model(ids, explicit=True)) <= 1e-5
 
 
-def test_per_head_matrices_reproduce_q_k_v_and_delta_e(decoder):
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_per_head_matrices_reproduce_q_k_v_and_delta_e(family):
+    model = build(FAMILIES[family]())
     ids = torch.randint(0, 97, (1, 7))
-    names = ["blocks.1.ln1", "blocks.1.attn.q", "blocks.1.attn.k", "blocks.1.attn.v",
-             "blocks.1.attn.z", "blocks.1.attn.out"]  # fmt: skip
-    _, c = decoder.run_with_cache(ids, names=names)
-    attn = decoder.blocks[1].attn
-    E = c["blocks.1.ln1"][0]
+    names = [
+        "blocks.1.ln1",
+        "blocks.1.attn.q",
+        "blocks.1.attn.k",
+        "blocks.1.attn.v",
+        "blocks.1.attn.z",
+        "blocks.1.attn.out",
+    ]
+    if model.config.positions == "rotary":
+        names += ["blocks.1.attn.q_unrotated", "blocks.1.attn.k_unrotated"]
+    E_name = "blocks.1.ln1" if model.config.norm == "pre" else "blocks.1.resid_pre"
+    _, c = model.run_with_cache(ids, names=names + [E_name])
+    attn = model.blocks[1].attn
+    E = c[E_name][0]
+    q_name, k_name = ("q_unrotated", "k_unrotated") if model.config.positions == "rotary" else ("q", "k")
     with torch.no_grad():
-        for h in range(4):
-            for W, b, name in ((attn.W_Q, attn.b_Q, "q"), (attn.W_K, attn.b_K, "k"),
-                               (attn.W_V, attn.b_V, "v")):  # fmt: skip
-                assert maxdiff(E @ W[h] + b[h], c[f"blocks.1.attn.{name}"][0, h]) < 1e-5
+        for h in range(model.config.n_heads):
+            g = attn.kv_head(h)  # a query head reads the key/value head of its group
+            for W, b, name, head in (
+                (attn.W_Q, attn.b_Q, q_name, h),
+                (attn.W_K, attn.b_K, k_name, g),
+                (attn.W_V, attn.b_V, "v", g),
+            ):
+                expected = E @ W[h] + (b[h] if b is not None else 0)
+                assert maxdiff(expected, c[f"blocks.1.attn.{name}"][0, head]) < 1e-5, (name, h)
         # ΔE is the sum over heads of z_h W_O[h], plus the output bias
         per_head = attn.head_outputs(c["blocks.1.attn.z"])  # [B, H, T, C]
-        assert maxdiff(per_head.sum(1) + attn.b_O, c["blocks.1.attn.out"]) < 1e-5
+        bias = attn.b_O if attn.b_O is not None else 0
+        assert maxdiff(per_head.sum(1) + bias, c["blocks.1.attn.out"]) < 1e-5
 
 
-def test_scores_are_scaled_dot_products(decoder):
-    ids = torch.randint(0, 97, (1, 6))
-    _, c = decoder.run_with_cache(ids, names=["blocks.0.attn.q", "blocks.0.attn.k",
-                                              "blocks.0.attn.scores", "blocks.0.attn.pattern"])  # fmt: skip
-    q, k = c["blocks.0.attn.q"], c["blocks.0.attn.k"]
-    grid = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-    grid = grid.masked_fill(torch.triu(torch.ones(6, 6, dtype=torch.bool), 1), float("-inf"))
-    assert torch.equal(torch.isinf(grid), torch.isinf(c["blocks.0.attn.scores"]))
-    assert maxdiff(torch.softmax(grid, -1), c["blocks.0.attn.pattern"]) < 1e-6
+def test_grouped_heads_share_keys_and_the_cache_holds_only_the_groups(llama):
+    c = llama.config
+    attn = llama.blocks[0].attn
+    assert (c.n_heads, c.n_kv_heads) == (4, 2)
+    assert torch.equal(attn.W_K[0], attn.W_K[1]) and not torch.equal(attn.W_K[1], attn.W_K[2])
+    assert [attn.kv_head(h) for h in range(4)] == [0, 0, 1, 1]
+    cache = llama.new_cache(batch=2)
+    assert cache.layers[0].k_BKSD.shape == (2, c.n_kv_heads, c.context_length, c.d_head)
+    _, cached = llama.run_with_cache(torch.randint(0, 97, (1, 5)), names="blocks.0.attn.k")
+    assert cached["blocks.0.attn.k"].shape == (1, 2, 5, c.d_head)
+
+
+def test_rotation_turns_pairs_and_keeps_lengths():
+    rot = Rotary(d_head=8, base=100.0)
+    cos, sin = rot(0, 5, "cpu")
+    x = torch.randn(1, 1, 5, 8)
+    y = rotate(x, cos, sin)
+    # each (i, i + D/2) pair keeps its length, and position 0 is not turned at all
+    pair = lambda t: t[..., :4] ** 2 + t[..., 4:] ** 2  # noqa: E731
+    assert maxdiff(pair(x), pair(y)) < 1e-5 and torch.equal(x[:, :, 0], y[:, :, 0])
+    # a query and a key turned by positions m and n score as if only n - m mattered
+    q, k = torch.randn(8), torch.randn(8)
+    c, s = rot(0, 12, "cpu")
+    at = lambda v, p: rotate(v[None, None, None], c[p : p + 1], s[p : p + 1])[0, 0, 0]  # noqa: E731
+    assert abs(at(q, 3) @ at(k, 1) - at(q, 10) @ at(k, 8)) < 1e-4
+
+
+def test_rotary_model_has_no_position_rows_and_sees_order():
+    model = build(tiny_llama())
+    assert model.embed.W_pos is None and "pos_embed" not in model.hook_names()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        a, b = model(ids)[0, -1], model(ids.flip(1))[0, -1]
+    assert maxdiff(a, b) > 1e-3  # the order of the same tokens changes the prediction
+
+
+def test_allowed_cells_have_one_polarity():
+    keys = torch.tensor([[1, 1, 0]])
+    allowed = allowed_cells(3, 3, causal=True, keys_BS=keys, device="cpu")
+    assert allowed[0, 0].tolist() == [[True, False, False], [True, True, False], [True, True, False]]
+    # with a cache the 2 queries are the last of 5 positions
+    assert allowed_cells(2, 5, causal=True, keys_BS=None, device="cpu")[0, 0].tolist() == [
+        [True, True, True, True, False],
+        [True, True, True, True, True],
+    ]
+    assert allowed_cells(1, 5, causal=True, keys_BS=None, device="cpu") is None
 
 
 def test_fast_path_when_nothing_looks_inside(decoder, monkeypatch):
@@ -134,34 +203,40 @@ def test_fast_path_when_nothing_looks_inside(decoder, monkeypatch):
     orig = decoder.blocks[0].attn._explicit
     monkeypatch.setattr(decoder.blocks[0].attn, "_explicit", lambda *a: calls.append(1) or orig(*a))
     ids = torch.randint(0, 97, (1, 5))
-    decoder.run_with_cache(ids, names="blocks.*.resid_post")
-    assert calls == []  # the residual stream can be read without leaving the fast path
+    decoder.run_with_cache(ids, names=["blocks.*.resid_post", "blocks.0.attn.q", "blocks.0.attn.k"])
+    assert calls == []  # the stream, the queries and keys can be read without leaving the fast path
     decoder.run_with_cache(ids, names="blocks.0.attn.pattern")
     assert calls == [1]
 
 
-def test_softmax_with_temperature():
-    logits = torch.tensor([1.0, 3.0, 2.0])
-    assert torch.equal(gf.softmax_with_temperature(logits, 0), torch.tensor([0.0, 1.0, 0.0]))
-    p1 = gf.softmax_with_temperature(logits, 1.0)
-    assert maxdiff(p1, torch.softmax(logits, -1)) < 1e-7
-    hot = gf.softmax_with_temperature(logits, 100.0)
-    assert hot.max() - hot.min() < 0.01  # flat at high temperature
-    cold = gf.softmax_with_temperature(logits, 0.05)
-    assert cold[1] > 0.999
-    with pytest.raises(gf.GlassformerError):
-        gf.softmax_with_temperature(logits, -1)
-
-
-def test_kv_cache_gives_the_same_logits(decoder):
+@pytest.mark.parametrize("family", ["gpt", "llama"])
+def test_kv_cache_gives_the_same_logits(family):
+    model = build(FAMILIES[family]())
     ids = torch.randint(0, 97, (2, 12))
     with torch.no_grad():
-        full = decoder(ids)
-        cache = decoder.new_cache(2)
-        parts = [decoder(ids[:, :5], cache=cache)] + [decoder(ids[:, t : t + 1], cache=cache) for t in range(5, 12)]
+        full = model(ids)
+        cache = model.new_cache(2)
+        parts = [model(ids[:, :5], cache=cache)] + [model(ids[:, t : t + 1], cache=cache) for t in range(5, 12)]
+        explicit_cache = model.new_cache(2)
+        explicit = [
+            model(ids[:, :7], cache=explicit_cache, explicit=True),
+            model(ids[:, 7:], cache=explicit_cache, explicit=True),
+        ]
     assert maxdiff(torch.cat(parts, 1), full) < 1e-5
+    assert maxdiff(torch.cat(explicit, 1), full) < 1e-5
 
 
 def test_context_length_enforced(decoder):
     with pytest.raises(gf.GlassformerError, match="context of 32"):
         decoder(torch.zeros(1, 33, dtype=torch.long))
+
+
+def test_hooks_work_after_inference_mode_and_with_gradients(decoder):
+    """A forward with hooks, gradients on, after run_with_cache ran under inference_mode
+    (the README's ablation line once failed here on a cached inference-mode mask)."""
+    ids = torch.randint(0, 97, (1, 8))
+    decoder.run_with_cache(ids, names="blocks.*.attn.pattern")
+    with decoder.hooks({"blocks.0.attn.pattern": lambda p, n: p * 1.0}):
+        loss = decoder(ids).sum()
+    loss.backward()
+    assert decoder.blocks[0].attn.query.weight.grad is not None

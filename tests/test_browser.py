@@ -10,13 +10,16 @@ import pytest
 import glassformer as gf
 from glassformer.tokenizer import CharTokenizer
 from glassformer.viz.page import report_html
+
 from servers import running
 
 pytestmark = pytest.mark.browser
 CHROMIUM = os.environ.get("GLASSFORMER_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 if not Path(CHROMIUM).exists():
-    pytest.skip("Chromium is not installed (apt-get install chromium; make test does it as root)",
-                allow_module_level=True)  # fmt: skip
+    pytest.skip(
+        "Chromium is not installed (apt-get install chromium; make test does it as root)",
+        allow_module_level=True,
+    )
 playwright = pytest.importorskip("playwright.sync_api")
 
 DEFAULT = "a fluffy blue creature roamed the verdant forest"
@@ -35,8 +38,15 @@ def server():
 @pytest.fixture(scope="module")
 def browser():
     with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-background-networking",
-                                                             "--disable-gpu", "--disable-component-update"])  # fmt: skip
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-background-networking",
+                "--disable-gpu",
+                "--disable-component-update",
+            ],
+        )
         yield b
         b.close()
 
@@ -59,7 +69,9 @@ def grid_tokens(pg) -> list[str]:
 
 def drawn_pattern(pg) -> list[list[float]]:
     """The pattern the page drew, as pattern[query][key], read back from the cells."""
-    cells = pg.eval_on_selector_all("#grid .cell", "els => els.map(e => [+e.dataset.q, +e.dataset.k, e.dataset.weight])")
+    cells = pg.eval_on_selector_all(
+        "#grid .cell", "els => els.map(e => [+e.dataset.q, +e.dataset.k, e.dataset.weight])"
+    )
     n = int(len(cells) ** 0.5)
     out = [[0.0] * n for _ in range(n)]
     for q, k, w in cells:
@@ -148,8 +160,10 @@ def test_report_from_file_renders_its_grid(browser, tmp_path):
     pg.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     pg.goto(path.as_uri())
     pg.wait_for_selector("#grid .cell")
-    assert "".join(pg.eval_on_selector_all("#grid .side-label", "els => els.map(e => e.textContent)")) \
-        .replace('" "', " ") == NASTY  # fmt: skip
+    assert (
+        "".join(pg.eval_on_selector_all("#grid .side-label", "els => els.map(e => e.textContent)")).replace('" "', " ")
+        == NASTY
+    )
     pg.hover("#grid .cell >> nth=5")
     assert "weight" in pg.text_content("#hover")
     pg.click("#heads button >> nth=2")

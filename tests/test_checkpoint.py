@@ -6,6 +6,7 @@ import torch
 import glassformer as gf
 from glassformer import checkpoint
 from glassformer.tokenizer import CharTokenizer
+
 from conftest import build, tiny_decoder, tiny_encoder, tree_digest
 
 
@@ -74,7 +75,7 @@ def test_wrong_shape_in_checkpoint_names_the_key(tmp_path):
     state = load_file(str(tmp_path / "c" / "model.safetensors"))
     state["blocks.1.mlp.up.weight"] = torch.zeros(3, 3)
     save_file(state, str(tmp_path / "c" / "model.safetensors"))
-    with pytest.raises(gf.GlassformerError, match="blocks.1.mlp.up.weight"):
+    with pytest.raises(gf.GlassformerError, match=r"blocks\.1\.mlp\.up\.weight"):
         gf.load(tmp_path / "c")
 
 

@@ -7,23 +7,9 @@ import sys
 import pytest
 import torch
 
-from glassformer.cli import main
-from conftest import build, tiny_decoder, tree_digest
+from conftest import assert_one_line_error, build, run_cli, tiny_decoder, tree_digest
 
-
-def run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, *words):
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert "Traceback" not in err and lines[0].startswith("glassformer")
-    for w in words:
-        assert w in lines[0], lines[0]
+run = run_cli
 
 
 def test_params_gpt2_total(capsys):
@@ -44,55 +30,79 @@ def test_params_of_a_checkpoint_dir(capsys, tmp_path):
     model = build(tiny_decoder())
     gf.save(model, tmp_path / "m")
     code, out, _ = run(capsys, "params", str(tmp_path / "m"))
-    total = int([x for x in out.splitlines() if x.startswith("Total")][0].split()[-1].replace(",", ""))
+    total = int(next(x for x in out.splitlines() if x.startswith("Total")).split()[-1].replace(",", ""))
     assert code == 0 and total == sum(p.numel() for p in model.parameters())
 
 
 def test_explain_walks_every_step(capsys):
-    code, out, _ = run(capsys, "explain", "a fluffy blue creature", "--model", "random:lesson-tiny",
-                       "--layer", "1", "--head", "3")  # fmt: skip
+    code, out, _ = run(
+        capsys,
+        "explain",
+        "a fluffy blue creature",
+        "--model",
+        "random:lesson-tiny",
+        "--layer",
+        "1",
+        "--head",
+        "3",
+    )
     assert code == 0
-    order = ["E ", "W_Q", "Q = E·W_Q", "W_K", "K = E·W_K", "Q·Kᵀ/√d", "mask", "pattern = softmax",
-             "V = E·W_V", "ΔE = pattern·V·W_O"]  # fmt: skip
+    order = [
+        "E ",
+        "W_Q",
+        "Q = E·W_Q",
+        "W_K",
+        "K = E·W_K",
+        "Q·Kᵀ/√d",
+        "mask",
+        "pattern = softmax",
+        "V = E·W_V",
+        "ΔE = pattern·V·W_O",
+    ]
     positions = [out.index(s) for s in order]
     assert positions == sorted(positions), "steps out of the video's order"
     assert "-∞" in out  # the causal mask is drawn
     assert "columns sum to 1" in out
 
 
-def test_explain_pattern_columns_sum_to_one():
+def test_explain_pattern_rows_sum_to_one():
     import glassformer as gf
     from glassformer.inspect.explain import walk_head
 
     walk = walk_head(gf.load("random:lesson-tiny"), "hello there", 0, 1)
-    pattern = walk.step("pattern").tensor  # [query, key]
+    pattern = walk.pattern.tensor  # [query, key]: each row (a query) sums to 1
     assert torch.allclose(pattern.sum(-1), torch.ones(len(walk.tokens)), atol=1e-6)
 
 
 @pytest.mark.parametrize(
     "argv, words",
     [
-        (["params", "gpt5"], ["unknown preset"]),
+        (["params", "gpt5"], ["unknown model or preset"]),
         (["explain", "hi", "--model", "random:gpt5"], ["unknown preset"]),
         (["explain", "", "--model", "random:lesson-tiny"], ["empty"]),
         (["explain", "x" * 65, "--model", "random:lesson-tiny"], ["65 tokens", "64"]),
-        (["explain", "hi", "--model", "/nonexistent/ckpt"], ["no such directory"]),
+        (["explain", "hi", "--model", "/nonexistent/ckpt"], ["no such file or directory"]),
         (["explain", "hi", "--model", "random:lesson-tiny", "--layer", "2"], ["layer 2", "0..1"]),
         (["explain", "hi", "--model", "random:lesson-tiny", "--head", "4"], ["head 4", "0..3"]),
-        (["explain", "hi", "--model", "random:lesson-tiny", "--head", "x"], ["invalid int"]),
+        (["explain", "hi", "--model", "random:lesson-tiny", "--head", "x"], ["not a whole number"]),
         (["explain", "hi", "--model", "random:gpt3-175b"], ["too big"]),
         (["frobnicate"], ["invalid choice"]),
-        (["train", "--data", "lesson:adjectives", "--out", "/nonexistent/run", "--tied-unembedding", "maybe"],
-         ["--tied-unembedding", "yes or no"]),
+        (
+            [
+                "train",
+                "--data",
+                "lesson:adjectives",
+                "--out",
+                "/nonexistent/run",
+                "--tied-unembedding",
+                "maybe",
+            ],
+            ["--tied-unembedding", "yes or no"],
+        ),
     ],
 )
 def test_bad_input_gives_one_line(capsys, argv, words):
-    code = None
-    try:
-        code = main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    _, err = capsys.readouterr()
+    code, _, err = run(capsys, *argv)
     assert_one_line_error(code, err, *words)
 
 
@@ -109,20 +119,29 @@ def test_corrupt_checkpoint_and_invalid_config(capsys, tmp_path):
 
     gf.save(build(tiny_decoder()), tmp_path / "cfg")
     cfg = json.loads((tmp_path / "cfg" / "config.json").read_text())
-    cfg["model"]["activation"] = "swish"
+    cfg["model"]["activation"] = "swish"  # not an activation glassformer knows
     (tmp_path / "cfg" / "config.json").write_text(json.dumps(cfg))
     code, _, err = run(capsys, "explain", "hi", "--model", str(tmp_path / "cfg"))
     assert_one_line_error(code, err, "invalid model config")
 
 
 def test_console_script_and_module_entry_points():
-    out = subprocess.run([sys.executable, "-m", "glassformer", "params", "minilm-l6"],
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "glassformer", "params", "minilm-l6"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0 and "Total" in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "glassformer", "params", "nope"],
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    bad = subprocess.run(
+        [sys.executable, "-m", "glassformer", "params", "nope"], capture_output=True, text=True, timeout=120
+    )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     for command in ("params", "explain"):
-        h = subprocess.run([sys.executable, "-m", "glassformer", command, "--help"],
-                           capture_output=True, text=True, timeout=120)  # fmt: skip
+        h = subprocess.run(
+            [sys.executable, "-m", "glassformer", command, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert h.returncode == 0 and "usage" in h.stdout

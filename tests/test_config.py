@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 import glassformer as gf
@@ -13,7 +15,7 @@ import glassformer as gf
         (dict(activation="swish"), "activation"),
         (dict(dropout=1.5), "dropout"),
         (dict(norm_eps=0), "norm_eps"),
-        (dict(d_head=0), "d_head"),
+        (dict(d_head=-1), "d_head"),
         (dict(causal="yes"), "causal"),
         (dict(context_length=2.5), "context_length"),
     ],
@@ -26,7 +28,7 @@ def test_invalid_values_raise_clear_errors(changes, words):
 def test_defaults_and_frozen():
     c = gf.ModelConfig(d_model=96, n_heads=6)
     assert c.d_head == 16 and c.d_mlp == 384
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         c.d_model = 3  # frozen
 
 
@@ -35,8 +37,16 @@ def test_presets_have_familiar_shapes():
     assert gf.PRESETS["gpt2-xl"].n_layers == 48
     assert not gf.PRESETS["bert-base-uncased"].causal
     assert gf.PRESETS["minilm-l6"].d_model == 384
-    for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "gpt3-175b",
-                 "bert-base-uncased", "minilm-l6", "lesson-tiny"):  # fmt: skip
+    for name in (
+        "gpt2",
+        "gpt2-medium",
+        "gpt2-large",
+        "gpt2-xl",
+        "gpt3-175b",
+        "bert-base-uncased",
+        "minilm-l6",
+        "lesson-tiny",
+    ):
         assert isinstance(gf.PRESETS[name], gf.ModelConfig)
 
 

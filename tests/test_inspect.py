@@ -6,29 +6,40 @@ import pytest
 import torch
 
 import glassformer as gf
+from glassformer.hooks import HOOK_TABLE
 from glassformer.inspect import heads
-from glassformer.inspect.cache import ACTIVATIONS
-from glassformer.inspect.edit import ablate_head, head_logit_attribution, patch
+from glassformer.inspect.edit import ablate_head, final_norm_direction, head_logit_attribution, patch
 from glassformer.inspect.lens import logit_lens, neuron_tokens, top_neurons
-from conftest import build, tiny_decoder, tiny_encoder
+
+from conftest import FAMILIES, build, tiny_decoder
 
 B, T = 2, 7
 
 
 def expected_shape(words: str, model) -> tuple:
     c = model.config
-    size = {"batch": B, "1": 1, "head": c.n_heads, "query": T, "key": T, "d_head": c.d_head,
-            "d_model": c.d_model, "d_mlp": c.d_mlp, "vocab": c.vocab_size}  # fmt: skip
+    size = {
+        "batch": B,
+        "1": 1,
+        "head": c.n_heads,
+        "kv_head": c.n_kv_heads,
+        "query": T,
+        "key": T,
+        "d_head": c.d_head,
+        "d_model": c.d_model,
+        "d_mlp": c.d_mlp,
+        "vocab": c.vocab_size,
+    }
     return tuple(size[w.strip()] for w in words.split(","))
 
 
-@pytest.mark.parametrize("make, kind", [(tiny_decoder, "GPT"), (tiny_encoder, "BERT")])
-def test_every_documented_name_fires_with_its_shape(make, kind):
-    model = build(make())
+@pytest.mark.parametrize("family, kind", [("gpt", "GPT"), ("bert", "BERT"), ("llama", "Llama")])
+def test_every_documented_name_fires_with_its_shape(family, kind):
+    model = build(FAMILIES[family]())
     ids = torch.randint(0, 97, (B, T))
     _, cache = model.run_with_cache(ids, names=lambda n: True)
     documented = set()
-    for pattern, shape, fires_on, _ in ACTIVATIONS:
+    for pattern, shape, fires_on, _ in HOOK_TABLE:
         names = [pattern.format(i=i) for i in range(model.config.n_layers)] if "{i}" in pattern else [pattern]
         for name in names:
             if kind in fires_on:
@@ -67,11 +78,11 @@ def test_filtered_cache_holds_only_what_was_asked(decoder):
     assert c["embed"].device.type == "cpu"
 
 
-@pytest.mark.parametrize("make", [tiny_decoder, tiny_encoder])
-def test_hooks_returning_none_leave_outputs_bit_identical(make):
-    model = build(make())
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_hooks_returning_none_leave_outputs_bit_identical(family):
+    model = build(FAMILIES[family]())
     ids = torch.randint(0, 97, (B, T))
-    inside = ("attn.q", "attn.k", "attn.v", "attn.scores", "attn.pattern", "attn.z")
+    inside = ("attn.dots", "attn.scores", "attn.pattern", "attn.z")
     outside = [n for n in model.hook_names() if not n.endswith(inside)]
     with torch.no_grad():
         plain, explicit = model(ids), model(ids, explicit=True)
@@ -101,8 +112,12 @@ def test_zero_ablation_equals_removing_that_heads_delta_e_by_hand(decoder):
         def remove_by_hand(out, name):
             return out - attn.head_outputs(kept["z"])[:, head]  # ΔE minus this head's share
 
-        with decoder.hooks({f"blocks.{layer}.attn.z": lambda z, n: kept.update(z=z),
-                            f"blocks.{layer}.attn.out": remove_by_hand}):  # fmt: skip
+        with decoder.hooks(
+            {
+                f"blocks.{layer}.attn.z": lambda z, n: kept.update(z=z),
+                f"blocks.{layer}.attn.out": remove_by_hand,
+            }
+        ):
             by_hand = decoder(ids)
         plain = decoder(ids)
     assert (ablated - by_hand).abs().max() < 1e-5
@@ -129,24 +144,29 @@ def test_patching_from_run_b_reproduces_run_b(decoder, names):
     assert (patched - logits_b).abs().max() < 1e-5
 
 
-def test_head_attribution_adds_up_to_the_logit(decoder):
+@pytest.mark.parametrize("family", ["gpt", "llama"])
+def test_head_attribution_adds_up_to_the_logit(family):
+    model = build(FAMILIES[family]())
     ids = torch.randint(0, 97, (1, T))
-    token, L = 11, decoder.config.n_layers
-    dla = head_logit_attribution(decoder, ids, token)  # [L, H]
-    assert dla.shape == (L, decoder.config.n_heads)
-    names = ["embed", "pos_embed", f"blocks.{L - 1}.resid_post"] + [f"blocks.{i}.mlp.out" for i in range(L)]
-    logits, c = decoder.run_with_cache(ids, names=names)
-    ln = decoder.ln_final
+    token, L = 11, model.config.n_layers
+    dla = head_logit_attribution(model, ids, token)  # [L, H]
+    assert dla.shape == (L, model.config.n_heads)
+    names = ["embed", f"blocks.{L - 1}.resid_post"] + [f"blocks.{i}.mlp.out" for i in range(L)]
+    names += ["pos_embed"] if model.config.positions == "learned" else []
+    logits, c = model.run_with_cache(ids, names=names)
     final = c[f"blocks.{L - 1}.resid_post"][0, -1]
-    scale = (final.var(unbiased=False) + ln.eps).sqrt()
-    direction = ln.weight * decoder.W_U[:, token] / scale
+    direction, centre = final_norm_direction(model, final, token)
 
     def through(x):
-        return float((x - x.mean()).detach() @ direction.detach())
+        return float(((x - x.mean()) if centre else x).detach() @ direction.detach())
 
-    rest = through(c["embed"][0, -1] + c["pos_embed"][0, -1])
-    rest += sum(through(c[f"blocks.{i}.mlp.out"][0, -1] + decoder.blocks[i].attn.b_O) for i in range(L))
-    rest += float(ln.bias @ decoder.W_U[:, token])
+    rest = through(c["embed"][0, -1] + (c["pos_embed"][0, -1] if "pos_embed" in c else 0))
+    for i in range(L):
+        b_O = model.blocks[i].attn.b_O
+        rest += through(c[f"blocks.{i}.mlp.out"][0, -1] + (b_O if b_O is not None else 0))
+    bias = getattr(model.ln_final, "bias", None)
+    if bias is not None:
+        rest += float(bias @ model.W_U[:, token])
     assert abs(dla.sum().item() + rest - logits[0, -1, token].item()) < 1e-4
 
 
@@ -174,8 +194,20 @@ def test_detectors_find_planted_heads():
 def test_induction_head_appears_after_training_and_not_before(tmp_path):
     from glassformer.train import TrainConfig, train
 
-    train(TrainConfig(data="lesson:induction", out=str(tmp_path / "ind"), preset="lesson-tiny", steps=800,
-                      batch_size=32, lr=3e-3, min_lr=3e-4, warmup=50, eval_every=400), progress=False)  # fmt: skip
+    train(
+        TrainConfig(
+            data="lesson:induction",
+            out=str(tmp_path / "ind"),
+            preset="lesson-tiny",
+            steps=800,
+            batch_size=32,
+            lr=3e-3,
+            min_lr=3e-4,
+            warmup=50,
+            eval_every=400,
+        ),
+        progress=False,
+    )
     trained = gf.load(tmp_path / "ind")
     random = build(trained.config, seed=1)
     random.tokenizer = trained.tokenizer
@@ -227,5 +259,5 @@ def test_readme_documents_every_name():
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    for name, shape, fires_on, what in ACTIVATIONS:
+    for name, shape, fires_on, what in HOOK_TABLE:
         assert f"| `{name}` | {shape} | {fires_on} | {what} |" in readme, name

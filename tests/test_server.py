@@ -11,6 +11,7 @@ import pytest
 
 import glassformer as gf
 from glassformer.cli import build_parser
+
 from servers import free_port, running
 
 pytest.importorskip("fastapi")
@@ -64,8 +65,16 @@ def test_no_request_can_open_a_model_or_file_it_was_not_started_with(base, name)
     assert r.status_code == 404 and "unknown model" in r.json()["detail"]
 
 
-@pytest.mark.parametrize("path", ["/static/../../cli.py", "/static/%2e%2e/%2e%2e/cli.py", "/static//etc/passwd",
-                                  "/static/..%2f..%2fcli.py", "/etc/passwd"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/static/../../cli.py",
+        "/static/%2e%2e/%2e%2e/cli.py",
+        "/static//etc/passwd",
+        "/static/..%2f..%2fcli.py",
+        "/etc/passwd",
+    ],
+)
 def test_static_files_stay_in_their_folder(base, path):
     r = httpx.get(base + path)
     assert r.status_code in (400, 404) and "import" not in r.text and "root:" not in r.text
@@ -74,15 +83,31 @@ def test_static_files_stay_in_their_folder(base, path):
 def test_serves_on_loopback_unless_told_otherwise():
     assert build_parser().parse_args(["serve"]).host == "127.0.0.1"
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "glassformer", "serve", "--model", "random:lesson-tiny",
-                             "--port", str(port), "--no-open"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "glassformer",
+            "serve",
+            "--model",
+            "random:lesson-tiny",
+            "--port",
+            str(port),
+            "--no-open",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 60
         listening = []
         while time.monotonic() < deadline and not listening:
             with open("/proc/net/tcp") as f:  # local address and state (0A = LISTEN) of every socket
-                listening = [line.split()[1] for line in f.readlines()[1:]
-                             if line.split()[1].endswith(f":{port:04X}") and line.split()[3] == "0A"]  # fmt: skip
+                listening = [
+                    line.split()[1]
+                    for line in f.readlines()[1:]
+                    if line.split()[1].endswith(f":{port:04X}") and line.split()[3] == "0A"
+                ]
             time.sleep(0.1)
         assert listening == [f"0100007F:{port:04X}"], "the explorer must listen on 127.0.0.1 only"
         assert httpx.get(f"http://127.0.0.1:{port}/api/models").status_code == 200
@@ -96,6 +121,7 @@ def test_200_requests_from_20_clients_gpt2_shape():
     model = gf.load("random:gpt2")
     text = "a fluffy blue creature roamed th"  # 32 bytes: 32 tokens
     with running({"gpt2-shape": model}) as url:
+
         def one(_):
             with httpx.Client(timeout=120) as c:
                 t = time.perf_counter()
@@ -110,5 +136,7 @@ def test_200_requests_from_20_clients_gpt2_shape():
     times = sorted(t for _, t, _ in results)
     assert codes == [200] * 200 and all(n == 32 for _, _, n in results)
     p95 = times[int(0.95 * len(times)) - 1]
-    print(f"\n200 requests, 20 clients, gpt2 shape, 32 tokens: median {statistics.median(times) * 1e3:.0f} ms, "
-          f"p95 {p95 * 1e3:.0f} ms, {200 / wall:.1f} requests/s")
+    print(
+        f"\n200 requests, 20 clients, gpt2 shape, 32 tokens: median {statistics.median(times) * 1e3:.0f} ms, "
+        f"p95 {p95 * 1e3:.0f} ms, {200 / wall:.1f} requests/s"
+    )

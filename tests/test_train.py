@@ -15,10 +15,11 @@ import glassformer as gf
 from glassformer import checkpoint
 from glassformer.cli import main
 from glassformer.train import TrainConfig, resume, train
-from conftest import tree_digest
+from glassformer.train.state import RunDir
 
-SMALL = dict(preset="lesson-tiny", d_model=32, n_layers=1, batch_size=8, lr=3e-3, warmup=5,
-             eval_batches=4)  # fmt: skip
+from conftest import assert_one_line_error, run_cli, tree_digest
+
+SMALL = dict(preset="lesson-tiny", d_model=32, n_layers=1, batch_size=8, lr=3e-3, warmup=5, eval_batches=4)
 
 
 def text_file(tmp_path, n=4000) -> Path:
@@ -35,8 +36,10 @@ def log_lines(out) -> list[dict]:
 
 def test_loss_falls_and_run_loads(tmp_path):
     out = tmp_path / "run"
-    result = train(TrainConfig(data=str(text_file(tmp_path)), out=str(out), steps=60, eval_every=20,
-                               **SMALL), progress=False)  # fmt: skip
+    result = train(
+        TrainConfig(data=str(text_file(tmp_path)), out=str(out), steps=60, eval_every=20, **SMALL),
+        progress=False,
+    )
     log = log_lines(out)
     assert [r["step"] for r in log] == [20, 40, 60]
     assert log[-1]["val_loss"] < log[0]["val_loss"] - 0.3
@@ -47,8 +50,10 @@ def test_loss_falls_and_run_loads(tmp_path):
 
 def test_bpe_tokenizer_is_trained_and_saved(tmp_path):
     out = tmp_path / "run"
-    train(TrainConfig(data=str(text_file(tmp_path)), out=str(out), tokenizer="bpe:300", steps=4,
-                      eval_every=4, **SMALL), progress=False)  # fmt: skip
+    train(
+        TrainConfig(data=str(text_file(tmp_path)), out=str(out), tokenizer="bpe:300", steps=4, eval_every=4, **SMALL),
+        progress=False,
+    )
     model = gf.load(out)
     assert model.config.vocab_size == model.tokenizer.vocab_size <= 300
     assert model.tokenizer.decode(model.tokenizer.encode("a fluffy creature")) == "a fluffy creature"
@@ -62,34 +67,37 @@ def test_resume_is_bit_identical(tmp_path):
     train(TrainConfig(out=str(split), stop_at=15, ckpt_every=5, **common), progress=False)
     assert [r["step"] for r in log_lines(split)] == [10]
     resume(split, progress=False)
-    assert log_lines(split) == [{**r, "tokens_per_s": s["tokens_per_s"]}
-                                for r, s in zip(log_lines(full), log_lines(split))]  # fmt: skip
+    assert log_lines(split) == [
+        {**r, "tokens_per_s": s["tokens_per_s"]} for r, s in zip(log_lines(full), log_lines(split))
+    ]
     a = checkpoint.read_safetensors(full / "latest" / "model.safetensors")
     b = checkpoint.read_safetensors(split / "latest" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_bf16_training_keeps_fp32_weights_and_records_its_precision(tmp_path):
-    from glassformer.train.trainer import cpu_has_bf16_units, read_resume_state
+    from glassformer.hardware import cpu_has_bf16_units
 
     out = tmp_path / "run"
-    train(TrainConfig(data="lesson:adjectives", out=str(out), steps=40, eval_every=20, precision="bf16",
-                      **SMALL), progress=False)  # fmt: skip
+    train(
+        TrainConfig(data="lesson:adjectives", out=str(out), steps=40, eval_every=20, precision="bf16", **SMALL),
+        progress=False,
+    )
     log = log_lines(out)
     assert log[-1]["val_loss"] < log[0]["val_loss"]
     weights = checkpoint.read_safetensors(out / "latest" / "model.safetensors")
     assert {w.dtype for w in weights.values()} == {torch.float32}
-    assert read_resume_state(out)[0].precision == "bf16"
+    assert RunDir(out).read_latest().settings.precision == "bf16"
     auto = tmp_path / "auto"
     train(TrainConfig(data="lesson:adjectives", out=str(auto), steps=2, eval_every=2, **SMALL), progress=False)
     # auto is stored resolved, so a resume on another machine trains the same way
-    assert read_resume_state(auto)[0].precision == ("bf16" if cpu_has_bf16_units() else "fp32")
+    assert RunDir(auto).read_latest().settings.precision == ("bf16" if cpu_has_bf16_units() else "fp32")
 
 
 def test_attention_stays_fp32_under_cpu_autocast():
     model = gf.load("random:lesson-tiny").train()
     seen = {}
-    hook = model.blocks[0].attn.proj.register_forward_pre_hook(lambda m, args: seen.update(z=args[0].dtype))
+    hook = model.blocks[0].attn.output.register_forward_pre_hook(lambda m, args: seen.update(z=args[0].dtype))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = model(torch.arange(10)[None])
     hook.remove()
@@ -100,9 +108,30 @@ def test_attention_stays_fp32_under_cpu_autocast():
 @pytest.mark.slow
 def test_sigkill_never_loses_the_last_good_checkpoint(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "glassformer", "train", "--data", "lesson:adjectives", "--out", str(out),
-           "--preset", "lesson-tiny", "--steps", "100000", "--eval-every", "7", "--eval-batches", "1",
-           "--ckpt-every", "1", "--batch-size", "4", "--quiet"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "glassformer",
+        "train",
+        "--data",
+        "lesson:adjectives",
+        "--out",
+        str(out),
+        "--preset",
+        "lesson-tiny",
+        "--steps",
+        "100000",
+        "--eval-every",
+        "7",
+        "--eval-batches",
+        "1",
+        "--ckpt-every",
+        "1",
+        "--batch-size",
+        "4",
+        "--quiet",
+    ]
+
     def saved_step() -> int:
         latest = checkpoint.find_dir(out / "latest")
         try:
@@ -132,16 +161,66 @@ def test_sigkill_never_loses_the_last_good_checkpoint(tmp_path):
 
 @pytest.mark.slow
 def test_two_gloo_processes_equal_one_with_the_combined_batch(tmp_path):
-    args = ["--data", "lesson:adjectives", "--preset", "lesson-tiny", "--steps", "6", "--eval-every", "3",
-            "--eval-batches", "2", "--quiet", "--device", "cpu",
-            "--precision", "fp32"]  # fmt: skip  (bf16 would round each process's partial sums differently)
+    args = [
+        "--data",
+        "lesson:adjectives",
+        "--preset",
+        "lesson-tiny",
+        "--steps",
+        "6",
+        "--eval-every",
+        "3",
+        "--eval-batches",
+        "2",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+    ]  # (bf16 would round each process's partial sums differently)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, "-m", "glassformer", "train", "--out", str(tmp_path / "one"),
-                          "--batch-size", "8", *args], env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    one = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "glassformer",
+            "train",
+            "--out",
+            str(tmp_path / "one"),
+            "--batch-size",
+            "8",
+            *args,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
-                          "--nproc-per-node", "2", "-m", "glassformer", "train", "--out", str(tmp_path / "two"),
-                          "--batch-size", "4", *args], env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nnodes",
+            "1",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "glassformer",
+            "train",
+            "--out",
+            str(tmp_path / "two"),
+            "--batch-size",
+            "4",
+            *args,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     a = checkpoint.read_safetensors(tmp_path / "one" / "latest" / "model.safetensors")
     b = checkpoint.read_safetensors(tmp_path / "two" / "latest" / "model.safetensors")
@@ -152,36 +231,58 @@ def test_two_gloo_processes_equal_one_with_the_combined_batch(tmp_path):
 
 @pytest.mark.slow
 def test_default_adjectives_lesson_grows_an_adjective_head(tmp_path):
+    """At the lesson's own fixed seed (TRAIN_DEFAULTS), as `make lessons` trains it; the
+    spread over other seeds is in lessons/adjectives.py."""
     from glassformer.inspect import heads
 
-    start = time.monotonic()
-    code = subprocess.run([sys.executable, "-m", "glassformer", "train", "--data", "lesson:adjectives",
-                           "--out", str(tmp_path / "adj"), "--quiet"], timeout=600).returncode  # fmt: skip
-    seconds = time.monotonic() - start
+    code = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "glassformer",
+            "train",
+            "--data",
+            "lesson:adjectives",
+            "--out",
+            str(tmp_path / "adj"),
+            "--quiet",
+        ],
+        timeout=1800,
+    ).returncode
     assert code == 0
-    assert seconds < 120, f"the default lesson took {seconds:.0f} s"
     model = gf.load(tmp_path / "adj")
     own, far = heads.adjective_scores(model, n=300, seed=2024)  # held-out sentences
     layer, head, score = heads.strongest(own)
-    print(f"\nadjective head {layer}.{head}: own {score:.2f}, non-adjacent {far[layer, head]:.2f}, {seconds:.0f} s")
+    print(f"\nadjective head {layer}.{head}: own {score:.2f}, non-adjacent {far[layer, head]:.2f}")
     assert score >= 0.5, f"best head puts only {score:.2f} of a noun's attention on its adjectives"
     assert far[layer, head] >= 0.3, f"head {layer}.{head} puts {far[layer, head]:.2f} on non-adjacent adjectives"
 
 
 # --- bad input -------------------------------------------------------------------------
 def one_line_error(capsys, argv, *words):
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
-    for w in words:
-        assert w in err, err
+    code, _, err = run_cli(capsys, *argv)
+    assert_one_line_error(code, err, *words)
 
 
 @pytest.mark.parametrize("tied", ["yes", "no"])
 def test_cli_chooses_a_tied_or_separate_unembedding(tmp_path, tied):
     out = tmp_path / "run"
-    argv = ["train", "--data", "lesson:adjectives", "--out", str(out), "--preset", "lesson-tiny",
-            "--steps", "2", "--eval-every", "2", "--tied-unembedding", tied, "-q"]  # fmt: skip
+    argv = [
+        "train",
+        "--data",
+        "lesson:adjectives",
+        "--out",
+        str(out),
+        "--preset",
+        "lesson-tiny",
+        "--steps",
+        "2",
+        "--eval-every",
+        "2",
+        "--tied-unembedding",
+        tied,
+        "-q",
+    ]
     assert main(argv) == 0
     model = gf.load(out)
     shared = model.unembed.weight.data_ptr() == model.embed.W_E.weight.data_ptr()
@@ -203,12 +304,22 @@ def test_bad_training_inputs(capsys, tmp_path):
     one_line_error(capsys, ["train", "--data", str(tmp_path / "nope.txt"), "--out", out], "no such file")
     one_line_error(capsys, ["train", "--data", "lesson:poetry", "--out", out], "unknown lesson", "lesson:adjectives")
     one_line_error(capsys, ["train", "--data", "lesson:adjectives"], "--out")
-    one_line_error(capsys, ["train", "--data", str(latin.with_name("ok.txt")), "--out", out, "--tokenizer",
-                            "words"], "unknown tokenizer")  # fmt: skip
-    one_line_error(capsys, ["train", "--data", "lesson:adjectives", "--out", out, "--tokenizer", "bpe:300"],
-                   "brings its own")  # fmt: skip
-    one_line_error(capsys, ["train", "--data", "lesson:adjectives", "--out", out, "--precision", "fp16"],
-                   "unknown precision", "bf16")  # fmt: skip
+    one_line_error(
+        capsys,
+        ["train", "--data", str(latin.with_name("ok.txt")), "--out", out, "--tokenizer", "words"],
+        "unknown tokenizer",
+    )
+    one_line_error(
+        capsys,
+        ["train", "--data", "lesson:adjectives", "--out", out, "--tokenizer", "bpe:300"],
+        "brings its own",
+    )
+    one_line_error(
+        capsys,
+        ["train", "--data", "lesson:adjectives", "--out", out, "--precision", "fp16"],
+        "unknown precision",
+        "bf16",
+    )
     assert not Path(out).exists()  # nothing was created by any of them
 
 
@@ -221,19 +332,3 @@ def test_resume_refuses_another_shape_and_keeps_files(capsys, tmp_path):
     one_line_error(capsys, ["train", "--data", "lesson:adjectives", "--out", str(out)], "--resume")
     one_line_error(capsys, ["train", "--resume", str(tmp_path / "nothing")], "no resumable checkpoint")
     assert tree_digest(out) == before
-
-
-def test_lesson_model_is_trained_on_first_use_then_cached(tmp_path, monkeypatch):
-    from glassformer.lessons import adjectives
-    from glassformer.train import lesson_models
-
-    monkeypatch.setenv("GLASSFORMER_CACHE", str(tmp_path))
-    monkeypatch.setattr(adjectives, "TRAIN_DEFAULTS", {**adjectives.TRAIN_DEFAULTS, "steps": 10, "eval_every": 5})
-    assert not lesson_models.is_cached("lesson:adjectives")
-    first = gf.load("lesson:adjectives", progress=False)
-    assert lesson_models.is_cached("lesson:adjectives")
-    assert (tmp_path / "lessons" / "adjectives" / "log.jsonl").is_file()
-    monkeypatch.setattr(lesson_models, "train", lambda *a, **k: pytest.fail("trained twice"))
-    again = gf.load("lesson:adjectives")
-    assert torch.equal(first.W_E, again.W_E)
-    assert [p.name for p in (tmp_path / "lessons").iterdir()] == ["adjectives"]  # no temp dirs left

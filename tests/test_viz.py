@@ -32,8 +32,10 @@ def encoder():
 def test_pictures_are_written(request, tmp_path, which, suffix):
     model = request.getfixturevalue(which)
     a = analyze(model, "a fluffy blue creature roamed the verdant forest", scores=True)
-    files = [plots.head_picture(a.patterns[0, 1], a.tokens, scores_TS=a.scores[0, 1]).save(tmp_path / f"head{suffix}"),
-             plots.all_heads_picture(a.patterns, a.tokens).save(tmp_path / f"all{suffix}")]  # fmt: skip
+    files = [
+        plots.head_picture(a.patterns[0, 1], a.tokens, scores_TS=a.scores[0, 1]).save(tmp_path / f"head{suffix}"),
+        plots.all_heads_picture(a.patterns, a.tokens).save(tmp_path / f"all{suffix}"),
+    ]
     if a.last_logits is not None:
         texts = model.tokenizer.token_texts(range(model.config.vocab_size))
         files.append(plots.next_token_picture(a.last_logits, texts, temperature=0.7).save(tmp_path / f"next{suffix}"))
@@ -83,8 +85,9 @@ def test_report_is_self_contained_and_escapes_text(char_model, tmp_path):
     page = report_html(char_model, NASTY)
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page), "the report must not load anything"
     assert "<script>alert" not in page  # the text is data, never markup
-    data = json.loads(re.search(r'<script id="glassformer-data" type="application/json">(.*?)</script>',
-                                page, re.S).group(1))  # fmt: skip
+    data = json.loads(
+        re.search(r'<script id="glassformer-data" type="application/json">(.*?)</script>', page, re.S).group(1)
+    )
     assert data["text"] == NASTY and "".join(data["tokens"]) == NASTY
     assert len(data["patterns"]) == 2 and len(data["patterns"][0]) == 4
     assert data["scores"][0][0][0][1] is None  # masked cells travel as null (−∞)
@@ -106,5 +109,18 @@ def test_show_cli_bad_input(capsys, tmp_path):
     assert main(["show", "hi", "--model", "minilm", "--kind", "next", "--out", str(tmp_path / "n.png")]) == 2
     assert "encoder" in capsys.readouterr().err
     for kind in ("head", "all", "next"):
-        assert main(["show", "hi there", "--model", "random:lesson-tiny", "--kind", kind,
-                     "--out", str(tmp_path / f"{kind}.svg")]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "show",
+                    "hi there",
+                    "--model",
+                    "random:lesson-tiny",
+                    "--kind",
+                    kind,
+                    "--out",
+                    str(tmp_path / f"{kind}.svg"),
+                ]
+            )
+            == 0
+        )

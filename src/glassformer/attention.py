@@ -2,21 +2,28 @@
 
 Dimension key (used in shape comments and suffixes throughout):
     B  batch                     T  query positions        S  key positions
-    H  heads                     D  d_head (query/key/value size per head)
-    C  d_model (embedding size)  V  vocabulary size
+    H  query heads               K  key/value heads (K = H unless grouped)
+    D  d_head                    C  d_model (embedding size)
+    V  vocabulary size
 
 One head, step by step (the explicit path; every step is a hook point):
     Q = E W_Q                  queries: "is there an adjective in front of me?"
     K = E W_K                  keys:    "I am an adjective!"
-    scores = Q Kᵀ / √D         the grid of dot products; big where a key answers a query
-    mask                       −∞ where a later token would inform an earlier one (decoders)
-                               and where a key is padding (encoders)
+    (Llama: Q and K are turned by an angle that grows with their position: rotary)
+    dots = Q Kᵀ / √D           the grid of dot products; big where a key answers a query
+    scores = dots, masked      −∞ where a later token would inform an earlier one (decoders)
+                               and where a key is padding
     pattern = softmax(scores)  each query's weights over the keys sum to 1
     z = pattern · (E W_V)      value-down: what each attended token has to say, weighted
     ΔE = z W_O                 value-up back to d_model; summed over heads, added to E
 
-Tensors are stored the usual way, pattern[B, H, query, key] (rows are queries), so
-they compare directly with Hugging Face's `output_attentions`.
+Masks have one polarity everywhere: `allowed` is True where a query may look at a key
+(the same as an attention_mask's 1 for a real token, and as scaled_dot_product_attention's
+boolean mask). Tensors are stored the usual way, pattern[B, H, query, key] (rows are
+queries), so they compare directly with Hugging Face's `output_attentions`.
+
+Grouped-query attention (Llama, SmolLM2): K key/value heads are each shared by H / K
+query heads, so the cache holds K heads, not H.
 
 The fast path computes the same thing with `scaled_dot_product_attention` and never
 builds the T×S grid; it is taken whenever no hook inside the head is listening.
@@ -24,7 +31,6 @@ builds the T×S grid; it is taken whenever no hook inside the head is listening.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -36,6 +42,34 @@ from .hooks import HookPoint
 from .linear import Linear
 
 
+# --- positions by rotation (RoPE, Su et al. 2021) -----------------------------------------
+class Rotary(nn.Module):
+    """The angles that turn queries and keys by position. Dimension i of the first half
+    of a head pairs with dimension i of the second half (Hugging Face's layout), and the
+    pair turns by position · base^(-2i/D): fast for the first pairs, slow for the last."""
+
+    def __init__(self, d_head: int, base: float) -> None:
+        super().__init__()
+        self.d_head, self.base = d_head, base
+
+    def forward(self, start: int, T: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin), each [T, D], for positions start .. start + T - 1, in float32."""
+        D = self.d_head
+        inv_freq = 1.0 / (self.base ** (torch.arange(0, D, 2, dtype=torch.int64, device=device).float() / D))
+        positions = torch.arange(start, start + T, device=device).float()
+        angles_TD = torch.outer(positions, inv_freq).repeat(1, 2)  # each angle used by both halves
+        return angles_TD.cos(), angles_TD.sin()
+
+
+def rotate(x_BHTD: torch.Tensor, cos_TD: torch.Tensor, sin_TD: torch.Tensor) -> torch.Tensor:
+    """Turn each (first-half, second-half) pair of x by its angle: (a, b) -> (a cos - b sin,
+    b cos + a sin)."""
+    a, b = x_BHTD.chunk(2, dim=-1)
+    turned_a_quarter = torch.cat((-b, a), dim=-1)  # each pair turned by 90°
+    return x_BHTD * cos_TD.to(x_BHTD.dtype) + turned_a_quarter * sin_TD.to(x_BHTD.dtype)
+
+
+# --- the cache of keys and values (generation) ---------------------------------------------
 class LayerCache:
     """Keys and values of the positions seen so far, for one layer.
 
@@ -43,202 +77,211 @@ class LayerCache:
     position rather than a concatenation of all of them.
     """
 
-    def __init__(self, batch: int, heads: int, max_len: int, d_head: int, *, dtype, device) -> None:
-        self.k_BHSD = torch.empty(batch, heads, max_len, d_head, dtype=dtype, device=device)
-        self.v_BHSD = torch.empty(batch, heads, max_len, d_head, dtype=dtype, device=device)
+    def __init__(self, batch: int, kv_heads: int, max_len: int, d_head: int, *, dtype, device) -> None:
+        self.k_BKSD = torch.empty(batch, kv_heads, max_len, d_head, dtype=dtype, device=device)
+        self.v_BKSD = torch.empty(batch, kv_heads, max_len, d_head, dtype=dtype, device=device)
         self.length = 0
 
-    def append(self, k_BHTD: torch.Tensor, v_BHTD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        T = k_BHTD.shape[2]
-        end = self.length + T
-        self.k_BHSD[:, :, self.length : end] = k_BHTD
-        self.v_BHSD[:, :, self.length : end] = v_BHTD
+    def append(self, k_BKTD: torch.Tensor, v_BKTD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new positions; return the keys and values of every position so far."""
+        end = self.length + k_BKTD.shape[2]
+        self.k_BKSD[:, :, self.length : end] = k_BKTD
+        self.v_BKSD[:, :, self.length : end] = v_BKTD
         self.length = end
-        return self.k_BHSD[:, :, :end], self.v_BHSD[:, :, :end]
+        return self.k_BKSD[:, :, :end], self.v_BKSD[:, :, :end]
 
 
 class KVCache:
     """One LayerCache per block; `len(cache)` is how many positions it holds."""
 
     def __init__(self, config: ModelConfig, batch: int, *, dtype, device, max_len: int | None = None):
-        max_len = max_len or config.context_length
+        self.max_len = max_len or config.context_length
         self.layers = [
-            LayerCache(batch, config.n_heads, max_len, config.d_head, dtype=dtype, device=device)
+            LayerCache(batch, config.n_kv_heads, self.max_len, config.d_head, dtype=dtype, device=device)
             for _ in range(config.n_layers)
         ]
-        self.max_len = max_len
 
     def __len__(self) -> int:
         return self.layers[0].length
 
 
-@functools.lru_cache(maxsize=16)
-def _future_cells(T: int, S: int, device: torch.device) -> torch.Tensor:
-    """Boolean [T, S], True where key s comes after query t. Queries are the last T of
-    the S positions (with a cache, the earlier ones are already stored), so query t
-    sits at position t + S - T. Cached: every layer of a forward asks for the same one."""
-    return torch.ones(T, S, dtype=torch.bool, device=device).triu_(S - T + 1)
-
-
-def blocked_cells(
-    T: int, S: int, *, causal: bool, key_keep_BS: torch.Tensor | None, device
-) -> torch.Tensor | None:
-    """Boolean [B|1, 1, T, S]: True where query t may not look at key s (a later
-    position in a decoder, padding in any model); None when nothing is blocked."""
-    blocked = None
+# --- masks -----------------------------------------------------------------------------------
+def allowed_cells(T: int, S: int, *, causal: bool, keys_BS: torch.Tensor | None, device) -> torch.Tensor | None:
+    """Boolean [B|1, 1, T, S], True where query t may look at key s; None when every query
+    may look at every key. The queries are the last T of the S positions (with a cache the
+    earlier ones are already stored), so query t sits at position t + S - T."""
+    allowed = None
     if causal and T > 1:  # a single query is the newest position: every key is in its past
-        blocked = _future_cells(T, S, torch.device(device))[None, None]
-    if key_keep_BS is not None:
-        padding = ~key_keep_BS.bool()[:, None, None, :]  # [B,1,1,S]
-        blocked = padding if blocked is None else blocked | padding
-    return blocked
+        allowed = torch.ones(T, S, dtype=torch.bool, device=device).tril(S - T)[None, None]
+    if keys_BS is not None:
+        real_keys = keys_BS.bool()[:, None, None, :]  # [B, 1, 1, S]
+        allowed = real_keys if allowed is None else allowed & real_keys
+    return allowed
 
 
+# --- attention --------------------------------------------------------------------------------
 class Attention(nn.Module):
-    """All heads of one layer. Queries, keys and values share one matmul for speed;
-    `W_Q[h]`, `W_K[h]`, `W_V[h]` ([C, D]) and `W_O[h]` ([D, C]) give each head's matrices."""
+    """All heads of one layer. `W_Q[h]`, `W_K[h]`, `W_V[h]` ([C, D]) and `W_O[h]` ([D, C])
+    are head h's matrices; with grouped heads, W_K[h] and W_V[h] are those of the group h reads."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.n_heads, self.d_head, C = config.n_heads, config.d_head, config.d_model
+        self.n_heads, self.n_kv_heads, self.d_head = config.n_heads, config.n_kv_heads, config.d_head
+        self.group = config.group_size
         self.causal = config.causal
         self.dropout = config.dropout
-        HD = self.n_heads * self.d_head
-        self.qkv = Linear(C, 3 * HD, bias=config.bias)  # [C, 3·H·D]: W_Q | W_K | W_V side by side
-        self.proj = Linear(HD, C, bias=config.bias)  # [H·D, C]: W_O, value-up, every head's at once
+        C, H, K, D = config.d_model, self.n_heads, self.n_kv_heads, self.d_head
+        self.query = Linear(C, H * D, bias=config.bias)  # [C, H·D]: every head's W_Q side by side
+        self.key = Linear(C, K * D, bias=config.bias)  # [C, K·D]
+        self.value = Linear(C, K * D, bias=config.bias)  # [C, K·D]: value-down
+        self.output = Linear(H * D, C, bias=config.bias)  # [H·D, C]: W_O, value-up
         self.pattern_dropout = nn.Dropout(config.dropout)
+        self.rotary = config.positions == "rotary"
+        if self.rotary:
+            self.hook_q_unrotated = HookPoint()  # [B, H, T, D]
+            self.hook_k_unrotated = HookPoint()  # [B, K, T, D]
         self.hook_q = HookPoint()  # [B, H, T, D]
-        self.hook_k = HookPoint()  # [B, H, S, D]
-        self.hook_v = HookPoint()  # [B, H, S, D]
+        self.hook_k = HookPoint()  # [B, K, T, D]
+        self.hook_v = HookPoint()  # [B, K, T, D]
+        self.hook_dots = HookPoint()  # [B, H, T, S]
         self.hook_scores = HookPoint()  # [B, H, T, S], masked cells −∞
         self.hook_pattern = HookPoint()  # [B, H, T, S], rows sum to 1
         self.hook_z = HookPoint()  # [B, H, T, D], pattern-weighted values per head
         self.hook_out = HookPoint()  # [B, T, C], ΔE summed over heads (plus bias)
-        self._inside = (self.hook_q, self.hook_k, self.hook_v, self.hook_scores,
-                        self.hook_pattern, self.hook_z)  # fmt: skip
+        self._inside = (self.hook_dots, self.hook_scores, self.hook_pattern, self.hook_z)
 
-    # --- per-head views of the stored weights (no copies) ---------------------------
-    def _split(self, which: int) -> torch.Tensor:
-        H, D = self.n_heads, self.d_head
-        cols = self.qkv.weight[:, which * H * D : (which + 1) * H * D]  # [C, H*D]
-        return cols.view(-1, H, D).permute(1, 0, 2)  # [H, C, D], so that Q_h = E @ W_Q[h]
+    # --- each head's matrices, read off the stored weights ----------------------------------
+    def _per_head(self, linear: Linear, heads: int) -> torch.Tensor:
+        W_HCD = linear.weight.view(-1, heads, self.d_head).permute(1, 0, 2)  # Q_h = E @ W[h]
+        return W_HCD if heads == self.n_heads else W_HCD.repeat_interleave(self.group, dim=0)
 
     @property
     def W_Q(self) -> torch.Tensor:
-        return self._split(0)
+        return self._per_head(self.query, self.n_heads)  # [H, C, D]
 
     @property
     def W_K(self) -> torch.Tensor:
-        return self._split(1)
+        return self._per_head(self.key, self.n_kv_heads)  # [H, C, D] (a copy when grouped)
 
     @property
     def W_V(self) -> torch.Tensor:
-        return self._split(2)
+        return self._per_head(self.value, self.n_kv_heads)  # [H, C, D] (a copy when grouped)
 
     @property
     def W_O(self) -> torch.Tensor:
-        return self.proj.weight.view(self.n_heads, self.d_head, -1)  # [H, D, C]: ΔE = Σ_h z_h @ W_O[h]
+        return self.output.weight.view(self.n_heads, self.d_head, -1)  # [H, D, C]: ΔE = Σ_h z_h W_O[h]
 
-    def _split_bias(self, which: int) -> torch.Tensor | None:
-        if self.qkv.bias is None:
+    def _per_head_bias(self, linear: Linear, heads: int) -> torch.Tensor | None:
+        if linear.bias is None:
             return None
-        HD = self.n_heads * self.d_head
-        return self.qkv.bias[which * HD : (which + 1) * HD].view(self.n_heads, self.d_head)
+        b_HD = linear.bias.view(heads, self.d_head)
+        return b_HD if heads == self.n_heads else b_HD.repeat_interleave(self.group, dim=0)
 
     @property
     def b_Q(self) -> torch.Tensor | None:
-        return self._split_bias(0)
+        return self._per_head_bias(self.query, self.n_heads)
 
     @property
     def b_K(self) -> torch.Tensor | None:
-        return self._split_bias(1)
+        return self._per_head_bias(self.key, self.n_kv_heads)
 
     @property
     def b_V(self) -> torch.Tensor | None:
-        return self._split_bias(2)
+        return self._per_head_bias(self.value, self.n_kv_heads)
 
     @property
     def b_O(self) -> torch.Tensor | None:
-        return self.proj.bias
+        return self.output.bias
 
     def head_outputs(self, z_BHTD: torch.Tensor) -> torch.Tensor:
         """Each head's own ΔE, [B, H, T, C], before summing (the output bias is not split)."""
         return torch.einsum("bhtd,hdc->bhtc", z_BHTD, self.W_O)
 
-    # --- forward ------------------------------------------------------------------
-    def wants_explicit(self) -> bool:
+    def kv_head(self, head: int) -> int:
+        """The key/value head that query head `head` reads."""
+        return head // self.group
+
+    # --- forward ------------------------------------------------------------------------------
+    def listening(self) -> bool:
+        """True when a hook past the projections wants the step-by-step grid."""
         return any(h.active for h in self._inside)
 
     def forward(
         self,
         E_BTC: torch.Tensor,
         *,
-        key_keep_BS: torch.Tensor | None = None,
+        keys_BS: torch.Tensor | None = None,
+        rotation: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: LayerCache | None = None,
         explicit: bool = False,
     ) -> torch.Tensor:
-        B, T, C = E_BTC.shape
-        H, D = self.n_heads, self.d_head
-        qkv_BT3HD = self.qkv(E_BTC).view(B, T, 3, H, D)
-        q_BHTD, k_BHTD, v_BHTD = qkv_BT3HD.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, T, D]
-
-        if explicit or self.wants_explicit():
-            z_BHTD = self._explicit(q_BHTD, k_BHTD, v_BHTD, key_keep_BS, cache)
-        else:
-            z_BHTD = self._fast(q_BHTD, k_BHTD, v_BHTD, key_keep_BS, cache)
-
-        z_BTC = z_BHTD.transpose(1, 2).reshape(B, T, H * D)  # heads side by side
-        return self.hook_out(self.proj(z_BTC))  # ΔE = Σ_h z_h W_O[h]
-
-    def _explicit(self, q_BHTD, k_BHTD, v_BHTD, key_keep_BS, cache) -> torch.Tensor:
-        """The textbook: every step the video draws, each through its hook point."""
-        q_BHTD = self.hook_q(q_BHTD)  # queries Q = E W_Q
-        k_BHTD = self.hook_k(k_BHTD)  # keys    K = E W_K
-        v_BHTD = self.hook_v(v_BHTD)  # values  E W_V (value-down)
+        """ΔE [B, T, C] for embeddings E. `keys_BS`: True for real keys, False for padding.
+        `rotation`: the (cos, sin) of each position (rotary models). `cache`: earlier
+        positions' keys and values, which this call extends."""
+        B, T, _ = E_BTC.shape
+        H, K, D = self.n_heads, self.n_kv_heads, self.d_head
+        Q_BHTD = self.query(E_BTC).view(B, T, H, D).transpose(1, 2)  # Q = E·W_Q, split into heads
+        K_BKTD = self.key(E_BTC).view(B, T, K, D).transpose(1, 2)  # K = E·W_K
+        V_BKTD = self.value(E_BTC).view(B, T, K, D).transpose(1, 2)  # E·W_V
+        if rotation is not None:  # Llama: position enters here, by turning queries and keys
+            Q_BHTD = rotate(self.hook_q_unrotated(Q_BHTD), *rotation)
+            K_BKTD = rotate(self.hook_k_unrotated(K_BKTD), *rotation)
+        Q_BHTD, K_BKTD, V_BKTD = self.hook_q(Q_BHTD), self.hook_k(K_BKTD), self.hook_v(V_BKTD)
         if cache is not None:
-            k_BHSD, v_BHSD = cache.append(k_BHTD, v_BHTD)
+            K_BKSD, V_BKSD = cache.append(K_BKTD, V_BKTD)  # every position's keys and values so far
         else:
-            k_BHSD, v_BHSD = k_BHTD, v_BHTD
-        T, S = q_BHTD.shape[2], k_BHSD.shape[2]
+            K_BKSD, V_BKSD = K_BKTD, V_BKTD
+
+        if explicit or self.listening():
+            z_BHTD = self._explicit(Q_BHTD, K_BKSD, V_BKSD, keys_BS)
+        else:
+            z_BHTD = self._fast(Q_BHTD, K_BKSD, V_BKSD, keys_BS)
+
+        z_BTC = z_BHTD.transpose(1, 2).reshape(B, T, H * D)  # the heads side by side
+        return self.hook_out(self.output(z_BTC))  # ΔE = Σ_h z_h W_O[h]
+
+    def _explicit(self, Q_BHTD, K_BKSD, V_BKSD, keys_BS) -> torch.Tensor:
+        """The textbook: the grid, the mask, the softmax and the weighted values, each
+        through its hook point."""
+        if self.group > 1:  # each key/value head answers a group of query heads
+            K_BHSD = K_BKSD.repeat_interleave(self.group, dim=1)
+            V_BHSD = V_BKSD.repeat_interleave(self.group, dim=1)
+        else:
+            K_BHSD, V_BHSD = K_BKSD, V_BKSD
+        T, S = Q_BHTD.shape[2], K_BHSD.shape[2]
 
         # the grid of dot products, scaled so its spread does not grow with D
-        scores_BHTS = q_BHTD @ k_BHSD.transpose(-2, -1)
-        scores_BHTS.div_(math.sqrt(self.d_head))  # in place: nothing else holds this grid yet
-        blocked = blocked_cells(T, S, causal=self.causal, key_keep_BS=key_keep_BS,
-                                device=q_BHTD.device)  # fmt: skip
-        if blocked is not None:
-            scores_BHTS.masked_fill_(blocked, float("-inf"))
+        dots_BHTS = self.hook_dots(Q_BHTD @ K_BHSD.transpose(-2, -1) / math.sqrt(self.d_head))
+        allowed = allowed_cells(T, S, causal=self.causal, keys_BS=keys_BS, device=Q_BHTD.device)
+        scores_BHTS = dots_BHTS if allowed is None else torch.where(allowed, dots_BHTS, float("-inf"))
         scores_BHTS = self.hook_scores(scores_BHTS)
 
         pattern_BHTS = torch.softmax(scores_BHTS, dim=-1)  # each row (query) sums to 1
-        if key_keep_BS is not None:
-            pattern_BHTS = pattern_BHTS.nan_to_num(0.0)  # a query with no visible key attends nowhere
+        if keys_BS is not None:
+            pattern_BHTS = pattern_BHTS.nan_to_num(0.0)  # a query with no real key attends nowhere
         pattern_BHTS = self.hook_pattern(pattern_BHTS)
 
-        z_BHTD = self.pattern_dropout(pattern_BHTS) @ v_BHSD  # weighted sum of values
+        z_BHTD = self.pattern_dropout(pattern_BHTS) @ V_BHSD  # weighted sum of values
         return self.hook_z(z_BHTD)
 
-    def _fast(self, q_BHTD, k_BHTD, v_BHTD, key_keep_BS, cache) -> torch.Tensor:
+    def _fast(self, Q_BHTD, K_BKSD, V_BKSD, keys_BS) -> torch.Tensor:
         """The same numbers from a fused kernel that never stores the T×S grid."""
-        if cache is not None:
-            k_BHTD, v_BHTD = cache.append(k_BHTD, v_BHTD)
         dropout_p = self.dropout if self.training else 0.0
-        if q_BHTD.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        if Q_BHTD.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
             # bf16 training on a CPU: the fused kernel's bf16 backward ran 4x slower than its
             # fp32 one here, so attention itself stays in fp32 (the products around it do not)
             with torch.autocast("cpu", enabled=False):
-                q, k, v = q_BHTD.float(), k_BHTD.float(), v_BHTD.float()
-                return self._sdpa(q, k, v, key_keep_BS, dropout_p)
-        return self._sdpa(q_BHTD, k_BHTD, v_BHTD, key_keep_BS, dropout_p)
+                return self._sdpa(Q_BHTD.float(), K_BKSD.float(), V_BKSD.float(), keys_BS, dropout_p)
+        return self._sdpa(Q_BHTD, K_BKSD, V_BKSD, keys_BS, dropout_p)
 
-    def _sdpa(self, q_BHTD, k_BHTD, v_BHTD, key_keep_BS, dropout_p) -> torch.Tensor:
-        T, S = q_BHTD.shape[2], k_BHTD.shape[2]
-        if self.causal and key_keep_BS is None and T == S:
+    def _sdpa(self, Q_BHTD, K_BKSD, V_BKSD, keys_BS, dropout_p) -> torch.Tensor:
+        T, S = Q_BHTD.shape[2], K_BKSD.shape[2]
+        grouped = self.group > 1
+        if self.causal and keys_BS is None and T == S:  # the plain causal case needs no mask tensor
             return F.scaled_dot_product_attention(
-                q_BHTD, k_BHTD, v_BHTD, dropout_p=dropout_p, is_causal=True
+                Q_BHTD, K_BKSD, V_BKSD, dropout_p=dropout_p, is_causal=True, enable_gqa=grouped
             )
-        blocked = blocked_cells(T, S, causal=self.causal, key_keep_BS=key_keep_BS,
-                                device=q_BHTD.device)  # fmt: skip
+        allowed = allowed_cells(T, S, causal=self.causal, keys_BS=keys_BS, device=Q_BHTD.device)
         return F.scaled_dot_product_attention(
-            q_BHTD, k_BHTD, v_BHTD, attn_mask=None if blocked is None else ~blocked, dropout_p=dropout_p
+            Q_BHTD, K_BKSD, V_BKSD, attn_mask=allowed, dropout_p=dropout_p, enable_gqa=grouped
         )

@@ -13,27 +13,70 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from .config import GlassformerError, ModelConfig
 from .model import Transformer
+from .params import check_fits
 from .tokenizer import Tokenizer, tokenizer_from_json
 
 FORMAT = "glassformer"
-VERSION = 1
+VERSION = 2  # 2: separate query/key/value matrices and a `positions` field (1: fused qkv)
 CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
 
 
-# --- atomic directories -------------------------------------------------------------
+# --- atomic files and directories -------------------------------------------------------
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_temps(parent: Path, name: str) -> None:
+    """Remove `.NAME.tmp-PID-*` left by processes that are no longer running, never a
+    live process's work in progress."""
+    for stale in parent.glob(f".{name}.tmp-*"):
+        pid = stale.name.removeprefix(f".{name}.tmp-").split("-")[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+
+
+def _temp_name(target: Path) -> str:
+    return f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def write_file_atomically(target: str | Path, write: Callable[[Path], object]) -> Path:
+    """Call `write(tmp_file)` beside `target`, fsync it, then rename it over `target`. On any
+    failure the previous file is untouched and the temp file is gone."""
+    target = Path(target)
+    tmp = target.parent / _temp_name(target)
+    try:
+        write(tmp)
+        _fsync(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
 
 
 def write_dir_atomically(target: str | Path, write: Callable[[Path], None]) -> Path:
@@ -45,7 +88,7 @@ def write_dir_atomically(target: str | Path, write: Callable[[Path], None]) -> P
     target = Path(target)
     parent = target.parent
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_name(target) + "-", dir=parent))
     try:
         write(tmp)
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is an ordinary directory
@@ -55,20 +98,17 @@ def write_dir_atomically(target: str | Path, write: Callable[[Path], None]) -> P
                 _fsync(f)
         _fsync(tmp)
         if target.exists():
-            old = parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(target, old)
-            os.rename(tmp, target)
-        else:
-            os.rename(tmp, target)
+            os.rename(target, parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(tmp, target)
         _fsync(parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    # leftovers of this save and of earlier interrupted ones
+    # the copy this save renamed aside, those of earlier interrupted saves, and temp
+    # directories of processes that died mid-write (a live writer's are left alone)
     for stale in parent.glob(f".{target.name}.old-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    for stale in parent.glob(f".{target.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_stale_temps(parent, target.name)
     return target
 
 
@@ -82,14 +122,27 @@ def find_dir(target: str | Path) -> Path | None:
 
 
 # --- checkpoints ----------------------------------------------------------------------
+def read_json(file: Path) -> object:
+    """A JSON file's contents, or one line naming the file and what is wrong with it."""
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise GlassformerError(f"{file} is missing") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise GlassformerError(f"{file} is not valid JSON text ({err})") from None
+    except OSError as err:
+        raise GlassformerError(f"cannot read {file}: {err.strerror or err}") from None
+
+
 def is_checkpoint(path: str | Path) -> bool:
     config = Path(path) / CONFIG
     if not config.is_file():
         return False
     try:
-        return json.loads(config.read_text()).get("format") == FORMAT
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        header = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return False
+    return isinstance(header, dict) and header.get("format") == FORMAT
 
 
 def weights_to_save(model: Transformer) -> dict[str, torch.Tensor]:
@@ -117,9 +170,7 @@ def save(
 
     path = Path(path)
     if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not is_checkpoint(path))):
-        raise GlassformerError(
-            f"{path} exists and is not a glassformer checkpoint; choose another directory"
-        )
+        raise GlassformerError(f"{path} exists and is not a glassformer checkpoint; choose another directory")
     tokenizer = tokenizer if tokenizer is not None else model.tokenizer
 
     def write(tmp: Path) -> None:
@@ -137,20 +188,48 @@ def save(
 
 
 def read_config(path: str | Path) -> tuple[ModelConfig, dict]:
+    """(model config, the whole header) of the checkpoint at `path`."""
     path = Path(path)
-    try:
-        header = json.loads((path / CONFIG).read_text())
-    except FileNotFoundError:
-        raise GlassformerError(f"{path} has no {CONFIG}; is it a checkpoint directory?") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise GlassformerError(f"{path / CONFIG} is not valid JSON") from None
+    if not (path / CONFIG).exists():
+        raise GlassformerError(f"{path} has no {CONFIG}; is it a checkpoint directory?")
+    header = read_json(path / CONFIG)
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise GlassformerError(f"{path / CONFIG} is not a glassformer config")
-    if header.get("version", 0) > VERSION:
-        raise GlassformerError(
-            f"{path} was written by a newer glassformer (format {header['version']}); upgrade"
-        )
-    return ModelConfig.from_dict(header["model"]), header
+    version = header.get("version", 1)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise GlassformerError(f"{path / CONFIG}: version must be a whole number, got {version!r}")
+    if version > VERSION:
+        raise GlassformerError(f"{path} was written by a newer glassformer (format {version}); upgrade")
+    model = header.get("model")
+    if not isinstance(model, dict):
+        raise GlassformerError(f'{path / CONFIG} has no "model" object describing the shape')
+    if version < 2:
+        model = _config_v1(model)
+    try:
+        return ModelConfig.from_dict(model), header
+    except GlassformerError as err:
+        raise GlassformerError(f"{path / CONFIG}: {err}") from None
+
+
+def _config_v1(model: dict) -> dict:
+    """Format 1 said `learned_positions: true|false` where format 2 says `positions`."""
+    model = dict(model)
+    learned = model.pop("learned_positions", True)
+    model.setdefault("positions", "learned" if learned else "none")
+    return model
+
+
+def _state_v1(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """Format 1 kept W_Q | W_K | W_V side by side in one `attn.qkv` and called W_O `attn.proj`."""
+    HD = config.n_heads * config.d_head
+    out = {}
+    for key, value in state.items():
+        if ".attn.qkv." in key:
+            for part, name in zip(value.split(HD, dim=-1), ("query", "key", "value")):
+                out[key.replace(".qkv.", f".{name}.")] = part.contiguous()
+        else:
+            out[key.replace(".attn.proj.", ".attn.output.")] = value
+    return out
 
 
 def read_safetensors(file: str | Path) -> dict[str, torch.Tensor]:
@@ -163,16 +242,37 @@ def read_safetensors(file: str | Path) -> dict[str, torch.Tensor]:
         raise GlassformerError(f"no weights file at {file}")
     try:
         return load_file(str(file))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise GlassformerError(f"{file} is corrupt or truncated ({err})") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise GlassformerError(f"{file} is corrupt or truncated ({first[:200]})") from None
+
+
+def check_against_weights(config: ModelConfig, state: dict[str, torch.Tensor]) -> None:
+    """The sizes a config claims, checked against the weights it comes with, before a
+    single module is built: a config may not ask for a billion layers that no file holds."""
+    layers = {int(k.split(".")[1]) for k in state if k.startswith("blocks.") and k.split(".")[1].isdigit()}
+    if layers != set(range(config.n_layers)):
+        raise GlassformerError(f"the config says {config.n_layers} layers but the weights hold {len(layers)}")
+    W_E = state.get("embed.W_E.weight")
+    if W_E is None or tuple(W_E.shape) != (config.vocab_size, config.d_model):
+        shape = "none" if W_E is None else list(W_E.shape)
+        raise GlassformerError(
+            f"the config says vocab {config.vocab_size} × d_model {config.d_model}, "
+            f"but the token embedding in the weights is {shape}"
+        )
+    for key, tensor in state.items():
+        if not tensor.is_floating_point():
+            raise GlassformerError(f"tensor {key!r} holds {tensor.dtype} numbers; weights must be floats")
+    check_fits(config)
 
 
 def build_with_weights(config: ModelConfig, state: dict[str, torch.Tensor]) -> Transformer:
     """A model of `config` holding exactly `state` (our key names); every key checked.
 
-    The model is built on the meta device, so no time is spent on random init that
-    the loaded weights would overwrite.
+    The config is first checked against the weights, then the model is built on the
+    meta device, so no time is spent on random init that the weights would overwrite.
     """
+    check_against_weights(config, state)
     with torch.device("meta"):
         model = Transformer(config)
     expected = {k: v.shape for k, v in model.state_dict().items()}
@@ -186,16 +286,10 @@ def build_with_weights(config: ModelConfig, state: dict[str, torch.Tensor]) -> T
         raise GlassformerError(f"weights have unexpected tensor {unexpected[0]!r}")
     for key, shape in expected.items():
         if tuple(state[key].shape) != tuple(shape):
-            raise GlassformerError(
-                f"tensor {key!r} has shape {list(state[key].shape)}, expected {list(shape)}"
-            )
-    model.load_state_dict(state, strict=False, assign=True)
+            raise GlassformerError(f"tensor {key!r} has shape {list(state[key].shape)}, expected {list(shape)}")
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False, assign=True)
     if config.causal and config.tied_unembedding:
         model.unembed.weight = model.embed.W_E.weight
-    # tensors that are not parameters (none today) would still be on meta: make them real
-    for name, buf in model.named_buffers():
-        if buf.is_meta:
-            raise GlassformerError(f"buffer {name!r} was not loaded")
     return model.eval()
 
 
@@ -204,8 +298,18 @@ def load(path: str | Path) -> Transformer:
     found = find_dir(path)
     if found is None:
         raise GlassformerError(f"no checkpoint at {path}")
-    config, _ = read_config(found)
-    model = build_with_weights(config, read_safetensors(found / WEIGHTS))
+    config, header = read_config(found)
+    state = read_safetensors(found / WEIGHTS)
+    if header.get("version", 1) < 2:
+        state = _state_v1(state, config)
+    model = build_with_weights(config, state)
     if (found / TOKENIZER).is_file():
-        model.tokenizer = tokenizer_from_json((found / TOKENIZER).read_text(encoding="utf-8"))
+        model.tokenizer = tokenizer_from_json(_read_text(found / TOKENIZER))
     return model
+
+
+def _read_text(file: Path) -> str:
+    try:
+        return file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise GlassformerError(f"{file} is not UTF-8 text") from None

@@ -1,6 +1,6 @@
 """The command line: the only module that parses argv or prints.
 
-    glassformer params NAME|DIR
+    glassformer params NAME|DIR|FILE
     glassformer explain TEXT [--model M] [--layer L] [--head H]
     glassformer train --data FILE|lesson:NAME --out DIR [...]   |   --resume DIR
     glassformer generate --model M --prompt TEXT [...]
@@ -9,135 +9,190 @@
     glassformer neurons TEXT --model M     MLP neurons that fire, and what they write
     glassformer show TEXT --model M --out FILE.html|.png|.svg
     glassformer serve [--model M ...] [--host H] [--port P]
+
+Each command is a pair, side by side: `NAME_arguments(parser)` declares its flags and
+`NAME(args)` runs it. `main` is the one error boundary: every failure a user can cause
+ends as one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import math
 import os
 import sys
 import threading
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 from .config import PRESETS, GlassformerError
+from .inputs import EXAMPLE
 
-DEFAULT_TEXT = "a fluffy blue creature roamed the verdant forest"
-MODEL_HELP = (
-    "a checkpoint, training run or Hugging Face directory, a hub id (gpt2, bert-base-uncased, ...), "
-    "minilm (offline all-MiniLM-L6-v2), lesson:adjectives or lesson:induction (trained on first "
-    "use), or random:PRESET"
-)
+DEFAULT_MODEL = "lesson:adjectives"
 
 
-def yes_no(text: str) -> bool:  # argparse type of the on/off model flags
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:  # one line, not usage + error
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# --- argument types: numbers are checked where they are read ---------------------------
+def finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"give a finite number, not {text!r}")
+    return value
+
+
+def whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+
+
+def positive(text: str) -> int:
+    value = whole(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"give a whole number of at least 1, not {text!r}")
+    return value
+
+
+def non_negative(text: str) -> int:
+    value = whole(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"give a whole number of at least 0, not {text!r}")
+    return value
+
+
+def yes_no(text: str) -> bool:  # the on/off model flags
     if text.lower() in ("yes", "no"):
         return text.lower() == "yes"
     raise argparse.ArgumentTypeError(f"give yes or no, not {text!r}")
 
 
-TRAIN_FIELDS = {  # flag -> (type, help); None defaults mean "the lesson's or TrainConfig's"
-    "tokenizer": (str, "char or bpe:VOCAB_SIZE (trained on the training split); lessons bring their own"),
-    "preset": (str, "model shape to start from (see glassformer params)"),
-    "n_layers": (int, "blocks"), "n_heads": (int, "heads per layer"), "d_model": (int, "embedding size"),
-    "d_head": (int, "query/key size per head"), "d_mlp": (int, "MLP hidden size"),
-    "context_length": (int, "tokens per window"), "dropout": (float, "dropout probability"),
-    "bias": (yes_no, "yes/no: biases in linear layers and norms"),
-    "tied_unembedding": (yes_no, "yes/no: W_U = W_Eᵀ (GPT-2, nanoGPT) or W_U its own matrix"),
-    "steps": (int, "optimizer steps"), "batch_size": (int, "sequences per micro-batch per process"),
-    "grad_accum": (int, "micro-batches per step"), "lr": (float, "peak learning rate"),
-    "min_lr": (float, "final learning rate of the cosine decay"), "warmup": (int, "linear warmup steps"),
-    "weight_decay": (float, "AdamW weight decay on matrices"), "grad_clip": (float, "max gradient norm (0: off)"),
-    "eval_every": (int, "steps between evaluations and checkpoints"),
-    "eval_batches": (int, "validation batches per evaluation"),
-    "ckpt_every": (int, "extra checkpoints every N steps"), "seed": (int, "random seed"),
-    "val_fraction": (float, "share of a text file held out"), "device": (str, "auto, cpu or cuda"),
-    "precision": (str, "auto, fp32 or bf16 autocast (auto: bf16 where the chip computes it natively)"),
-    "stop_at": (int, "stop this process at step N (resume later)"),
-}  # fmt: skip
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not usage + error
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def default_model() -> str:
-    return "lesson:adjectives"
-
-
 def load_model(name: str | None):
-    from . import load
+    from .pretrained import load
 
-    return load(name or default_model())
+    return load(DEFAULT_MODEL if name is None else name)
 
 
-# --- commands ----------------------------------------------------------------------
-def cmd_params(args) -> int:
-    from .checkpoint import is_checkpoint, read_config
+def model_flag(p: argparse.ArgumentParser, **kwargs) -> None:
+    from .pretrained import NAMES_HELP
+
+    p.add_argument("--model", "-m", help=f"{NAMES_HELP} (default: {DEFAULT_MODEL})", **kwargs)
+
+
+# --- params ------------------------------------------------------------------------------
+def params_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="NAME|DIR|FILE", help=f"a preset ({', '.join(PRESETS)}) or any model name")
+
+
+def params(args) -> int:
     from .params import count_params
+    from .pretrained import config_of
 
-    name = args.model
-    path = Path(name)
-    if name in PRESETS:
-        config = PRESETS[name]
-    elif path.is_dir():
-        from .pretrained import CONVERTERS, load_dir, read_hf_config
-
-        if is_checkpoint(path):
-            config, _ = read_config(path)
-        elif (path / "config.json").is_file() and read_hf_config(path).get("model_type") in CONVERTERS:
-            hf = read_hf_config(path)
-            config = CONVERTERS[hf["model_type"]].config_from_hf(hf)
-        else:
-            config = load_dir(path).config
-    elif name == "minilm" or name.startswith("random:"):
-        config = load_model(name).config
-    else:
-        raise GlassformerError(
-            f"unknown preset or directory {name!r}; presets: {', '.join(PRESETS)}"
-        )
-    tally = count_params(config)
-    kind = "decoder (GPT)" if config.causal else "encoder (BERT)"
-    print(f"{name}: {kind}, {config.n_layers} layers, {config.n_heads} heads of {config.d_head}, "
-          f"d_model {config.d_model}, d_mlp {config.d_mlp}, context {config.context_length}")  # fmt: skip
+    config = config_of(args.model)
+    kind = "decoder" if config.causal else "encoder"
+    family = "Llama-style" if config.positions == "rotary" else ("GPT" if config.causal else "BERT")
+    heads = f"{config.n_heads} heads of {config.d_head}"
+    if config.n_kv_heads != config.n_heads:
+        heads += f" sharing {config.n_kv_heads} key/value heads"
+    print(
+        f"{args.model}: {kind} ({family}), {config.n_layers} layers, {heads}, d_model {config.d_model}, "
+        f"d_mlp {config.d_mlp}, context {config.context_length}"
+    )
     print()
-    print(tally.table())
+    print(count_params(config).table())
     return 0
 
 
-def cmd_explain(args) -> int:
+# --- explain -------------------------------------------------------------------------------
+def explain_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("text", nargs="?", default=EXAMPLE, help=f"the sentence (default: {EXAMPLE!r})")
+    model_flag(p)
+    p.add_argument("--layer", "-l", type=non_negative, default=0, help="layer index, from 0")
+    p.add_argument("--head", type=non_negative, default=0, help="head index, from 0")
+    p.add_argument(
+        "--usual",
+        action="store_true",
+        help="draw grids with queries down the side (rows sum to 1) instead of the video's way",
+    )
+
+
+def explain(args) -> int:
     from .inspect.explain import walk_head
     from .viz.text import render_walk
 
-    model = load_model(args.model or default_model())
-    walk = walk_head(model, args.text, args.layer, args.head)
-    print(render_walk(walk, video=not args.usual))
+    model = load_model(args.model)
+    print(render_walk(walk_head(model, args.text, args.layer, args.head), video=not args.usual))
     return 0
 
 
-def cmd_train(args) -> int:
-    from . import lessons
-    from .train import TrainConfig, resume, train
-    from .train.trainer import MODEL_FIELDS
+# --- train ---------------------------------------------------------------------------------
+def train_arguments(p: argparse.ArgumentParser) -> None:
+    from .train import TrainConfig
 
-    given = {f: getattr(args, f) for f in TRAIN_FIELDS if getattr(args, f) is not None}
-    if args.compile:
-        given["compile"] = True
-    progress = not args.quiet
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly where it stopped")
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        flag, kind = "--" + f.name.replace("_", "-"), hints[f.name]
+        if kind is bool:
+            p.add_argument(flag, dest=f.name, action="store_true", help=f.metadata["help"])
+            continue
+        base = next(t for t in typing.get_args(kind) or (kind,) if t is not type(None))
+        readers: dict[type, Callable[[str], object]] = {int: whole, float: finite, bool: yes_no, str: str}
+        reader = readers[base]
+        p.add_argument(
+            flag,
+            dest=f.name,
+            type=reader,
+            default=None,
+            help=f.metadata["help"],
+            metavar="yes|no" if base is bool else None,
+        )
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def train(args) -> int:
+    from . import lessons
+    from .train import TrainConfig, resume
+    from .train import train as start
+    from .train.config import MODEL_FIELDS
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"data", "out"}
+    given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
     def on_eval(r: dict) -> None:
         from tqdm.auto import tqdm
 
-        tqdm.write(f"step {r['step']}: train loss {r['train_loss']:.4f}  val loss {r['val_loss']:.4f}  "
-                   f"lr {r['lr']:.2e}  {r['tokens_per_s']:,.0f} tokens/s")  # fmt: skip
+        tqdm.write(
+            f"step {r['step']}: val loss {r['val_loss']:.4f} (fixed validation batches), "
+            f"train loss {r['train_loss']:.4f} (mean of the steps since the last evaluation), "
+            f"lr {r['lr']:.2e}, {r['tokens_per_s']:,.0f} tokens/s"
+        )
 
     if args.resume:
         if args.out and Path(args.out) != Path(args.resume):
             raise GlassformerError("--resume continues a run in its own directory; drop --out")
-        expect = {f: given[f] for f in MODEL_FIELDS + ("preset",) if f in given}
-        result = resume(args.resume, steps=given.get("steps"), stop_at=given.get("stop_at"),
-                        expect=expect, data=args.data, progress=progress, on_eval=on_eval)  # fmt: skip
+        expect = {f: given[f] for f in (*MODEL_FIELDS, "preset") if f in given}
+        result = resume(
+            args.resume,
+            steps=given.get("steps"),
+            stop_at=given.get("stop_at"),
+            expect=expect,
+            data=args.data,
+            progress=not args.quiet,
+            on_eval=on_eval,
+        )
     else:
         if not args.data or not args.out:
             raise GlassformerError("give --data FILE|lesson:NAME and --out DIR (or --resume DIR)")
@@ -146,8 +201,8 @@ def cmd_train(args) -> int:
             defaults = lessons.get(args.data).TRAIN_DEFAULTS
             if "tokenizer" in given:
                 raise GlassformerError(f"{args.data} brings its own word tokenizer; drop --tokenizer")
-        result = train(TrainConfig(data=args.data, out=args.out, **{**defaults, **given}), progress=progress,
-                       on_eval=on_eval)  # fmt: skip
+        settings = TrainConfig(data=args.data, out=args.out, **{**defaults, **given})
+        result = start(settings, progress=not args.quiet, on_eval=on_eval)
     last = result.history[-1] if result.history else None
     summary = f"; last val loss {last['val_loss']:.4f}" if last else ""
     print(f"trained to step {result.step} ({result.precision}){summary}; best val loss {result.best_val_loss:.4f}")
@@ -155,80 +210,109 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_generate(args) -> int:
-    from .generate import stream
+# --- generate ------------------------------------------------------------------------------
+def generate_arguments(p: argparse.ArgumentParser) -> None:
+    model_flag(p, required=True)
+    p.add_argument("--prompt", "-p", default="\n", help="text to continue")
+    p.add_argument("--max-new-tokens", "-n", type=non_negative, default=100)
+    p.add_argument("--temperature", "-t", type=finite, default=1.0, help="0 = always the likeliest token")
+    p.add_argument("--top-k", type=positive, help="sample only among the k likeliest tokens")
+    p.add_argument("--top-p", type=finite, help="sample only among the likeliest tokens covering p")
+    p.add_argument("--seed", type=non_negative, help="make sampling reproducible")
+    p.add_argument("--crop", action="store_true", help="keep the end of a prompt longer than the context")
+    p.add_argument("--no-cache", action="store_true", help="recompute every position each step (slow)")
 
+
+def generate(args) -> int:
+    from . import sampling
+    from .generate import check, stream
+    from .inputs import encode
+
+    sampling.check(args.temperature, args.top_k, args.top_p)
     model = load_model(args.model)
     if not model.config.causal:
         raise GlassformerError(f"{args.model} is an encoder; generation needs a decoder (GPT) model")
-    if model.tokenizer is None:
-        raise GlassformerError(f"{args.model} has no tokenizer to read the prompt with")
-    if not args.prompt:
-        raise GlassformerError("the prompt is empty; give --prompt TEXT")
-    ids = model.tokenizer.encode(args.prompt)
-    limit = model.config.context_length
-    if len(ids) > limit:
-        if not args.crop:
-            raise GlassformerError(
-                f"the prompt is {len(ids)} tokens; this model's context is {limit} tokens (--crop keeps the end)"
-            )
-        print(f"glassformer: prompt cropped from {len(ids)} to its last {limit} tokens", file=sys.stderr)
-        ids = ids[-limit:]
+    ids = encode(model, args.prompt, crop=args.crop)
+    check(model, len(ids), args.max_new_tokens, args.seed)
+    if args.crop and len(model.tokenizer.encode(args.prompt)) > len(ids):
+        print(f"glassformer: prompt cropped to its last {len(ids)} tokens (--crop)", file=sys.stderr)
     decode = model.tokenizer.decode
     shown = decode(ids)
     sys.stdout.write(shown)
     sys.stdout.flush()
     all_ids = list(ids)
-    for new in stream(model, ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                      top_k=args.top_k, top_p=args.top_p, seed=args.seed, use_cache=not args.no_cache):  # fmt: skip
+    for new in stream(
+        model,
+        ids,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        use_cache=not args.no_cache,
+    ):
         all_ids.append(int(new[0]))
         text = decode(all_ids)
         if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
             continue
-        sys.stdout.write(text[len(shown):] if text.startswith(shown) else "")
+        sys.stdout.write(text[len(shown) :] if text.startswith(shown) else "")
         sys.stdout.flush()
         shown = text
     sys.stdout.write("\n")
     return 0
 
 
-def cmd_heads(args) -> int:
-    from .inspect import heads
+# --- heads ---------------------------------------------------------------------------------
+def heads_arguments(p: argparse.ArgumentParser) -> None:
+    model_flag(p)
+    p.add_argument("--text", help="score on this text instead of repeated random tokens")
+
+
+def heads(args) -> int:
+    from .inputs import encode_batch
+    from .inspect import heads as detectors
 
     model = load_model(args.model)
-    ids = None
-    if args.text:
-        from .inspect.explain import encode_text
-
-        ids = encode_text(model, args.text)
-    tables = heads.detect_all(model, ids)
-    print(f"{args.model}: {model.config.n_layers} layers x {model.config.n_heads} heads; "
-          f"scores are attention weights in [0, 1]")  # fmt: skip
+    ids = encode_batch(model, args.text) if args.text else None
+    tables = detectors.detect_all(model, ids)
+    print(
+        f"{args.model or DEFAULT_MODEL}: {model.config.n_layers} layers x {model.config.n_heads} heads; "
+        "scores are attention weights in [0, 1]"
+    )
     for kind, table in tables.items():
         print()
-        print(f"{kind}: {heads.DETECTORS[kind]}")
+        print(f"{kind}: {detectors.DETECTORS[kind]}")
         print("layer " + " ".join(f"{f'h{h}':>5}" for h in range(table.shape[1])))
         for layer, row in enumerate(table.tolist()):
             print(f"{layer:>5} " + " ".join(f"{v:5.2f}" for v in row))
     print()
     for kind, table in tables.items():
-        layer, head, score = heads.strongest(table)
+        layer, head, score = detectors.strongest(table)
         print(f"strongest {kind} head: layer {layer}, head {head} ({score:.2f})")
     return 0
 
 
-def cmd_lens(args) -> int:
-    from .inspect.explain import encode_text
+# --- lens ----------------------------------------------------------------------------------
+def lens_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("text", help="the text to read")
+    model_flag(p)
+    p.add_argument("-k", type=positive, default=5, help="guesses per position")
+
+
+def lens(args) -> int:
+    from .inputs import encode_batch, token_texts
     from .inspect.lens import logit_lens
     from .viz.text import label
 
     model = load_model(args.model)
-    ids = encode_text(model, args.text)
-    rows = logit_lens(model, ids, k=args.k)
-    tokens = model.tokenizer.token_texts(ids[0].tolist())
-    print("the residual stream read through the final norm and W_U after each layer "
-          f"(top {args.k} next-token guesses, probability in brackets)")  # fmt: skip
-    for pos, tok in enumerate(tokens):
+    ids = encode_batch(model, args.text)
+    k = min(args.k, model.config.vocab_size)
+    rows = logit_lens(model, ids, k=k)
+    print(
+        "the residual stream read through the final norm and W_U after each layer "
+        f"(top {k} next-token guesses, probability in brackets)"
+    )
+    for pos, tok in enumerate(token_texts(model, ids)):
         print(f"\nafter [{label(tok, 16)}] (position {pos})")
         for row in rows:
             guesses = "  ".join(f"{label(t, 10)}({p:.2f})" for t, p in zip(row.tokens[pos], row.probs[pos].tolist()))
@@ -236,8 +320,17 @@ def cmd_lens(args) -> int:
     return 0
 
 
-def cmd_neurons(args) -> int:
-    from .inspect.explain import encode_text
+# --- neurons -------------------------------------------------------------------------------
+def neurons_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("text", nargs="?", help="the text to run")
+    model_flag(p)
+    p.add_argument("--position", type=whole, default=-1, help="token position (default: the last)")
+    p.add_argument("--neuron", help="LAYER.INDEX: show what one neuron writes instead")
+    p.add_argument("-k", type=positive, default=10, help="how many neurons")
+
+
+def neurons(args) -> int:
+    from .inputs import encode_batch, token_texts
     from .inspect.lens import neuron_tokens, top_neurons
     from .viz.text import label
 
@@ -247,17 +340,17 @@ def cmd_neurons(args) -> int:
             layer, index = (int(x) for x in args.neuron.split("."))
         except ValueError:
             raise GlassformerError(f"--neuron wants LAYER.INDEX, e.g. 3.1024, got {args.neuron!r}") from None
-        pairs = [(layer, index, None)]
+        pairs: list[tuple[int, int, float | None]] = [(layer, index, None)]
     else:
         if not args.text:
             raise GlassformerError("give a TEXT to find the neurons that fire on it, or --neuron LAYER.INDEX")
-        ids = encode_text(model, args.text)
+        ids = encode_batch(model, args.text)
         T = ids.shape[1]
         if not -T <= args.position < T:
             raise GlassformerError(f"position {args.position} is out of range for {T} tokens")
-        token = model.tokenizer.token_texts([int(ids[0, args.position])])[0]
+        token = token_texts(model, [int(ids[0, args.position])])[0]
         print(f"MLP neurons firing hardest at [{label(token, 16)}] (position {args.position % T})")
-        pairs = top_neurons(model, ids, args.position, k=args.k)
+        pairs = list(top_neurons(model, ids, args.position, k=args.k))
     for layer, index, act in pairs:
         head = f"  neuron {layer}.{index}" + (f"  activation {act:+.2f}" if act is not None else "")
         if model.config.causal:
@@ -267,8 +360,23 @@ def cmd_neurons(args) -> int:
     return 0
 
 
-def cmd_show(args) -> int:
-    from .inspect.explain import analyze, check_layer_head
+# --- show ----------------------------------------------------------------------------------
+def show_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("text", help="the sentence")
+    model_flag(p)
+    p.add_argument("--out", "-o", required=True, help="FILE.html, FILE.png or FILE.svg")
+    p.add_argument("--layer", "-l", type=non_negative, default=0)
+    p.add_argument("--head", type=non_negative, default=0)
+    p.add_argument("--kind", choices=["head", "all", "next"], default="head", help="what a picture shows")
+    p.add_argument("--temperature", "-t", type=finite, default=1.0, help="for --kind next")
+    p.add_argument("--usual", action="store_true", help="rows are queries (default: the video's orientation)")
+
+
+def show(args) -> int:
+    from . import sampling
+    from .checkpoint import write_file_atomically
+    from .inputs import check_layer_head, token_texts
+    from .inspect.explain import analyze
 
     out = Path(args.out)
     suffix = out.suffix.lower()
@@ -276,36 +384,56 @@ def cmd_show(args) -> int:
         raise GlassformerError(f"--out must end in .html, .png or .svg, not {out.name!r}")
     if not out.parent.is_dir():
         raise GlassformerError(f"the folder {out.parent} does not exist")
+    if out.is_dir():
+        raise GlassformerError(f"{out} is a directory; give a file name")
+    sampling.check(args.temperature)
     model = load_model(args.model)
     check_layer_head(model, args.layer, args.head)
     if suffix == ".html":
         from .viz.page import report_html
 
         page = report_html(model, args.text, title=f"glassformer: {args.text[:60]}", layer=args.layer, head=args.head)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(page, encoding="utf-8")
-        tmp.replace(out)  # never leave half a file where the report should be
+        write_file_atomically(out, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     else:
         from .viz import plots
 
         a = analyze(model, args.text, scores=True)
-        title = f"{args.model} — layer {args.layer}, head {args.head}"
+        name = args.model or DEFAULT_MODEL
         if args.kind == "head":
-            pic = plots.head_picture(a.patterns[args.layer, args.head], a.tokens,
-                                     scores_TS=a.scores[args.layer, args.head], video=not args.usual, title=title)  # fmt: skip
+            assert a.scores is not None
+            pic = plots.head_picture(
+                a.patterns[args.layer, args.head],
+                a.tokens,
+                scores_TS=a.scores[args.layer, args.head],
+                video=not args.usual,
+                title=f"{name} — layer {args.layer}, head {args.head}",
+            )
         elif args.kind == "all":
-            pic = plots.all_heads_picture(a.patterns, a.tokens, video=not args.usual, title=str(args.model))
+            pic = plots.all_heads_picture(a.patterns, a.tokens, video=not args.usual, title=name)
         else:
             if a.last_logits is None:
-                raise GlassformerError(f"{args.model} is an encoder: it has no next-token distribution")
-            pic = plots.next_token_picture(a.last_logits, model.tokenizer.token_texts(range(model.config.vocab_size)),
-                                           temperature=args.temperature, title=str(args.model))  # fmt: skip
+                raise GlassformerError(f"{name} is an encoder: it has no next-token distribution")
+            vocab = token_texts(model, range(model.config.vocab_size))
+            pic = plots.next_token_picture(a.last_logits, vocab, temperature=args.temperature, title=name)
         pic.save(out)
     print(f"wrote {out}")
     return 0
 
 
-def cmd_serve(args) -> int:
+# --- serve ---------------------------------------------------------------------------------
+def serve_arguments(p: argparse.ArgumentParser) -> None:
+    model_flag(p, action="append")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=whole, default=8000, help="port, 1-65535 (default 8000)")
+    p.add_argument(
+        "--open",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="open a browser (default: when there is a display)",
+    )
+
+
+def serve(args) -> int:
     import webbrowser
 
     from .server.app import create_app, default_registry
@@ -314,14 +442,10 @@ def cmd_serve(args) -> int:
         import uvicorn
     except ImportError:
         raise GlassformerError("the explorer needs uvicorn: pip install 'glassformer[serve]'") from None
-    names = args.model or []
-    registry = default_registry(names)
+    if not 1 <= args.port <= 65535:
+        raise GlassformerError(f"--port must be between 1 and 65535, got {args.port}")
+    registry = default_registry(args.model or [DEFAULT_MODEL])
     first = next(iter(registry.slots))
-    if first.startswith("lesson:"):
-        from .train.lesson_models import is_cached
-
-        if not is_cached(first):
-            print(f"training the {first} model (first use only, about a minute on two cores) ...", flush=True)
     print(f"loading {first} ...", flush=True)
     registry[first].get()  # fail now, with one line, rather than on the first request
     app = create_app(registry)
@@ -336,121 +460,127 @@ def cmd_serve(args) -> int:
     return 0
 
 
-# --- parser ------------------------------------------------------------------------
+# --- the parser and the one error boundary -----------------------------------------------------
+@dataclass
+class Command:
+    name: str
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    description: str = ""
+
+
+COMMANDS = [
+    Command(
+        "params",
+        "tally a model's parameters by matrix kind",
+        params_arguments,
+        params,
+        "Tally parameters the way 3Blue1Brown does for GPT-3: Embedding, Key, Query, Value, Output, "
+        "Up/Down-projection, Unembedding, then everything else, then the Total.",
+    ),
+    Command(
+        "explain",
+        "walk one attention head through a sentence, step by step",
+        explain_arguments,
+        explain,
+        "Print E, W_Q, Q, W_K, K, the grid of dot products, the mask, the pattern, the values and ΔE "
+        "for one head, with what each means.",
+    ),
+    Command(
+        "train",
+        "train a GPT on a text file or a built-in lesson",
+        train_arguments,
+        train,
+        "Train with AdamW (decay on matrices only), linear warmup then cosine decay, clipping and "
+        "accumulation; evaluate on fixed validation batches; checkpoint atomically to DIR/latest and "
+        "DIR/best; log DIR/log.jsonl. Under torchrun the same command runs DistributedDataParallel.",
+    ),
+    Command(
+        "generate",
+        "sample text from a decoder, streaming it as it comes",
+        generate_arguments,
+        generate,
+        "Sample with temperature (0 = greedy), top-k and top-p, using a KV cache so each new token costs one position.",
+    ),
+    Command(
+        "heads",
+        "score every head: previous-token, duplicate, induction, sink, adjective",
+        heads_arguments,
+        heads,
+        "Run the head detectors and print a [layer, head] table for each, then the strongest head of each kind.",
+    ),
+    Command("lens", "the logit lens: what the stream predicts after each layer", lens_arguments, lens),
+    Command(
+        "neurons",
+        "the MLP as a store of facts: neurons that fire, tokens they push",
+        neurons_arguments,
+        neurons,
+    ),
+    Command(
+        "show",
+        "write the attention of a sentence as a self-contained HTML report or a picture",
+        show_arguments,
+        show,
+        "HTML: one file with its script, styles and data inside; opens from file:// with no network. "
+        "PNG/SVG: one head (dot products beside the pattern), all heads, or the next-token distribution.",
+    ),
+    Command(
+        "serve",
+        "the local web explorer",
+        serve_arguments,
+        serve,
+        "Serve the explorer: type a sentence, pick a model, layer and head, and see every step of "
+        "attention. The JSON API is documented at /docs.",
+    ),
+]
+
+
 def build_parser() -> Parser:
     p = Parser(prog="glassformer", description="A transformer you can see through.")
+    p.add_argument("--version", action="version", version=f"glassformer {version('glassformer')}")
     p.add_argument("--verbose", "-v", action="store_true", help="log what happens")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-
-    s = sub.add_parser("params", help="tally a model's parameters by matrix kind",
-                       description="Tally parameters the way 3Blue1Brown does for GPT-3: "
-                       "Embedding, Key, Query, Value, Output, Up/Down-projection, Unembedding, "
-                       "then everything else, then the Total.")  # fmt: skip
-    s.add_argument("model", metavar="NAME|DIR", help=f"a preset ({', '.join(PRESETS)}) or a directory")
-    s.set_defaults(fn=cmd_params)
-
-    s = sub.add_parser("explain", help="walk one attention head through a sentence, step by step",
-                       description="Print E, W_Q, Q, W_K, K, the grid of dot products, the mask, "
-                       "the pattern, the values and ΔE for one head, with what each means.")  # fmt: skip
-    s.add_argument("text", nargs="?", default=DEFAULT_TEXT, help=f"the sentence (default: {DEFAULT_TEXT!r})")
-    s.add_argument("--model", "-m", help=MODEL_HELP)
-    s.add_argument("--layer", "-l", type=int, default=0, help="layer index, from 0")
-    s.add_argument("--head", type=int, default=0, help="head index, from 0")
-    s.add_argument("--usual", action="store_true",
-                   help="draw grids with queries down the side (rows sum to 1) instead of the video's way")  # fmt: skip
-    s.set_defaults(fn=cmd_explain)
-
-    s = sub.add_parser("train", help="train a GPT on a text file or a built-in lesson",
-                       description="Train with AdamW (decay on matrices only), linear warmup then "
-                       "cosine decay, clipping and accumulation; evaluate on fixed validation batches; "
-                       "checkpoint atomically to DIR/latest and DIR/best; log DIR/log.jsonl. "
-                       "Under torchrun the same command runs DistributedDataParallel.")  # fmt: skip
-    s.add_argument("--data", help="a UTF-8 text file, or lesson:adjectives / lesson:induction")
-    s.add_argument("--out", help="run directory to create")
-    s.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly where it stopped")
-    for field, (kind, text) in TRAIN_FIELDS.items():
-        s.add_argument("--" + field.replace("_", "-"), dest=field, type=kind, default=None, help=text,
-                       metavar="yes|no" if kind is yes_no else None)  # fmt: skip
-    s.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
-    s.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    s.set_defaults(fn=cmd_train)
-
-    s = sub.add_parser("generate", help="sample text from a decoder, streaming it as it comes",
-                       description="Sample with temperature (0 = greedy), top-k and top-p, using a KV "
-                       "cache so each new token costs one position.")  # fmt: skip
-    s.add_argument("--model", "-m", required=True, help=MODEL_HELP)
-    s.add_argument("--prompt", "-p", default="\n", help="text to continue")
-    s.add_argument("--max-new-tokens", "-n", type=int, default=100)
-    s.add_argument("--temperature", "-t", type=float, default=1.0, help="0 = always the likeliest token")
-    s.add_argument("--top-k", type=int, help="sample only among the k likeliest tokens")
-    s.add_argument("--top-p", type=float, help="sample only among the likeliest tokens covering p")
-    s.add_argument("--seed", type=int, help="make sampling reproducible")
-    s.add_argument("--crop", action="store_true", help="keep the end of a prompt longer than the context")
-    s.add_argument("--no-cache", action="store_true", help="recompute every position each step (slow)")
-    s.set_defaults(fn=cmd_generate)
-
-    s = sub.add_parser("heads", help="score every head: previous-token, duplicate, induction, sink, adjective",
-                       description="Run the head detectors and print a [layer, head] table for each, "
-                       "then the strongest head of each kind.")  # fmt: skip
-    s.add_argument("--model", "-m", default=None, help=MODEL_HELP)
-    s.add_argument("--text", help="score on this text instead of repeated random tokens")
-    s.set_defaults(fn=cmd_heads)
-
-    s = sub.add_parser("lens", help="the logit lens: what the stream predicts after each layer")
-    s.add_argument("text", help="the text to read")
-    s.add_argument("--model", "-m", default=None, help=MODEL_HELP)
-    s.add_argument("-k", type=int, default=5, help="guesses per position")
-    s.set_defaults(fn=cmd_lens)
-
-    s = sub.add_parser("neurons", help="the MLP as a store of facts: neurons that fire, tokens they push")
-    s.add_argument("text", nargs="?", help="the text to run")
-    s.add_argument("--model", "-m", default=None, help=MODEL_HELP)
-    s.add_argument("--position", type=int, default=-1, help="token position (default: the last)")
-    s.add_argument("--neuron", help="LAYER.INDEX: show what one neuron writes instead")
-    s.add_argument("-k", type=int, default=10, help="how many neurons")
-    s.set_defaults(fn=cmd_neurons)
-
-    s = sub.add_parser("show", help="write the attention of a sentence as a self-contained HTML report or a picture",
-                       description="HTML: one file with its script, styles and data inside; opens from "
-                       "file:// with no network. PNG/SVG: one head (dot products beside the pattern), "
-                       "all heads, or the next-token distribution.")  # fmt: skip
-    s.add_argument("text", help="the sentence")
-    s.add_argument("--model", "-m", default=None, help=MODEL_HELP)
-    s.add_argument("--out", "-o", required=True, help="FILE.html, FILE.png or FILE.svg")
-    s.add_argument("--layer", "-l", type=int, default=0)
-    s.add_argument("--head", type=int, default=0)
-    s.add_argument("--kind", choices=["head", "all", "next"], default="head", help="what a picture shows")
-    s.add_argument("--temperature", "-t", type=float, default=1.0, help="for --kind next")
-    s.add_argument("--usual", action="store_true", help="rows are queries (default: the video's orientation)")
-    s.set_defaults(fn=cmd_show)
-
-    s = sub.add_parser("serve", help="the local web explorer",
-                       description="Serve the explorer: type a sentence, pick a model, layer and head, and "
-                       "see every step of attention. The JSON API is documented at /docs.")  # fmt: skip
-    s.add_argument("--model", "-m", action="append", help=MODEL_HELP + " (repeatable)")
-    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
-    s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--open", action=argparse.BooleanOptionalAction, default=None,
-                   help="open a browser (default: when there is a display)")  # fmt: skip
-    s.set_defaults(fn=cmd_serve)
+    for c in COMMANDS:
+        s = sub.add_parser(c.name, help=c.help, description=c.description or c.help)
+        c.arguments(s)
+        s.set_defaults(run=c.run)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
-        return args.fn(args)
+        return args.run(args)
     except GlassformerError as err:
-        print(f"glassformer: error: {err}", file=sys.stderr)
-        return 2
+        return fail(str(err))
     except KeyboardInterrupt:
         print("glassformer: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
+    except BrokenPipeError:  # the reader went away (| head): nothing more to say
         return 0
+    except MemoryError:
+        return fail("not enough memory for this; try a smaller model, batch or text")
+    except OSError as err:  # a full disk, a read-only folder, /dev/full as stdout
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        return fail(f"{err.strerror or err}{where}")
+    except RuntimeError as err:  # torch's allocation failures; anything else is a bug worth a traceback
+        text = str(err)
+        if "alloc" in text.lower() or "out of memory" in text.lower():
+            return fail(f"not enough memory: {text.strip().splitlines()[0][:200]}")
+        raise
+
+
+def fail(message: str) -> int:
+    try:
+        print(f"glassformer: error: {message}", file=sys.stderr)
+    except OSError:
+        pass
+    return 2
 
 
 if __name__ == "__main__":

@@ -1,81 +1,109 @@
 """The shape of a transformer, as one frozen dataclass, plus familiar presets.
 
 No torch here: a config can be made, checked and tallied without building a model.
+Two families share the one Transformer, chosen by these fields:
+
+    GPT-2 / BERT   learned positions added to E, LayerNorm, MLP with GELU, biases
+    Llama          rotary positions on Q and K, RMSNorm, gated MLP (SwiGLU), no biases,
+                   fewer key/value heads than query heads (grouped-query attention)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
+from typing import Any
 
-ACTIVATIONS = ("gelu", "gelu_tanh", "relu")
-NORMS = ("pre", "post")
+ACTIVATION_FUNCTIONS = ("gelu", "gelu_tanh", "relu", "silu")
+NORM_PLACES = ("pre", "post")
+NORM_KINDS = ("layernorm", "rmsnorm")
+POSITION_KINDS = ("learned", "rotary", "none")
+MLP_KINDS = ("plain", "gated")
 
 
 class GlassformerError(ValueError):
     """A mistake in what the user asked for; the CLI prints it as one line."""
 
 
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     vocab_size: int = 50257  # rows of W_E (and columns of W_U); bigger = more words, more parameters
-    context_length: int = 1024  # most tokens the model sees at once; attention costs grow as its square
-    d_model: int = 768  # width of each embedding E; the residual stream every layer reads and writes
-    n_heads: int = 12  # heads per attention layer; each asks its own question of the context
-    d_head: int | None = None  # query/key size per head, d_head << d_model; None means d_model // n_heads
+    context_length: int = 1024  # most tokens seen at once; attention costs grow as its square
+    d_model: int = 768  # width of each embedding E: the residual stream every layer reads and writes
+    n_heads: int = 12  # query heads per layer; each asks its own question of the context
+    d_head: int = 0  # query/key size per head, d_head << d_model; 0 (or None): d_model // n_heads
     n_layers: int = 12  # blocks of attention + MLP; depth
-    d_mlp: int | None = None  # hidden width of each MLP; None means 4 * d_model (GPT-2, BERT)
-    causal: bool = True  # True: decoder (GPT), later tokens never inform earlier ones; False: encoder (BERT)
-    norm: str = "pre"  # "pre": LayerNorm before each sublayer (GPT-2, trains easily); "post": after (BERT)
-    activation: str = "gelu_tanh"  # MLP non-linearity: "gelu_tanh" (GPT-2), "gelu" (BERT, exact erf), "relu"
-    learned_positions: bool = True  # learned position embedding added to W_E rows (GPT-2, BERT)
+    d_mlp: int = 0  # hidden width of each MLP; 0 (or None): 4 * d_model (GPT-2, BERT)
+    n_kv_heads: int = 0  # key/value heads, shared by groups of query heads; 0 (or None): n_heads
+    causal: bool = True  # decoder (GPT): later tokens never inform earlier ones; False: encoder
+    norm: str = "pre"  # "pre": normalise before each sublayer (GPT-2, Llama); "post": after (BERT)
+    normalization: str = "layernorm"  # "layernorm" (centre and scale) or "rmsnorm" (scale, Llama)
+    activation: str = "gelu_tanh"  # "gelu_tanh" (GPT-2), "gelu" (BERT), "relu", "silu" (Llama)
+    mlp: str = "plain"  # "plain": act(x·W_up); "gated": act(x·W_gate) * x·W_up (SwiGLU with silu)
+    positions: str = "learned"  # "learned": rows added to E (GPT-2); "rotary": Q, K rotated (Llama)
+    rope_base: float = 10000.0  # rotary: the slowest pair turns once per ~2π·base tokens
     bias: bool = True  # biases in linear layers and norms; off is slightly faster and smaller
-    tied_unembedding: bool = True  # W_U = W_Eᵀ (GPT-2) saves vocab*d_model parameters; False: own matrix
-    norm_eps: float = 1e-5  # LayerNorm epsilon: 1e-5 for GPT-2, 1e-12 for BERT
+    tied_unembedding: bool = True  # W_U = W_Eᵀ saves vocab·d_model parameters; False: own matrix
+    norm_eps: float = 1e-5  # epsilon in the norms: 1e-5 for GPT-2 and Llama, 1e-12 for BERT
     type_vocab_size: int = 0  # BERT's token-type (segment) embeddings; 0 means none
-    dropout: float = 0.0  # dropout on embeddings, pattern and sublayer outputs; 0 for small data or inference
+    dropout: float = 0.0  # on embeddings, pattern and sublayer outputs; 0 for inference
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> None:
             raise GlassformerError(f"invalid model config: {msg}")
 
         for name in ("vocab_size", "context_length", "d_model", "n_heads", "n_layers"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                bad(f"{name} must be a positive integer, got {value!r}")
-        if self.d_head is None:
+            if not _count(getattr(self, name)):
+                bad(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.d_head in (0, None):
             if self.d_model % self.n_heads:
-                bad(
-                    f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}; "
-                    "pass d_head explicitly"
-                )
+                bad(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}; pass d_head explicitly")
             object.__setattr__(self, "d_head", self.d_model // self.n_heads)
-        if self.d_mlp is None:
+        if self.d_mlp in (0, None):
             object.__setattr__(self, "d_mlp", 4 * self.d_model)
-        for name in ("d_head", "d_mlp"):
+        if self.n_kv_heads in (0, None):
+            object.__setattr__(self, "n_kv_heads", self.n_heads)
+        for name in ("d_head", "d_mlp", "n_kv_heads"):
+            if not _count(getattr(self, name)):
+                bad(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.n_heads % self.n_kv_heads:
+            bad(f"n_kv_heads {self.n_kv_heads} must divide n_heads {self.n_heads}")
+        type_vocab = self.type_vocab_size
+        if not isinstance(type_vocab, int) or isinstance(type_vocab, bool) or type_vocab < 0:
+            bad(f"type_vocab_size must be >= 0, got {type_vocab!r}")
+        for name, allowed in (
+            ("norm", NORM_PLACES),
+            ("normalization", NORM_KINDS),
+            ("activation", ACTIVATION_FUNCTIONS),
+            ("mlp", MLP_KINDS),
+            ("positions", POSITION_KINDS),
+        ):
+            if getattr(self, name) not in allowed:
+                bad(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name in ("norm_eps", "rope_base"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                bad(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.type_vocab_size, int) or self.type_vocab_size < 0:
-            bad(f"type_vocab_size must be >= 0, got {self.type_vocab_size!r}")
-        if self.norm not in NORMS:
-            bad(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
-        if self.activation not in ACTIVATIONS:
-            bad(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
-        if not (isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0):
-            bad(f"norm_eps must be > 0, got {self.norm_eps!r}")
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                bad(f"{name} must be a positive number, got {value!r}")
+        if self.positions == "rotary" and self.d_head % 2:
+            bad(f"rotary positions turn pairs of numbers: d_head must be even, got {self.d_head}")
         if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
             bad(f"dropout must be in [0, 1), got {self.dropout!r}")
-        for name in ("causal", "learned_positions", "bias", "tied_unembedding"):
+        for name in ("causal", "bias", "tied_unembedding"):
             if not isinstance(getattr(self, name), bool):
                 bad(f"{name} must be true or false, got {getattr(self, name)!r}")
 
     @property
-    def is_decoder(self) -> bool:
-        return self.causal
+    def group_size(self) -> int:
+        """How many query heads read each key/value head (1 without grouped-query attention)."""
+        return self.n_heads // self.n_kv_heads
 
-    def replace(self, **changes) -> "ModelConfig":
+    def replace(self, **changes) -> ModelConfig:
         """A copy with some fields changed (validated again)."""
         fields = self.to_dict()
         unknown = set(changes) - set(fields)
@@ -88,19 +116,24 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelConfig":
+    def from_dict(cls, data: dict) -> ModelConfig:
+        if not isinstance(data, dict):
+            raise GlassformerError(f"a model config is a JSON object, not {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names
         if unknown:
             raise GlassformerError(f"unknown config field(s): {', '.join(sorted(unknown))}")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except TypeError as err:  # a comparison of a wrong type inside validation
+            raise GlassformerError(f"invalid model config: {err}") from None
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
 
-_GPT2 = dict(vocab_size=50257, context_length=1024, activation="gelu_tanh", norm="pre", causal=True)
-_BERT = dict(
+_GPT2: dict[str, Any] = dict(vocab_size=50257, context_length=1024, activation="gelu_tanh", norm="pre", causal=True)
+_BERT: dict[str, Any] = dict(
     causal=False,
     norm="post",
     activation="gelu",
@@ -109,6 +142,13 @@ _BERT = dict(
     type_vocab_size=2,
     vocab_size=30522,
     context_length=512,
+)
+_LLAMA: dict[str, Any] = dict(
+    normalization="rmsnorm",
+    activation="silu",
+    mlp="gated",
+    positions="rotary",
+    bias=False,
 )
 
 PRESETS: dict[str, ModelConfig] = {
@@ -130,16 +170,32 @@ PRESETS: dict[str, ModelConfig] = {
     # BERT-style encoders
     "bert-base-uncased": ModelConfig(**_BERT, d_model=768, n_heads=12, n_layers=12),  # 110M
     "minilm-l6": ModelConfig(**_BERT, d_model=384, n_heads=12, n_layers=6, d_mlp=1536),  # 22.7M
+    # the Llama family: 9 query heads share 3 key/value heads in SmolLM2
+    "smollm2-135m": ModelConfig(
+        **_LLAMA,
+        vocab_size=49152,
+        context_length=8192,
+        d_model=576,
+        n_heads=9,
+        n_kv_heads=3,
+        n_layers=30,
+        d_mlp=1536,
+        rope_base=100000.0,
+    ),  # 135M
     # small sizes for lessons and experiments; vocab 256 so raw bytes fit until a tokenizer sets it
     "lesson-tiny": ModelConfig(
         vocab_size=256, context_length=64, d_model=64, n_heads=4, n_layers=2
     ),  # 0.1M: the adjectives lesson
-    "lesson-small": ModelConfig(
-        vocab_size=256, context_length=128, d_model=128, n_heads=4, n_layers=4
-    ),  # 0.8M
+    "lesson-small": ModelConfig(vocab_size=256, context_length=128, d_model=128, n_heads=4, n_layers=4),  # 0.8M
     "shakespeare-char": ModelConfig(
-        vocab_size=65, context_length=64, d_model=128, n_heads=4, n_layers=4, bias=False,
-        activation="gelu", tied_unembedding=False,
+        vocab_size=65,
+        context_length=64,
+        d_model=128,
+        n_heads=4,
+        n_layers=4,
+        bias=False,
+        activation="gelu",
+        tied_unembedding=False,
     ),  # 0.8M: nanoGPT's CPU Shakespeare shape (no biases, exact GELU, as nanoGPT). Unlike
     # nanoGPT, W_U is its own matrix: for 65 characters that costs 8k parameters and lowers
     # the 2000-step val loss by ~0.04 (bench_train.py: 1.872 against 1.910 tied, 4 seeds)
@@ -154,9 +210,7 @@ def preset(name: str) -> ModelConfig:
     try:
         return PRESETS[name]
     except KeyError:
-        raise GlassformerError(
-            f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}"
-        ) from None
+        raise GlassformerError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}") from None
 
 
-__all__ = ["ModelConfig", "PRESETS", "SHAPE_ONLY", "GlassformerError", "preset"]
+__all__ = ["PRESETS", "SHAPE_ONLY", "GlassformerError", "ModelConfig", "preset"]

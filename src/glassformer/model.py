@@ -2,54 +2,66 @@
 
     tokens -> W_E (+ positions) -> [ block: attention (+ΔE), MLP (+Δ) ] x L -> W_U -> softmax(T)
 
-Decoders (GPT) return logits [B, T, V]; encoders (BERT) return the last hidden
-states [B, T, C]. Nothing here knows about pictures, files or servers.
+Decoders (GPT, Llama) return logits [B, T, V]; encoders (BERT) return the last hidden
+states [B, T, C]. Nothing here knows about generation, files, pictures or servers: the
+model imports only the layers below it (config, hooks, linear, attention).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import Attention, KVCache
+from .attention import Attention, KVCache, Rotary
 from .config import GlassformerError, ModelConfig
-from .hooks import HookFn, HookPoint, name_hook_points
+from .hooks import ActivationCache, HookFn, HookPoint, Names, attach, match, name_hook_points
+from .hooks import run_with_cache as capture
 from .linear import Linear, wide_matmul
 
-_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+ACTIVATION_FNS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,  # exact erf form (BERT)
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's "gelu_new"
     "relu": F.relu,
+    "silu": F.silu,  # x·sigmoid(x), the "Swish" of SwiGLU (Llama)
 }
 
 
-def softmax_with_temperature(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """softmax(logits / T) over the last axis. T -> 0 puts all weight on the argmax
-    (ties split evenly), T = 1 is the plain softmax, large T flattens towards uniform."""
-    if temperature < 0:
-        raise GlassformerError(f"temperature must be >= 0, got {temperature}")
-    if temperature == 0:
-        top = logits == logits.max(dim=-1, keepdim=True).values
-        return top.to(logits.dtype) / top.sum(dim=-1, keepdim=True)
-    return torch.softmax(logits.float() / temperature, dim=-1).to(logits.dtype)
+class RMSNorm(nn.Module):
+    """x / √(mean(x²) + eps) · weight: LayerNorm without the centring or the shift (Llama)."""
+
+    def __init__(self, d: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+
+
+def make_norm(config: ModelConfig) -> nn.Module:
+    if config.normalization == "rmsnorm":
+        return RMSNorm(config.d_model, config.norm_eps)
+    return nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias)
 
 
 class Embeddings(nn.Module):
-    """Token rows of W_E, plus learned positions (and token types for BERT)."""
+    """Token rows of W_E, plus learned positions (GPT-2, BERT) and token types (BERT)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         C = config.d_model
         self.W_E = nn.Embedding(config.vocab_size, C)
-        self.W_pos = nn.Embedding(config.context_length, C) if config.learned_positions else None
+        learned = config.positions == "learned"
+        self.W_pos = nn.Embedding(config.context_length, C) if learned else None
         self.W_type = nn.Embedding(config.type_vocab_size, C) if config.type_vocab_size else None
         # post-LN models (BERT) normalise the summed embedding before the first block
-        self.ln = nn.LayerNorm(C, eps=config.norm_eps, bias=config.bias) if config.norm == "post" else None
+        self.ln = make_norm(config) if config.norm == "post" else None
         self.dropout = nn.Dropout(config.dropout)
         self.hook_embed = HookPoint(top_level=True)  # [B, T, C] rows of W_E
         if self.W_pos is not None:
@@ -74,28 +86,40 @@ class Embeddings(nn.Module):
 
 
 class MLP(nn.Module):
-    """Up-projection, non-linearity, down-projection: the per-token "store of facts"."""
+    """The per-token "store of facts" (3Blue1Brown, chapter 7): up, non-linearity, down.
+
+    plain (GPT-2, BERT):   post = act(x·W_up)
+    gated (Llama SwiGLU):  post = act(x·W_gate) * (x·W_up)   — the gate decides how much
+                                                             of each neuron's up value passes
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.up = Linear(config.d_model, config.d_mlp, bias=config.bias)  # [C, d_mlp]
-        self.down = Linear(config.d_mlp, config.d_model, bias=config.bias)  # [d_mlp, C]
-        self.act = _ACTIVATIONS[config.activation]
-        self.hook_pre = HookPoint()  # [B, T, d_mlp] before the non-linearity
+        C, M = config.d_model, config.d_mlp
+        self.gated = config.mlp == "gated"
+        self.gate = Linear(C, M, bias=config.bias) if self.gated else None  # [C, d_mlp]
+        self.up = Linear(C, M, bias=config.bias)  # [C, d_mlp]
+        self.down = Linear(M, C, bias=config.bias)  # [d_mlp, C]
+        self.act = ACTIVATION_FNS[config.activation]
+        self.hook_pre = HookPoint()  # [B, T, d_mlp] what goes into the non-linearity
+        if self.gated:
+            self.hook_pre_linear = HookPoint()  # [B, T, d_mlp] x·W_up, multiplied by the gate
         self.hook_post = HookPoint()  # [B, T, d_mlp] neuron activations
         self.hook_out = HookPoint()  # [B, T, C] what the MLP adds to the residual stream
 
     def forward(self, x_BTC: torch.Tensor) -> torch.Tensor:
-        pre = self.hook_pre(self.up(x_BTC))
-        post = self.hook_post(self.act(pre))
-        return self.hook_out(self.down(post))
+        if self.gate is None:
+            post = self.act(self.hook_pre(self.up(x_BTC)))
+        else:
+            post = self.act(self.hook_pre(self.gate(x_BTC))) * self.hook_pre_linear(self.up(x_BTC))
+        return self.hook_out(self.down(self.hook_post(post)))
 
 
 class Block(nn.Module):
     """Attention then MLP, each adding to the residual stream.
 
-    pre-LN (GPT-2):  x + attn(ln1(x)), then + mlp(ln2(·))   — the stream is never normalised
-    post-LN (BERT):  ln1(x + attn(x)), then ln2(· + mlp(·)) — the stream is normalised after each
+    pre-norm (GPT-2, Llama): x + attn(ln1(x)), then + mlp(ln2(·)) — the stream itself is never normalised
+    post-norm (BERT):        ln1(x + attn(x)), then ln2(· + mlp(·)) — normalised after each sublayer
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -103,25 +127,23 @@ class Block(nn.Module):
         self.pre_norm = config.norm == "pre"
         # registered in the order the data reaches them, so hook_names() reads top to bottom
         self.hook_resid_pre = HookPoint()  # [B, T, C] the stream entering the block
-        self.ln1 = nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias)
+        self.ln1 = make_norm(config)
         self.hook_ln1 = HookPoint()
         self.attn = Attention(config)
         self.hook_resid_mid = HookPoint()  # [B, T, C] after adding ΔE
-        self.ln2 = nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias)
+        self.ln2 = make_norm(config)
         self.hook_ln2 = HookPoint()
         self.mlp = MLP(config)
         self.hook_resid_post = HookPoint()  # [B, T, C] after adding the MLP's output
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x_BTC, *, key_keep_BS=None, cache=None, explicit=False) -> torch.Tensor:
+    def forward(self, x_BTC: torch.Tensor, **attention_inputs) -> torch.Tensor:
         x = self.hook_resid_pre(x_BTC)
         if self.pre_norm:
-            dE = self.attn(self.hook_ln1(self.ln1(x)), key_keep_BS=key_keep_BS, cache=cache,
-                           explicit=explicit)  # fmt: skip
+            dE = self.attn(self.hook_ln1(self.ln1(x)), **attention_inputs)
             x = self.hook_resid_mid(x + self.dropout(dE))  # E <- E + ΔE
-            x = self.hook_resid_post(x + self.dropout(self.mlp(self.hook_ln2(self.ln2(x)))))
-            return x
-        dE = self.attn(x, key_keep_BS=key_keep_BS, cache=cache, explicit=explicit)
+            return self.hook_resid_post(x + self.dropout(self.mlp(self.hook_ln2(self.ln2(x)))))
+        dE = self.attn(x, **attention_inputs)
         x = self.hook_ln1(self.ln1(self.hook_resid_mid(x + self.dropout(dE))))
         x = self.hook_resid_post(x + self.dropout(self.mlp(x)))
         return self.hook_ln2(self.ln2(x))
@@ -132,21 +154,22 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = config
         self.embed = Embeddings(config)
+        self.rotary = Rotary(config.d_head, config.rope_base) if config.positions == "rotary" else None
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         if config.causal:
-            self.ln_final = nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias)
+            self.ln_final = make_norm(config)
             self.unembed = nn.Linear(config.d_model, config.vocab_size, bias=False)
             if config.tied_unembedding:
                 self.unembed.weight = self.embed.W_E.weight  # W_U = W_Eᵀ
             self.hook_ln_final = HookPoint()  # [B, T, C]
             self.hook_logits = HookPoint()  # [B, T, V]
-        self.tokenizer = None  # attached by loaders; encode(text) -> ids, decode(ids) -> text
+        self.tokenizer: Any = None  # attached by loaders; encode(text) -> ids, decode(ids) -> text
         self.hook_points: dict[str, HookPoint] = name_hook_points(self)
         self.apply(self._init_weights)
         # GPT-2: residual projections scaled by 1/√(2·layers) so the stream's variance
         # does not grow with depth (Radford et al. 2019, §2.3)
-        for block in self.blocks:
-            for linear in (block.attn.proj, block.mlp.down):
+        for block in cast(list[Block], self.blocks):
+            for linear in (block.attn.output, block.mlp.down):
                 nn.init.normal_(linear.weight, std=0.02 / math.sqrt(2 * config.n_layers))
 
     @staticmethod
@@ -181,49 +204,44 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         explicit: bool = False,
         last_only: bool = False,
-        W_U: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits [B, T, V] (decoder) or last hidden states [B, T, C] (encoder).
 
         `attention_mask` [B, S]: 1 for real tokens, 0 for padding (keys that nobody
         may attend to). `explicit=True` forces the step-by-step attention path.
         `cache` holds past keys and values (generation). `last_only=True` unembeds only
-        the last position, which is all that sampling needs. `W_U` [C, V], if given, is
-        used instead of the stored unembedding (generation passes a contiguous copy).
+        the last position, which is all that sampling needs.
         """
         if input_ids.dim() == 1:
             input_ids = input_ids[None]
-        B, T = input_ids.shape
+        T = input_ids.shape[1]
         start = len(cache) if cache is not None else 0
         limit = cache.max_len if cache is not None else self.config.context_length
         if start + T > limit:
-            raise GlassformerError(
-                f"{start + T} tokens is more than this model's context of {limit} tokens"
-            )
+            raise GlassformerError(f"{start + T} tokens is more than this model's context of {limit} tokens")
         if T == 0:
             raise GlassformerError("no tokens to run the model on")
         # ids from outside are checked (a bad id would crash a GPU kernel); the one-token
         # steps of cached generation feed back the model's own choices, so skip the sync there
-        if (cache is None or start == 0) and bool(((input_ids < 0) | (input_ids >= self.config.vocab_size)).any()):
+        if start == 0 and bool(((input_ids < 0) | (input_ids >= self.config.vocab_size)).any()):
             raise GlassformerError(
                 f"token ids must lie in [0, {self.config.vocab_size}), "
                 f"got {int(input_ids.min())}..{int(input_ids.max())}"
             )
-        key_keep_BS = None
-        if attention_mask is not None:
-            if not bool(attention_mask.all()):
-                key_keep_BS = attention_mask.bool()
+        keys_BS = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            keys_BS = attention_mask.bool()
+        rotation = self.rotary(start, T, input_ids.device) if self.rotary is not None else None
         x = self.embed(input_ids, token_type_ids, start)
         for i, block in enumerate(self.blocks):
-            x = block(x, key_keep_BS=key_keep_BS, cache=cache.layers[i] if cache is not None else None,
-                      explicit=explicit)  # fmt: skip
+            layer_cache = cache.layers[i] if cache is not None else None
+            x = block(x, keys_BS=keys_BS, rotation=rotation, cache=layer_cache, explicit=explicit)
         if not self.config.causal:
             return x
         if last_only:
             x = x[:, -1:]
         x = self.hook_ln_final(self.ln_final(x))
-        logits = wide_matmul(x, self.W_U if W_U is None else W_U)
-        return self.hook_logits(logits)
+        return self.hook_logits(wide_matmul(x, self.W_U))
 
     def new_cache(self, batch: int = 1, max_len: int | None = None) -> KVCache:
         p = self.W_E
@@ -234,53 +252,20 @@ class Transformer(nn.Module):
         """Every hook point's name, in the order the data reaches them."""
         return list(self.hook_points)
 
-    def matching_hook_names(self, names) -> list[str]:
+    def matching_hook_names(self, names: Names) -> list[str]:
         """Names chosen by an exact name, a glob, a list of them, or a predicate."""
-        from fnmatch import fnmatchcase
-
-        if callable(names):
-            return [n for n in self.hook_points if names(n)]
-        patterns = [names] if isinstance(names, str) else list(names)
-        chosen = []
-        for pattern in patterns:
-            hits = [n for n in self.hook_points if fnmatchcase(n, pattern)]
-            if not hits:
-                raise GlassformerError(
-                    f"no activation is called {pattern!r}; see model.hook_names() for the list"
-                )
-            chosen += [h for h in hits if h not in chosen]
-        return chosen
+        return match(self.hook_points, names)
 
     @contextlib.contextmanager
-    def hooks(self, fns: Mapping[str, HookFn]) -> Iterator["Transformer"]:
+    def hooks(self, fns: Mapping[str, HookFn]) -> Iterator[Transformer]:
         """Attach `fn(tensor, name) -> tensor | None` to the named activations for the
         length of a `with` block; returning a tensor replaces the activation."""
-        attached: list[tuple[HookPoint, HookFn]] = []
-        try:
-            for pattern, fn in fns.items():
-                for name in self.matching_hook_names(pattern):
-                    point = self.hook_points[name]
-                    point.fns.append(fn)
-                    attached.append((point, fn))
+        with attach(self.hook_points, fns):
             yield self
-        finally:
-            for point, fn in attached:
-                point.fns.remove(fn)
 
-    def run_with_cache(self, input_ids, names=None, *, device=None, **forward_kwargs):
-        """Run the model and keep the activations asked for: `(output, cache)`."""
-        from .inspect.cache import run_with_cache
-
-        return run_with_cache(self, input_ids, names=names, device=device, **forward_kwargs)
-
-    def generate(self, tokens, **kwargs):
-        """Continue `tokens`; see `glassformer.generate.generate` for the arguments."""
-        from .generate import generate
-
-        return generate(self, tokens, **kwargs)
-
-    def embed_sentences(self, texts, **kwargs):
-        """Mean-pooled, L2-normalised sentence embeddings [N, C] (encoders)."""
-        from .pretrained.bert import embed_sentences
-
-        return embed_sentences(self, texts, **kwargs)
+    def run_with_cache(
+        self, input_ids, names: Names | None = None, *, device=None, **forward_kwargs
+    ) -> tuple[torch.Tensor, ActivationCache]:
+        """Run the model and keep the activations asked for: `(output, cache)`; see
+        `glassformer.hooks.run_with_cache`."""
+        return capture(self, input_ids, names, device=device, **forward_kwargs)

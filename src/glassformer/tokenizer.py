@@ -13,8 +13,8 @@ Three kinds, one interface (`encode(text) -> list[int]`, `decode(ids) -> str`,
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from .config import GlassformerError
 
@@ -31,7 +31,7 @@ class CharTokenizer:
         self.index = {c: i for i, c in enumerate(self.chars)}
 
     @classmethod
-    def from_text(cls, text: str) -> "CharTokenizer":
+    def from_text(cls, text: str) -> CharTokenizer:
         if not text:
             raise GlassformerError("cannot build a character vocabulary from empty text")
         return cls(sorted(set(text)))
@@ -45,8 +45,7 @@ class CharTokenizer:
             return [self.index[c] for c in text]
         except KeyError as err:
             raise GlassformerError(
-                f"character {err.args[0]!r} is not in this model's vocabulary of "
-                f"{self.vocab_size} characters"
+                f"character {err.args[0]!r} is not in this model's vocabulary of {self.vocab_size} characters"
             ) from None
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -123,7 +122,10 @@ def tokenizer_from_json(text: str) -> Tokenizer:
         raise GlassformerError(f"tokenizer.json is not valid JSON ({err.msg})") from None
     if isinstance(data, dict) and _MARK in data:
         if data[_MARK] == "char":
-            return CharTokenizer(data["chars"])
+            chars = data.get("chars")
+            if not isinstance(chars, list) or not all(isinstance(c, str) for c in chars):
+                raise GlassformerError('tokenizer.json: a char tokenizer needs a "chars" list of characters')
+            return CharTokenizer(chars)
         if data[_MARK] == "bytes":
             return ByteTokenizer()
         raise GlassformerError(f"unknown tokenizer kind {data[_MARK]!r} in tokenizer.json")
@@ -154,9 +156,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, *, special_tokens=("<|endof
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
     if vocab_size < 256 + len(special_tokens):
-        raise GlassformerError(
-            f"a byte-level BPE needs at least {256 + len(special_tokens)} tokens, got {vocab_size}"
-        )
+        raise GlassformerError(f"a byte-level BPE needs at least {256 + len(special_tokens)} tokens, got {vocab_size}")
     tok = _HF(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

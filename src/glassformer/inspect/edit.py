@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..config import GlassformerError
-from .explain import check_layer_head
+from ..inputs import check_layer_head
 
 
 def ablate_head(model, layer: int, head: int, *, mode: str = "zero", reference=None) -> dict:
@@ -56,12 +56,12 @@ def patch(model, source, names) -> dict:
 
 @torch.inference_mode()
 def head_logit_attribution(model, ids, token: int, *, position: int = -1) -> torch.Tensor:
-    """"What does each head write?": [layer, head], each head's ΔE at `position`
+    """ "What does each head write?": [layer, head], each head's ΔE at `position`
     projected on the direction that raises `token`'s logit.
 
-    The final LayerNorm is linearised the usual way: its scale is frozen at the value
-    the real run used, so the contributions of all heads, the MLPs, the embeddings and
-    the biases add up to the logit (up to the LayerNorm's bias term).
+    The final norm is linearised the usual way: its scale is frozen at the value the real
+    run used, so the contributions of all heads, the MLPs, the embeddings and the biases
+    add up to the logit (up to a LayerNorm's bias term).
     """
     if not model.config.causal:
         raise GlassformerError("direct logit attribution needs a decoder (a model with W_U)")
@@ -69,12 +69,25 @@ def head_logit_attribution(model, ids, token: int, *, position: int = -1) -> tor
     names = [f"blocks.{i}.attn.z" for i in range(L)] + [f"blocks.{L - 1}.resid_post"]
     _, cache = model.run_with_cache(ids, names=names)
     final = cache[f"blocks.{L - 1}.resid_post"][0, position]  # [C]
-    ln = model.ln_final
-    scale = (final.var(unbiased=False) + ln.eps).sqrt()
-    direction = ln.weight * model.W_U[:, token] / scale  # [C]
+    direction, centre = final_norm_direction(model, final, token)
     rows = []
     for i in range(L):
         z_HD = cache[f"blocks.{i}.attn.z"][0, :, position]  # [H, D] at the position
         per_head = torch.einsum("hd,hdc->hc", z_HD, model.blocks[i].attn.W_O)  # each head's ΔE, [H, C]
-        rows.append((per_head - per_head.mean(-1, keepdim=True)) @ direction)  # LayerNorm centres first
+        if centre:
+            per_head = per_head - per_head.mean(-1, keepdim=True)  # LayerNorm centres first
+        rows.append(per_head @ direction)
     return torch.stack(rows)
+
+
+def final_norm_direction(model, final_C: torch.Tensor, token: int) -> tuple[torch.Tensor, bool]:
+    """(direction [C], whether to centre first): x·direction is what x adds to `token`'s
+    logit through the final norm, with the norm's scale frozen at its value for `final_C`."""
+    norm = model.ln_final
+    if model.config.normalization == "rmsnorm":
+        scale = (final_C.pow(2).mean() + norm.eps).sqrt()
+        centre = False
+    else:
+        scale = (final_C.var(unbiased=False) + norm.eps).sqrt()
+        centre = True
+    return norm.weight * model.W_U[:, token] / scale, centre

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import lessons
 from ..config import GlassformerError
 
 
@@ -47,8 +48,7 @@ def induction(model, ids: torch.Tensor | None = None, *, half: int | None = None
     """On repeated random tokens, mean weight a query in the second copy puts on the
     token just after its own earlier occurrence (the token to copy)."""
     if ids is None:
-        from ..lessons import induction as lesson
-
+        lesson = lessons.induction
         tok = model.tokenizer
         if getattr(tok, "kind", "") == "hf" and tok.token_id("t1") is not None:
             half = half or min(lesson.HALF, model.config.context_length // 2)
@@ -70,8 +70,7 @@ def adjective_noun(model, sentences: list | None = None, *, n: int = 200, seed: 
 def adjective_scores(model, sentences=None, *, n: int = 200, seed: int = 12345):
     """(own, far): `own` as in `adjective_noun`; `far` the share on the noun's own
     adjectives other than the one right before it, over nouns with two or more."""
-    from ..lessons import adjectives
-
+    adjectives = lessons.adjectives
     if sentences is None:
         sentences = adjectives.sentences(n, seed)
     L, H = model.config.n_layers, model.config.n_heads
@@ -113,8 +112,7 @@ DETECTORS = {
 
 def random_repeats(model, n: int = 8, seed: int = 0) -> torch.Tensor:
     """[n, 2·half] ids: random tokens then the same again, within the model's vocabulary."""
-    from ..lessons import induction as lesson
-
+    lesson = lessons.induction
     half = min(lesson.HALF, model.config.context_length // 2)
     low = 1 if model.config.vocab_size > 2 else 0
     g = torch.Generator().manual_seed(seed)
@@ -124,8 +122,7 @@ def random_repeats(model, n: int = 8, seed: int = 0) -> torch.Tensor:
 
 def speaks_adjectives(model) -> bool:
     """True when the model's tokenizer reads the adjectives lesson one word per token."""
-    from ..lessons import adjectives
-
+    adjectives = lessons.adjectives
     tok = model.tokenizer
     if tok is None:
         return False

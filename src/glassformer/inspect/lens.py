@@ -41,8 +41,11 @@ def logit_lens(model, ids: torch.Tensor, k: int = 5) -> list[LensRow]:
     for label, name in zip(["embed"] + [str(i) for i in range(L)], names):
         logits = model.ln_final(cache[name][0]) @ model.W_U  # [T, V]
         probs, top = torch.softmax(logits.float(), -1).topk(k, dim=-1)
-        tokens = [model.tokenizer.token_texts(row.tolist()) for row in top] if model.tokenizer else \
-            [[str(i) for i in row.tolist()] for row in top]  # fmt: skip
+        tokens = (
+            [model.tokenizer.token_texts(row.tolist()) for row in top]
+            if model.tokenizer
+            else [[str(i) for i in row.tolist()] for row in top]
+        )
         rows.append(LensRow(label, tokens, probs, top))
     return rows
 

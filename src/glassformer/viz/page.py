@@ -13,13 +13,15 @@ from importlib import resources
 
 import torch
 
+from ..inputs import check_layer_head
 from ..inspect.explain import Analysis, analyze
 
 PAGE = """<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:">
+<meta http-equiv="Content-Security-Policy"
+      content="default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:">
 <title>{title}</title>
 <style>{css}</style>
 </head>
@@ -49,7 +51,7 @@ document.getElementById("source").textContent = JSON.parse(
 
 
 def static_text(name: str) -> str:
-    return resources.files("glassformer.viz").joinpath("static", name).read_text(encoding="utf-8")
+    return resources.files("glassformer.viz").joinpath("static").joinpath(name).read_text(encoding="utf-8")
 
 
 def json_for_script(value) -> str:
@@ -58,7 +60,7 @@ def json_for_script(value) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def _rounded(t: torch.Tensor, digits: int = 4):
+def rounded(t: torch.Tensor, digits: int = 4):
     """Nested lists with masked (−∞) cells as null, which JSON can carry."""
     t = t.double().round(decimals=digits)
     finite = torch.isfinite(t)
@@ -79,22 +81,22 @@ def report_data(analysis: Analysis, text: str, *, top_k: int = 10, token_texts=N
         "n_layers": analysis.patterns.shape[0],
         "n_heads": analysis.patterns.shape[1],
         "causal": analysis.causal,
-        "patterns": _rounded(analysis.patterns),
-        "scores": _rounded(analysis.scores) if analysis.scores is not None else None,
+        "patterns": rounded(analysis.patterns),
+        "scores": rounded(analysis.scores) if analysis.scores is not None else None,
         "start": list(start),
         "next": None,
     }
     if analysis.last_logits is not None and token_texts is not None:
         probs = torch.softmax(analysis.last_logits, -1).topk(top_k)
-        data["next"] = [{"token": t, "prob": round(p, 5)}
-                        for t, p in zip(token_texts(probs.indices.tolist()), probs.values.tolist())]  # fmt: skip
+        data["next"] = [
+            {"token": t, "prob": round(p, 5)}
+            for t, p in zip(token_texts(probs.indices.tolist()), probs.values.tolist())
+        ]
     return data
 
 
 def report_html(model, text: str, *, title: str = "glassformer: attention", layer: int = 0, head: int = 0) -> str:
     """The whole report for `text` on `model`, as one HTML string."""
-    from ..inspect.explain import check_layer_head
-
     check_layer_head(model, layer, head)
     analysis = analyze(model, text, scores=True)
     data = report_data(analysis, text, token_texts=model.tokenizer.token_texts, start=(layer, head))
@@ -110,7 +112,7 @@ def report_html(model, text: str, *, title: str = "glassformer: attention", laye
 class AttentionView:
     """A pattern you can look at: renders itself in Jupyter as the interactive report.
 
-        gf.viz.page.AttentionView(model, "a fluffy blue creature")   # last expression in a cell
+    gf.viz.page.AttentionView(model, "a fluffy blue creature")   # last expression in a cell
     """
 
     def __init__(self, model, text: str, *, layer: int = 0, head: int = 0) -> None:
@@ -124,8 +126,10 @@ class AttentionView:
     def _repr_html_(self) -> str:
         page = report_html(self.model, self.text, layer=self.layer, head=self.head)
         # an iframe keeps the page's script and styles to itself inside the notebook
-        return (f'<iframe srcdoc="{html.escape(page, quote=True)}" '
-                'style="width:100%;height:720px;border:0" sandbox="allow-scripts"></iframe>')  # fmt: skip
+        return (
+            f'<iframe srcdoc="{html.escape(page, quote=True)}" '
+            'style="width:100%;height:720px;border:0" sandbox="allow-scripts"></iframe>'
+        )
 
     def __repr__(self) -> str:
         return f"AttentionView({len(self.analysis.tokens)} tokens, layer {self.layer}, head {self.head})"

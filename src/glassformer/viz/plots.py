@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..config import GlassformerError
-from ..model import softmax_with_temperature
+from ..sampling import probabilities
 
 VIDEO = "video orientation: keys down the side, queries across the top; each column sums to 1"
 USUAL = "usual orientation: queries down the side, keys across the top; each row sums to 1"
@@ -35,7 +36,7 @@ def _plt():
 
 @dataclass
 class Picture:
-    figure: object
+    figure: Any  # a matplotlib Figure
     data: np.ndarray  # what is drawn, in the orientation drawn
 
     def save(self, path: str | Path) -> Path:
@@ -81,8 +82,7 @@ def _grid(ax, data: np.ndarray, tokens: list[str], *, video: bool, cmap: str, ma
     return im
 
 
-def head_picture(pattern_TS, tokens: list[str], *, scores_TS=None, video: bool = True,
-                 title: str = "") -> Picture:  # fmt: skip
+def head_picture(pattern_TS, tokens: list[str], *, scores_TS=None, video: bool = True, title: str = "") -> Picture:
     """One head: the pattern, and (if given) the raw dot-product grid beside it with
     masked cells drawn as −∞."""
     plt = _plt()
@@ -96,11 +96,24 @@ def head_picture(pattern_TS, tokens: list[str], *, scores_TS=None, video: bool =
         scores = torch.as_tensor(scores_TS).float().numpy()
         raw = scores.T if video else scores
         masked = np.isneginf(raw)
-        im = _grid(axes[0, 0], np.where(masked, 0, raw), tokens, video=video, cmap="RdBu_r", masked=masked,
-                   title="Q·Kᵀ/√d: the grid of dot products (grey: masked, −∞)")  # fmt: skip
+        im = _grid(
+            axes[0, 0],
+            np.where(masked, 0, raw),
+            tokens,
+            video=video,
+            cmap="RdBu_r",
+            masked=masked,
+            title="Q·Kᵀ/√d: the grid of dot products (grey: masked, −∞)",
+        )
         fig.colorbar(im, ax=axes[0, 0], fraction=0.046, pad=0.04)
-    im = _grid(axes[0, -1], data, tokens, video=video, cmap="Blues",
-               title="pattern = softmax: " + ("columns" if video else "rows") + " sum to 1")  # fmt: skip
+    im = _grid(
+        axes[0, -1],
+        data,
+        tokens,
+        video=video,
+        cmap="Blues",
+        title="pattern = softmax: " + ("columns" if video else "rows") + " sum to 1",
+    )
     fig.colorbar(im, ax=axes[0, -1], fraction=0.046, pad=0.04)
     fig.suptitle((title + "\n" if title else "") + (VIDEO if video else USUAL), fontsize=10)
     fig.tight_layout()
@@ -124,17 +137,20 @@ def all_heads_picture(patterns_LHTS, tokens: list[str], *, video: bool = True, t
                 ax.set_title(f"head {head}", fontsize=8)
             if head == 0:
                 ax.set_ylabel(f"layer {layer}", fontsize=8)
-    fig.suptitle((title + "\n" if title else "") + f"all {L}×{H} heads on {len(tokens)} tokens; "
-                 + (VIDEO if video else USUAL), fontsize=9)  # fmt: skip
+    fig.suptitle(
+        (title + "\n" if title else "") + f"all {L}×{H} heads on {len(tokens)} tokens; " + (VIDEO if video else USUAL),
+        fontsize=9,
+    )
     fig.tight_layout()
     return Picture(fig, data)
 
 
-def next_token_picture(logits_V, token_texts: list[str], *, temperature: float = 1.0, k: int = 15,
-                       title: str = "") -> Picture:  # fmt: skip
+def next_token_picture(
+    logits_V, token_texts: list[str], *, temperature: float = 1.0, k: int = 15, title: str = ""
+) -> Picture:
     """The k likeliest next tokens under softmax(logits / T), as bars."""
     plt = _plt()
-    probs = softmax_with_temperature(torch.as_tensor(logits_V).float(), temperature)
+    probs = probabilities(torch.as_tensor(logits_V).float(), temperature)
     top = probs.topk(min(k, probs.numel()))
     values = top.values.numpy()
     labels = [_clean(token_texts[i], 16) for i in top.indices.tolist()]
@@ -143,7 +159,9 @@ def next_token_picture(logits_V, token_texts: list[str], *, temperature: float =
     ax.set_yticks(range(len(values))[::-1], labels, fontsize=9)
     ax.set_xlim(0, 1)
     ax.set_xlabel("probability")
-    ax.set_title((title + "\n" if title else "") + f"next token, softmax(logits / T) with T = {temperature:g}",
-                 fontsize=10)  # fmt: skip
+    ax.set_title(
+        (title + "\n" if title else "") + f"next token, softmax(logits / T) with T = {temperature:g}",
+        fontsize=10,
+    )
     fig.tight_layout()
     return Picture(fig, values)

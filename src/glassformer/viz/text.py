@@ -71,8 +71,11 @@ def render_step(step: Step, walk: HeadWalk, *, video: bool = True) -> list[str]:
 
 
 def render_walk(walk: HeadWalk, *, video: bool = True) -> str:
-    orient = ("video orientation: keys down the side, queries across the top; columns sum to 1"
-              if video else "usual orientation: queries down the side, keys across; rows sum to 1")  # fmt: skip
+    orient = (
+        "video orientation: keys down the side, queries across the top; columns sum to 1"
+        if video
+        else "usual orientation: queries down the side, keys across; rows sum to 1"
+    )
     out = [
         f"layer {walk.layer}, head {walk.head}: {len(walk.tokens)} tokens "
         + " ".join(f"[{label(t, 12)}]" for t in walk.tokens),
@@ -81,8 +84,8 @@ def render_walk(walk: HeadWalk, *, video: bool = True) -> str:
     ]
     for step in walk.steps:
         out += render_step(step, walk, video=video) + [""]
-    dE = walk.step("ΔE").tensor.norm(dim=-1)
-    E = walk.step("E").tensor.norm(dim=-1)
+    dE = walk.dE.tensor.norm(dim=-1)
+    E = walk.E.tensor.norm(dim=-1)
     moved = max(range(len(walk.tokens)), key=lambda i: (dE[i] / E[i].clamp(min=1e-9)).item())
     out.append(
         f"This head moves [{label(walk.tokens[moved], 12)}] the most: |ΔE|/|E| = "

@@ -1,0 +1,64 @@
+"""Text into a model, checked once: the prompt, the layer and head asked about, the
+names of tokens. Generation, inspection, the command line and the explorer all come
+through here, so a bad input gets the same one-line error everywhere.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import GlassformerError
+
+# The video's sentence: the default wherever a sentence is needed and none was given.
+EXAMPLE = "a fluffy blue creature roamed the verdant forest"
+
+
+def encode(model, text: str, *, crop: bool = False) -> list[int]:
+    """Token ids for `text`: refused when empty, unencodable or longer than the context
+    (with `crop`, the last context-length tokens are kept instead)."""
+    if not isinstance(text, str) or not text.strip():
+        raise GlassformerError("the text is empty; give a sentence to look at")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise GlassformerError(
+            f"the text holds a character that is not valid Unicode text at position {err.start} "
+            "(a lone surrogate); give UTF-8 text"
+        ) from None
+    if model.tokenizer is None:
+        raise GlassformerError("this model has no tokenizer attached")
+    ids = model.tokenizer.encode(text)
+    if not ids:
+        raise GlassformerError("the text has no tokens")
+    limit = model.config.context_length
+    if len(ids) > limit:
+        if not crop:
+            raise GlassformerError(f"the text is {len(ids)} tokens; this model's context is {limit} tokens")
+        ids = ids[-limit:]
+    return ids
+
+
+def as_batch(model, ids: list[int]) -> torch.Tensor:
+    """[1, T] ids on the model's device."""
+    return torch.tensor([ids], dtype=torch.long, device=model.device)
+
+
+def encode_batch(model, text: str) -> torch.Tensor:
+    """`encode`, as a [1, T] batch on the model's device."""
+    return as_batch(model, encode(model, text))
+
+
+def check_layer_head(model, layer: int, head: int) -> None:
+    L, H = model.config.n_layers, model.config.n_heads
+    if not 0 <= layer < L:
+        raise GlassformerError(f"layer {layer} is out of range: this model has layers 0..{L - 1}")
+    if not 0 <= head < H:
+        raise GlassformerError(f"head {head} is out of range: this model has heads 0..{H - 1}")
+
+
+def token_texts(model, ids) -> list[str]:
+    """Each token's own text ('fluffy', ' Paris', '##ing'), or its id if there is no tokenizer."""
+    ids = ids.flatten().tolist() if isinstance(ids, torch.Tensor) else list(ids)
+    if model.tokenizer is None:
+        return [f"<{i}>" for i in ids]
+    return model.tokenizer.token_texts(ids)
