@@ -10,17 +10,6 @@ from pathlib import Path
 import torch
 
 
-def timed(fn, *, repeats: int, warmup: int = 2) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
-
-
 def race(contenders: dict, *, repeats: int = 10, warmup: int = 2) -> dict[str, float]:
     """Median seconds of each contender, run in turns so drift hits both alike."""
     for fn in contenders.values():

@@ -61,8 +61,37 @@ def test_explain_walks_every_step(capsys):
     ]
     positions = [out.index(s) for s in order]
     assert positions == sorted(positions), "steps out of the video's order"
-    assert "-∞" in out  # the causal mask is drawn
-    assert "columns sum to 1" in out
+    assert "−∞" in out  # the causal mask is drawn
+    assert "each column sums to 1" in " ".join(out.split())
+
+
+def test_explain_fits_80_columns_and_names_unknown_words(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    sentence = "The tall green dragon, shaded a quiet old cat near the ancient blue river."  # 12 words
+    code, out, _ = run(capsys, "explain", sentence, "--model", "lesson:adjectives")
+    assert code == 0
+    too_long = [line for line in out.splitlines() if len(line) > 80]
+    assert too_long == []
+    assert "not in the 47-word vocabulary" in out and "tall, green" in out
+    assert "the adjective head" in out and "is there an adjective in front of me?" in out
+    assert "+0." not in out.split("pattern = softmax")[1].split("V = E·W_V")[0]  # weights are unsigned
+    monkeypatch.setenv("COLUMNS", "200")
+    _, wide, _ = run(capsys, "explain", sentence, "--model", "lesson:adjectives")
+    assert max(len(line) for line in wide.splitlines()) > 80  # a wide terminal gets the whole grid
+
+
+def test_explain_on_another_head_drops_the_lesson_caption(capsys):
+    code, out, _ = run(capsys, "explain", "a fluffy blue creature", "--model", "lesson:adjectives", "--layer", "0",
+                       "--head", "0")  # fmt: skip
+    assert code == 0 and "the head you asked for" in out and "adjective in front of me" not in out
+    assert "→" in out.splitlines()[-2]  # the summary names what the query attends to
+
+
+def test_explain_describes_an_encoders_mask(capsys):
+    code, out, _ = run(capsys, "explain", "hello world", "--model", "minilm", "--layer", "0", "--head", "0")
+    assert code == 0
+    mask = out.split("\nmask ")[1].split("pattern = softmax")[0]
+    assert "nothing is masked" in mask and "0.00" not in mask and "+0" not in mask
 
 
 def test_explain_pattern_rows_sum_to_one():

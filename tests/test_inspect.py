@@ -171,23 +171,43 @@ def test_head_attribution_adds_up_to_the_logit(family):
 
 
 def test_detectors_find_planted_heads():
-    model = build(tiny_decoder(n_layers=1, n_heads=2))
-    ids = heads.random_repeats(model, n=4)
+    model = build(tiny_decoder(n_layers=1, n_heads=3))
+    ids = heads.random_repeats(model, n_each=2, lengths=(5, 9))
     T_ = ids.shape[1]
+    targets = heads.induction_targets(ids)  # [B, T, S]
 
-    def plant(pattern, name):  # head 0 looks at the previous token, head 1 at position 0
+    def plant(pattern, name):  # head 0: the previous token; head 1: position 0; head 2: induction
         p = torch.zeros_like(pattern)
         p[:, 0, torch.arange(1, T_), torch.arange(T_ - 1)] = 1.0
         p[:, 0, 0, 0] = 1.0
         p[:, 1, :, 0] = 1.0
+        p[:, 2] = torch.where(targets.any(-1, keepdim=True), targets.float(), torch.eye(T_))
         return p
 
     with model.hooks({"blocks.0.attn.pattern": plant}):
         prev = heads.previous_token(model, ids)
         first = heads.first_token(model, ids)
+        induction = heads.induction(model, ids)
     assert prev[0, 0] > 0.95 and prev[0, 1] < 0.05
     assert first[0, 1] == 1.0 and first[0, 0] < 0.1  # only query 0 sees position 0 as "previous"
-    assert heads.strongest(prev)[:2] == (0, 0)
+    assert induction[0, 2] == 1.0 and induction[0, 0] < 0.2
+    assert heads.strongest(prev)[:2] == (0, 0) and heads.strongest(induction)[:2] == (0, 2)
+
+
+def test_induction_targets_point_after_the_earlier_copy():
+    ids = torch.tensor([[7, 1, 2, 3, 9, 1, 2, 3]])
+    t = heads.induction_targets(ids)[0]
+    assert [int(t[q].nonzero()[0]) if t[q].any() else None for q in range(8)] == [None] * 5 + [2, 3, 4]
+
+
+def test_a_detector_that_cannot_be_scored_is_skipped_and_no_weak_head_is_named(capsys):
+    from glassformer.cli import main
+
+    assert main(["heads", "--model", "random:lesson-tiny", "--text", "abcdefg"]) == 0
+    out = capsys.readouterr().out
+    assert "duplicate-token: not scored (no token repeats in this text)" in out
+    assert "induction: not scored" in out and "previous-token:" in out  # the others still ran
+    assert "previous-token: no head reaches 0.4" in out  # a random model has no head that qualifies
 
 
 @pytest.mark.slow
@@ -246,7 +266,8 @@ def test_cli_heads_lens_neurons(capsys, tmp_path):
     assert main(["heads", "--model", str(tmp_path / "m")]) == 0
     out = capsys.readouterr().out
     for kind in ("previous-token", "duplicate-token", "induction", "first-token"):
-        assert f"strongest {kind} head: layer" in out
+        assert f"\n{kind}: " in out  # its table
+    assert "a head is named when its score reaches 0.4" in out
     assert main(["lens", "hello", "--model", str(tmp_path / "m"), "-k", "2"]) == 0
     assert "embed:" in capsys.readouterr().out
     assert main(["neurons", "hello", "--model", str(tmp_path / "m"), "-k", "3"]) == 0

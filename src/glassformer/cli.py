@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import math
 import os
+import shutil
 import sys
 import threading
 import typing
@@ -32,6 +33,7 @@ from pathlib import Path
 
 from .config import PRESETS, GlassformerError
 from .inputs import EXAMPLE
+from .viz.text import Style
 
 DEFAULT_MODEL = "lesson:adjectives"
 
@@ -119,8 +121,21 @@ def params(args) -> int:
 def explain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("text", nargs="?", default=EXAMPLE, help=f"the sentence (default: {EXAMPLE!r})")
     model_flag(p)
-    p.add_argument("--layer", "-l", type=non_negative, default=0, help="layer index, from 0")
-    p.add_argument("--head", type=non_negative, default=0, help="head index, from 0")
+    p.add_argument(
+        "--layer",
+        "-l",
+        type=non_negative,
+        help="layer index, from 0 (default: the head that best shows the model's lesson, "
+        "or the one whose last token looks most sharply at another)",
+    )
+    p.add_argument("--head", type=non_negative, help="head index, from 0 (default: as for --layer)")
+    p.add_argument(
+        "--query",
+        "-q",
+        type=whole,
+        help="the position whose attention the summary follows (negative counts from the end; "
+        "default: the one that looks most sharply at another token)",
+    )
     p.add_argument(
         "--usual",
         action="store_true",
@@ -128,12 +143,38 @@ def explain_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def terminal_style(video: bool) -> Style:
+    """The width of this terminal ($COLUMNS, else the terminal's, else 80) and colour when
+    stdout is a terminal and NO_COLOR is unset (https://no-color.org)."""
+    width = shutil.get_terminal_size((80, 24)).columns
+    colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    return Style(width=max(40, width), colour=colour, video=video)
+
+
 def explain(args) -> int:
+    from .inputs import check_layer_head, encode_batch, unknown_note
     from .inspect.explain import walk_head
+    from .inspect.heads import showcase_head
     from .viz.text import render_walk
 
     model = load_model(args.model)
-    print(render_walk(walk_head(model, args.text, args.layer, args.head), video=not args.usual))
+    ids = encode_batch(model, args.text)
+    chosen = showcase_head(model, ids)
+    layer = chosen.layer if args.layer is None else args.layer
+    head = chosen.head if args.head is None else args.head
+    check_layer_head(model, layer, head)
+    walk = walk_head(model, args.text, layer, head)
+    if args.query is not None and not -walk.pattern.tensor.shape[0] <= args.query < walk.pattern.tensor.shape[0]:
+        raise GlassformerError(f"--query {args.query} is out of range for {len(walk.tokens)} tokens")
+    showcase = (layer, head) == (chosen.layer, chosen.head)
+    why = chosen.why if showcase else "the head you asked for"
+    if showcase and (args.layer, args.head) == (None, None):
+        why += "; --layer/--head show another"
+    note = unknown_note(model, args.text)
+    questions = chosen.questions if showcase else None
+    style = terminal_style(not args.usual)
+    text = render_walk(walk, style, query=args.query, why=why, questions=questions, notes=[note] if note else None)
+    print(text)
     return 0
 
 
@@ -274,21 +315,22 @@ def heads(args) -> int:
 
     model = load_model(args.model)
     ids = encode_batch(model, args.text) if args.text else None
-    tables = detectors.detect_all(model, ids)
+    found = detectors.detect_all(model, ids)
+    on = "this text" if args.text else "repeated random segments of 5, 9, 13 and 17 tokens"
     print(
-        f"{args.model or DEFAULT_MODEL}: {model.config.n_layers} layers x {model.config.n_heads} heads; "
-        "scores are attention weights in [0, 1]"
+        f"{args.model or DEFAULT_MODEL}: {model.config.n_layers} layers x {model.config.n_heads} heads, "
+        f"scored on {on}; scores are attention weights in [0, 1]"
     )
-    for kind, table in tables.items():
+    for kind, table in found.tables.items():
         print()
         print(f"{kind}: {detectors.DETECTORS[kind]}")
         print("layer " + " ".join(f"{f'h{h}':>5}" for h in range(table.shape[1])))
         for layer, row in enumerate(table.tolist()):
             print(f"{layer:>5} " + " ".join(f"{v:5.2f}" for v in row))
     print()
-    for kind, table in tables.items():
-        layer, head, score = detectors.strongest(table)
-        print(f"strongest {kind} head: layer {layer}, head {head} ({score:.2f})")
+    print(f"a head is named when its score reaches {detectors.STRONG}:")
+    for line in found.summary():
+        print(f"  {line}")
     return 0
 
 

@@ -16,11 +16,12 @@ import torch
 from . import sampling
 from .config import GlassformerError
 from .linear import vector_products
+from .model import Transformer
 
 MAX_SEED = 2**63 - 1  # torch.Generator takes a signed 64-bit seed
 
 
-def check(model, prompt_len: int, max_new_tokens: int, seed: int | None = None) -> None:
+def check(model: Transformer, prompt_len: int, max_new_tokens: int, seed: int | None = None) -> None:
     """One-line errors for a generation that cannot run."""
     if not model.config.causal:
         raise GlassformerError("generation needs a decoder (GPT-style) model, not an encoder")
@@ -86,7 +87,7 @@ def stream(
                 return
 
 
-def generate(model, tokens, *, max_new_tokens: int = 50, **kwargs):
+def generate(model: Transformer, tokens, *, max_new_tokens: int = 50, **kwargs):
     """The prompt followed by up to `max_new_tokens` new ids.
 
     `tokens`: a list of ids, a [T] or [B, T] tensor; the result has the same form.

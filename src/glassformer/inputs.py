@@ -8,12 +8,13 @@ from __future__ import annotations
 import torch
 
 from .config import GlassformerError
+from .model import Transformer
 
 # The video's sentence: the default wherever a sentence is needed and none was given.
 EXAMPLE = "a fluffy blue creature roamed the verdant forest"
 
 
-def encode(model, text: str, *, crop: bool = False) -> list[int]:
+def encode(model: Transformer, text: str, *, crop: bool = False) -> list[int]:
     """Token ids for `text`: refused when empty, unencodable or longer than the context
     (with `crop`, the last context-length tokens are kept instead)."""
     if not isinstance(text, str) or not text.strip():
@@ -38,17 +39,17 @@ def encode(model, text: str, *, crop: bool = False) -> list[int]:
     return ids
 
 
-def as_batch(model, ids: list[int]) -> torch.Tensor:
+def as_batch(model: Transformer, ids: list[int]) -> torch.Tensor:
     """[1, T] ids on the model's device."""
     return torch.tensor([ids], dtype=torch.long, device=model.device)
 
 
-def encode_batch(model, text: str) -> torch.Tensor:
+def encode_batch(model: Transformer, text: str) -> torch.Tensor:
     """`encode`, as a [1, T] batch on the model's device."""
     return as_batch(model, encode(model, text))
 
 
-def check_layer_head(model, layer: int, head: int) -> None:
+def check_layer_head(model: Transformer, layer: int, head: int) -> None:
     L, H = model.config.n_layers, model.config.n_heads
     if not 0 <= layer < L:
         raise GlassformerError(f"layer {layer} is out of range: this model has layers 0..{L - 1}")
@@ -56,9 +57,34 @@ def check_layer_head(model, layer: int, head: int) -> None:
         raise GlassformerError(f"head {head} is out of range: this model has heads 0..{H - 1}")
 
 
-def token_texts(model, ids) -> list[str]:
+def token_texts(model: Transformer, ids) -> list[str]:
     """Each token's own text ('fluffy', ' Paris', '##ing'), or its id if there is no tokenizer."""
     ids = ids.flatten().tolist() if isinstance(ids, torch.Tensor) else list(ids)
     if model.tokenizer is None:
         return [f"<{i}>" for i in ids]
     return model.tokenizer.token_texts(ids)
+
+
+def unknown_words(model: Transformer, text: str) -> list[str]:
+    """The pieces of `text` the model's vocabulary does not know (they became [UNK]): a
+    lesson's word list is small, and a learner should be told which words it skipped."""
+    finder = getattr(model.tokenizer, "unknown_words", None)
+    return finder(text) if finder is not None else []
+
+
+def vocabulary(model: Transformer) -> list[str] | None:
+    """The words of a word-level vocabulary (the lessons'), or None for any other kind."""
+    words = getattr(model.tokenizer, "words", None)
+    return words() if words is not None else None
+
+
+def unknown_note(model: Transformer, text: str) -> str | None:
+    """One line naming the unknown words of `text`, or None when every word is known."""
+    unknown = unknown_words(model, text)
+    if not unknown:
+        return None
+    words = vocabulary(model)
+    where = f"the {len(words)}-word vocabulary" if words is not None else "this model's vocabulary"
+    shown = ", ".join(repr(w) if not w.strip() or len(w) == 1 else w for w in unknown[:12])
+    more = f" and {len(unknown) - 12} more" if len(unknown) > 12 else ""
+    return f"not in {where} (read as [UNK]): {shown}{more}"

@@ -44,7 +44,7 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
-def make_norm(config: ModelConfig) -> nn.Module:
+def make_norm(config: ModelConfig) -> nn.LayerNorm | RMSNorm:
     if config.normalization == "rmsnorm":
         return RMSNorm(config.d_model, config.norm_eps)
     return nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias)
@@ -193,6 +193,10 @@ class Transformer(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.W_E.device
+
+    def block(self, layer: int) -> Block:
+        """Block `layer` (self.blocks[layer], typed as a Block)."""
+        return cast(Block, self.blocks[layer])
 
     # --- forward -------------------------------------------------------------------
     def forward(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from .config import GlassformerError
+from .model import Transformer
 
 
 def pad_batch(token_lists: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -24,7 +25,9 @@ def pad_batch(token_lists: list[list[int]], pad_id: int = 0) -> tuple[torch.Tens
     return ids, mask
 
 
-def encode_padded(model, texts: list[str], max_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_padded(
+    model: Transformer, texts: list[str], max_length: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokenise `texts` with the model's tokenizer and right-pad them into a batch. Texts
     over `max_length` are cut (keeping the final [SEP], as Hugging Face does); with no
     `max_length`, a text over the context is refused."""
@@ -43,7 +46,7 @@ def encode_padded(model, texts: list[str], max_length: int | None = None) -> tup
 
 
 @torch.inference_mode()
-def embed_sentences(model, texts, *, batch_size: int = 32, max_length: int | None = None) -> torch.Tensor:
+def embed_sentences(model: Transformer, texts, *, batch_size: int = 32, max_length: int | None = None) -> torch.Tensor:
     """Mean of the last hidden states over real tokens, then L2-normalised: [N, C]."""
     if model.config.causal:
         raise GlassformerError("sentence embeddings need an encoder (BERT-style) model")

@@ -108,6 +108,32 @@ class HFTokenizer:
     def token_id(self, token: str) -> int | None:
         return self.tok.token_to_id(token)
 
+    def unknown_words(self, text: str) -> list[str]:
+        """The pieces of `text` this vocabulary does not know (each became the unknown token),
+        in order, once each: empty for byte-level vocabularies, which know every string."""
+        unk = self._unknown_token()
+        if unk is None:
+            return []
+        enc = self.tok.encode(text, add_special_tokens=False)
+        found: list[str] = []
+        for token, (start, end) in zip(enc.tokens, enc.offsets):
+            if token == unk and text[start:end] not in found:
+                found.append(text[start:end])
+        return found
+
+    def words(self) -> list[str] | None:
+        """A word-level vocabulary's words in id order (the unknown token left out), else None."""
+        if type(self.tok.model).__name__ != "WordLevel":
+            return None
+        unk = self._unknown_token()
+        vocab = self.tok.get_vocab(with_added_tokens=False)
+        return [w for w, _ in sorted(vocab.items(), key=lambda kv: kv[1]) if w != unk]
+
+    def _unknown_token(self) -> str | None:
+        if type(self.tok.model).__name__ not in ("WordLevel", "WordPiece"):
+            return None
+        return self.tok.model.unk_token
+
     def to_json(self) -> str:
         return self.tok.to_str()
 

@@ -12,9 +12,10 @@ import torch
 
 from ..config import GlassformerError
 from ..inputs import check_layer_head
+from ..model import Transformer
 
 
-def ablate_head(model, layer: int, head: int, *, mode: str = "zero", reference=None) -> dict:
+def ablate_head(model: Transformer, layer: int, head: int, *, mode: str = "zero", reference=None) -> dict:
     """Remove head `head` of `layer`: its z (pattern-weighted values) is set to zero, or
     to its mean over `reference` token ids (mode="mean"), so its ΔE becomes 0 (or average)."""
     check_layer_head(model, layer, head)
@@ -37,7 +38,7 @@ def ablate_head(model, layer: int, head: int, *, mode: str = "zero", reference=N
     return {name: fn}
 
 
-def patch(model, source, names) -> dict:
+def patch(model: Transformer, source, names) -> dict:
     """Replace activations with the ones in `source` (an ActivationCache from another
     run of the same length): activation patching."""
     chosen = model.matching_hook_names(names)
@@ -55,7 +56,7 @@ def patch(model, source, names) -> dict:
 
 
 @torch.inference_mode()
-def head_logit_attribution(model, ids, token: int, *, position: int = -1) -> torch.Tensor:
+def head_logit_attribution(model: Transformer, ids, token: int, *, position: int = -1) -> torch.Tensor:
     """ "What does each head write?": [layer, head], each head's ΔE at `position`
     projected on the direction that raises `token`'s logit.
 
@@ -73,14 +74,14 @@ def head_logit_attribution(model, ids, token: int, *, position: int = -1) -> tor
     rows = []
     for i in range(L):
         z_HD = cache[f"blocks.{i}.attn.z"][0, :, position]  # [H, D] at the position
-        per_head = torch.einsum("hd,hdc->hc", z_HD, model.blocks[i].attn.W_O)  # each head's ΔE, [H, C]
+        per_head = torch.einsum("hd,hdc->hc", z_HD, model.block(i).attn.W_O)  # each head's ΔE, [H, C]
         if centre:
             per_head = per_head - per_head.mean(-1, keepdim=True)  # LayerNorm centres first
         rows.append(per_head @ direction)
     return torch.stack(rows)
 
 
-def final_norm_direction(model, final_C: torch.Tensor, token: int) -> tuple[torch.Tensor, bool]:
+def final_norm_direction(model: Transformer, final_C: torch.Tensor, token: int) -> tuple[torch.Tensor, bool]:
     """(direction [C], whether to centre first): x·direction is what x adds to `token`'s
     logit through the final norm, with the norm's scale frozen at its value for `final_C`."""
     norm = model.ln_final

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..inputs import check_layer_head, encode_batch, token_texts
+from ..model import Transformer
 
 
 @dataclass
@@ -70,7 +71,7 @@ def _cpu(t: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def walk_head(model, text: str, layer: int, head: int) -> HeadWalk:
+def walk_head(model: Transformer, text: str, layer: int, head: int) -> HeadWalk:
     check_layer_head(model, layer, head)
     ids = encode_batch(model, text)
     b = f"blocks.{layer}."
@@ -78,7 +79,7 @@ def walk_head(model, text: str, layer: int, head: int) -> HeadWalk:
     E_name = b + ("ln1" if c.norm == "pre" else "resid_pre")
     names = [E_name] + [b + f"attn.{n}" for n in ("q", "k", "v", "dots", "scores", "pattern", "z")]
     _, cache = model.run_with_cache(ids, names=names, device="cpu")
-    attn = model.blocks[layer].attn
+    attn = model.block(layer).attn
     h, g = head, attn.kv_head(head)
     D, C = c.d_head, c.d_model
     rotated = c.positions == "rotary"
@@ -188,7 +189,7 @@ class Analysis:
 
 
 @torch.inference_mode()
-def analyze(model, text: str, *, scores: bool = False) -> Analysis:
+def analyze(model: Transformer, text: str, *, scores: bool = False) -> Analysis:
     """All attention patterns of every layer and head (and with scores=True the grids of
     dot products), and the next-token logits."""
     ids = encode_batch(model, text)

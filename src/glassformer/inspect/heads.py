@@ -1,78 +1,138 @@
 """Head detectors: what does each head do? Each returns a [layer, head] score table.
 
 Scores are averages of attention weights, so each lies in [0, 1]: the share of a
-query's attention that lands where the detector says it should.
+query's attention that lands where the detector says it should. A head is named as
+doing a job only when its score reaches STRONG; below that the table still shows every
+head, and the summary says that none qualifies.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 
 from .. import lessons
 from ..config import GlassformerError
+from ..model import Transformer
+
+STRONG = 0.4  # a head "does" a job when at least this share of its attention goes where the job says
+
+DETECTORS = {
+    "previous-token": "weight on the token just before the query",
+    "duplicate-token": "weight on earlier copies of the query's own token",
+    "induction": "weight on the token after an earlier copy of the query's token (repeated random segments)",
+    "first-token": "weight on position 0 (an attention sink)",
+    "adjective-noun": "share of a noun's attention on its own adjectives (adjectives lesson)",
+}
 
 
-def _patterns(model, ids: torch.Tensor) -> torch.Tensor:
+def _patterns(model: Transformer, ids: torch.Tensor) -> torch.Tensor:
     """[L, B, H, T, S] attention patterns for a batch of token ids."""
     _, cache = model.run_with_cache(ids, names="blocks.*.attn.pattern", device="cpu")
-    return torch.stack([cache[f"blocks.{i}.attn.pattern"] for i in range(model.config.n_layers)])
+    return torch.stack([cache[f"blocks.{i}.attn.pattern"] for i in range(model.config.n_layers)]).float()
 
 
-def previous_token(model, ids: torch.Tensor) -> torch.Tensor:
+def previous_token(model: Transformer, ids: torch.Tensor) -> torch.Tensor:
     """Mean weight each query (after the first) puts on the token just before it."""
-    P = _patterns(model, ids)
-    return P.diagonal(offset=-1, dim1=-2, dim2=-1).mean(dim=(1, 3))  # [L, H]
+    if ids.shape[1] < 2:
+        raise GlassformerError("one token has no previous token to attend to")
+    return _patterns(model, ids).diagonal(offset=-1, dim1=-2, dim2=-1).mean(dim=(1, 3))  # [L, H]
 
 
-def first_token(model, ids: torch.Tensor) -> torch.Tensor:
+def first_token(model: Transformer, ids: torch.Tensor) -> torch.Tensor:
     """Mean weight each query puts on position 0 (an "attention sink")."""
     return _patterns(model, ids)[..., 0].mean(dim=(1, 3))
 
 
-def duplicate_token(model, ids: torch.Tensor) -> torch.Tensor:
-    """Mean weight a query puts on earlier positions holding the same token as itself,
-    over queries that have such an earlier copy."""
-    P = _patterns(model, ids)  # [L, B, H, T, S]
-    T = ids.shape[1]
-    same = ids[:, :, None] == ids[:, None, :]  # [B, T, S]
-    earlier = torch.tril(torch.ones(T, T, dtype=torch.bool), diagonal=-1)
-    target = (same & earlier).float()  # [B, T, S]
-    has = target.sum(-1) > 0  # [B, T]
+def _target_share(P: torch.Tensor, target: torch.Tensor, what: str) -> torch.Tensor:
+    """Mean over queries that have a target of the weight they put on it. P [L, B, H, T, S],
+    target [B, T, S] boolean."""
+    has = target.any(-1)  # [B, T]
     if not has.any():
-        raise GlassformerError("no token repeats in this text, so duplicate-token heads cannot be scored")
-    share = (P * target[None, :, None]).sum(-1)  # [L, B, H, T]
+        raise GlassformerError(what)
+    share = (P * target[None, :, None].float()).sum(-1)  # [L, B, H, T]
     return (share * has[None, :, None]).sum(dim=(1, 3)) / has.sum()
 
 
-def induction(model, ids: torch.Tensor | None = None, *, half: int | None = None, seed: int = 0) -> torch.Tensor:
-    """On repeated random tokens, mean weight a query in the second copy puts on the
-    token just after its own earlier occurrence (the token to copy)."""
+def duplicate_token(model: Transformer, ids: torch.Tensor) -> torch.Tensor:
+    """Mean weight a query puts on earlier positions holding its own token, over queries
+    that have such an earlier copy."""
+    T = ids.shape[1]
+    same = ids[:, :, None] == ids[:, None, :]  # [B, T, S]
+    earlier = torch.ones(T, T, dtype=torch.bool).tril(-1)
+    return _target_share(_patterns(model, ids), same & earlier, "no token repeats in this text")
+
+
+def induction_targets(ids: torch.Tensor) -> torch.Tensor:
+    """[B, T, S] True at the position right after the latest earlier copy of query t's token
+    (when that is not the query's own previous position, which a previous-token head finds)."""
+    B, T = ids.shape
+    target = torch.zeros(B, T, T, dtype=torch.bool)
+    for b in range(B):
+        last_seen: dict[int, int] = {}
+        for t, token in enumerate(ids[b].tolist()):
+            s = last_seen.get(token)
+            if s is not None and s + 1 < t:
+                target[b, t, s + 1] = True
+            last_seen[token] = t
+    return target
+
+
+def induction(model: Transformer, ids: torch.Tensor | None = None, *, seed: int = 0) -> torch.Tensor:
+    """On repeated segments, mean weight a query puts on the token that followed its own
+    token last time. Without `ids`, scored on random segments of several lengths (5, 9, 13
+    and 17 tokens) at random distances, so no single offset can score well."""
     if ids is None:
-        lesson = lessons.induction
-        tok = model.tokenizer
-        if getattr(tok, "kind", "") == "hf" and tok.token_id("t1") is not None:
-            half = half or min(lesson.HALF, model.config.context_length // 2)
-            ids = lesson.batch(16, half=half, seed=seed) + 1  # the lesson's ids: token tK is K + 1
-        else:
-            ids = random_repeats(model, n=16, seed=seed)
-    half = ids.shape[1] // 2
-    P = _patterns(model, ids)
-    t = torch.arange(half, 2 * half - 1)  # queries in the second copy
-    return P[..., t, t - half + 1].mean(dim=(1, 3))
+        ids = random_repeats(model, seed=seed)
+    what = "no token repeats at a distance in this text, so induction heads cannot be scored"
+    return _target_share(_patterns(model, ids), induction_targets(ids), what)
 
 
-def adjective_noun(model, sentences: list | None = None, *, n: int = 200, seed: int = 12345) -> torch.Tensor:
+def random_repeats(model: Transformer, n_each: int = 6, lengths=(5, 9, 13, 17), seed: int = 0) -> torch.Tensor:
+    """Random segments repeated at random distances, in the model's own tokens: the lesson's
+    symbols for a model that reads them, otherwise ids drawn from its vocabulary."""
+    lesson = lessons.induction
+    context = min(lesson.LENGTH, model.config.context_length)
+    rows = []
+    g = torch.Generator().manual_seed(seed)
+    speaks_lesson = _token_id(model, f"t{lesson.VOCAB - 1}") is not None
+    for L in lengths:
+        if 2 * L > context:
+            continue
+        for _ in range(n_each):
+            if speaks_lesson:
+                ids, *_ = lesson.episode(g, L)
+                rows.append(ids[:context] + lesson.FIRST_ID)
+            else:
+                ids = torch.randint(1, model.config.vocab_size, (context,), generator=g)
+                first = int(torch.randint(0, context - 2 * L + 1, (1,), generator=g))
+                second = int(torch.randint(first + L, context - L + 1, (1,), generator=g))
+                ids[second : second + L] = ids[first : first + L]
+                rows.append(ids)
+    if not rows:
+        raise GlassformerError(f"a context of {context} tokens is too short for repeated segments")
+    return torch.stack(rows)
+
+
+def _token_id(model: Transformer, token: str) -> int | None:
+    finder = getattr(model.tokenizer, "token_id", None)
+    return finder(token) if finder is not None else None
+
+
+def adjective_noun(
+    model: Transformer, sentences: list | None = None, *, n: int = 200, seed: int = 12345
+) -> torch.Tensor:
     """Share of each noun's attention that lands on its own adjectives, averaged over
     the nouns that have at least one (the adjectives lesson's grammar)."""
     return adjective_scores(model, sentences, n=n, seed=seed)[0]
 
 
-def adjective_scores(model, sentences=None, *, n: int = 200, seed: int = 12345):
+def adjective_scores(model: Transformer, sentences=None, *, n: int = 200, seed: int = 12345):
     """(own, far): `own` as in `adjective_noun`; `far` the share on the noun's own
     adjectives other than the one right before it, over nouns with two or more."""
-    adjectives = lessons.adjectives
     if sentences is None:
-        sentences = adjectives.sentences(n, seed)
+        sentences = lessons.adjectives.sentences(n, seed)
     L, H = model.config.n_layers, model.config.n_heads
     own, far = torch.zeros(L, H), torch.zeros(L, H)
     n_own = n_far = 0
@@ -101,48 +161,89 @@ def strongest(scores: torch.Tensor) -> tuple[int, int, float]:
     return layer, head, float(scores[layer, head])
 
 
-DETECTORS = {
-    "previous-token": "weight on the token just before the query",
-    "duplicate-token": "weight on earlier copies of the query's own token",
-    "induction": "weight on the token after the query's earlier occurrence (repeated random tokens)",
-    "first-token": "weight on position 0 (an attention sink)",
-    "adjective-noun": "share of a noun's attention on its own adjectives (adjectives lesson)",
-}
-
-
-def random_repeats(model, n: int = 8, seed: int = 0) -> torch.Tensor:
-    """[n, 2·half] ids: random tokens then the same again, within the model's vocabulary."""
-    lesson = lessons.induction
-    half = min(lesson.HALF, model.config.context_length // 2)
-    low = 1 if model.config.vocab_size > 2 else 0
-    g = torch.Generator().manual_seed(seed)
-    first = torch.randint(low, model.config.vocab_size, (n, half), generator=g)
-    return torch.cat([first, first], dim=1)
-
-
-def speaks_adjectives(model) -> bool:
+def speaks_adjectives(model: Transformer) -> bool:
     """True when the model's tokenizer reads the adjectives lesson one word per token."""
-    adjectives = lessons.adjectives
     tok = model.tokenizer
     if tok is None:
         return False
+    example = lessons.adjectives.EXAMPLE
     try:
-        ids = tok.encode(adjectives.EXAMPLE)
+        ids = tok.encode(example)
     except GlassformerError:  # a character vocabulary without these letters
         return False
-    unknown = tok.token_id("[UNK]") if hasattr(tok, "token_id") else None
-    return len(ids) == len(adjectives.EXAMPLE.split()) and unknown not in ids
+    return len(ids) == len(example.split()) and _token_id(model, "[UNK]") not in ids
 
 
-def detect_all(model, ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Every detector's [layer, head] table that applies to this model."""
-    ids = random_repeats(model) if ids is None else ids
-    tables = {
-        "previous-token": previous_token(model, ids),
-        "duplicate-token": duplicate_token(model, ids),
-        "induction": induction(model, ids) if ids.shape[1] % 2 == 0 else None,
-        "first-token": first_token(model, ids),
+@dataclass
+class Detection:
+    """Every detector's table that could be scored, and why the others were skipped."""
+
+    tables: dict[str, torch.Tensor]
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> list[str]:
+        """One line per kind: the strongest head if it reaches STRONG, else that none does."""
+        lines = []
+        for kind, table in self.tables.items():
+            layer, head, score = strongest(table)
+            if score >= STRONG:
+                lines.append(f"{kind} head: layer {layer}, head {head} ({score:.2f})")
+            else:
+                lines.append(f"{kind}: no head reaches {STRONG} (best: layer {layer}, head {head}, {score:.2f})")
+        lines += [f"{kind}: not scored ({why})" for kind, why in self.skipped.items()]
+        return lines
+
+
+def detect_all(model: Transformer, ids: torch.Tensor | None = None) -> Detection:
+    """Every detector that applies to this model, on `ids` (else on repeated random
+    segments); one that cannot be scored on this text is skipped with the reason."""
+    probe = random_repeats(model) if ids is None else ids
+    detectors = {
+        "previous-token": lambda: previous_token(model, probe),
+        "duplicate-token": lambda: duplicate_token(model, probe),
+        "induction": lambda: induction(model, probe),
+        "first-token": lambda: first_token(model, probe),
     }
     if speaks_adjectives(model):
-        tables["adjective-noun"] = adjective_noun(model)
-    return {k: v for k, v in tables.items() if v is not None}
+        detectors["adjective-noun"] = lambda: adjective_noun(model)
+    found = Detection({})
+    for kind, score in detectors.items():
+        try:
+            found.tables[kind] = score()
+        except GlassformerError as err:
+            found.skipped[kind] = str(err)
+    return found
+
+
+@dataclass
+class Showcase:
+    """The head to look at first, and why; `questions` is what its queries ask and its
+    keys answer, where the lesson says (None for a head found only by its pattern)."""
+
+    layer: int
+    head: int
+    why: str
+    questions: tuple[str, str] | None = None
+
+
+def showcase_head(model: Transformer, ids: torch.Tensor) -> Showcase:
+    """The head that best shows what this model does, for a first look: the adjectives
+    lesson's adjective head; the induction lesson's induction head; for any other model
+    the head whose last token looks most sharply at one earlier token (other than the
+    first, where many heads park attention they have no use for)."""
+    if speaks_adjectives(model):
+        layer, head, score = strongest(adjective_noun(model))
+        why = f"the adjective head (nouns put {score:.0%} of their attention on their own adjectives)"
+        return Showcase(layer, head, why, ("is there an adjective in front of me?", "I am an adjective!"))
+    if _token_id(model, f"t{lessons.induction.VOCAB - 1}") is not None:
+        layer, head, score = strongest(induction(model))
+        why = f"the induction head ({score:.0%} of its attention goes to what came next last time)"
+        return Showcase(layer, head, why, ("where was my token before?", "the token just before me was this one"))
+    P = _patterns(model, ids)[:, 0, :, -1]  # [L, H, S]: every head's last query
+    offset = 1 if P.shape[-1] > 2 else 0
+    if offset:
+        P = P[..., 1:-1]  # neither the first token nor the query itself
+    layer, head, weight = strongest(P.amax(-1))
+    key = int(P[layer, head].argmax()) + offset
+    why = f"the head whose last token looks most sharply at one earlier token (position {key}, weight {weight:.2f})"
+    return Showcase(layer, head, why)

@@ -1,7 +1,7 @@
 """The logit lens and the MLP as a store of facts.
 
 logit_lens: read the residual stream after each layer as if it were the last, through
-the final LayerNorm and W_U, and see which tokens it already predicts.
+the final norm and W_U, and see which tokens it already predicts.
 
 top_neurons / neuron_tokens: the video's "Michael Jordan plays basketball" chapter —
 which MLP neurons fire at a position, and which tokens a neuron's down-projection
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import GlassformerError
+from ..model import Transformer
 
 
 @dataclass
@@ -25,13 +26,13 @@ class LensRow:
     ids: torch.Tensor  # [T, k]
 
 
-def _need_decoder(model) -> None:
+def _need_decoder(model: Transformer) -> None:
     if not model.config.causal:
         raise GlassformerError("this needs a decoder (a model with an unembedding W_U)")
 
 
 @torch.inference_mode()
-def logit_lens(model, ids: torch.Tensor, k: int = 5) -> list[LensRow]:
+def logit_lens(model: Transformer, ids: torch.Tensor, k: int = 5) -> list[LensRow]:
     """Top-k next-token guesses at every position, after the embedding and each block."""
     _need_decoder(model)
     L = model.config.n_layers
@@ -51,7 +52,7 @@ def logit_lens(model, ids: torch.Tensor, k: int = 5) -> list[LensRow]:
 
 
 @torch.inference_mode()
-def top_neurons(model, ids: torch.Tensor, position: int = -1, k: int = 10) -> list[tuple[int, int, float]]:
+def top_neurons(model: Transformer, ids: torch.Tensor, position: int = -1, k: int = 10) -> list[tuple[int, int, float]]:
     """The k MLP neurons (layer, index, activation) that fire hardest at `position`."""
     L = model.config.n_layers
     _, cache = model.run_with_cache(ids, names="blocks.*.mlp.post")
@@ -61,7 +62,7 @@ def top_neurons(model, ids: torch.Tensor, position: int = -1, k: int = 10) -> li
 
 
 @torch.inference_mode()
-def neuron_tokens(model, layer: int, neuron: int, k: int = 10) -> list[tuple[str, float]]:
+def neuron_tokens(model: Transformer, layer: int, neuron: int, k: int = 10) -> list[tuple[str, float]]:
     """Tokens whose logits this neuron's down-projection row raises most, read directly
     through W_U (the direct path; later layers may change it)."""
     _need_decoder(model)
@@ -70,7 +71,7 @@ def neuron_tokens(model, layer: int, neuron: int, k: int = 10) -> list[tuple[str
             f"neuron {layer}.{neuron} is out of range: layers 0..{model.config.n_layers - 1}, "
             f"neurons 0..{model.config.d_mlp - 1}"
         )
-    writes = model.blocks[layer].mlp.down.weight[neuron]  # [C]: what the neuron adds per unit
+    writes = model.block(layer).mlp.down.weight[neuron]  # [C]: what the neuron adds per unit
     scores = (writes * model.ln_final.weight) @ model.W_U  # [V]
     values, top = scores.topk(k)
     names = model.tokenizer.token_texts(top.tolist()) if model.tokenizer else [str(i) for i in top.tolist()]

@@ -1,14 +1,25 @@
-"""A word-level tokenizer for lessons: one token per word, split on spaces."""
+"""A word-level tokenizer for lessons: one token per known word.
+
+Text is lower-cased and punctuation is split off ("The dragon." reads as `the dragon .`),
+so a capital or a full stop never turns a known word into [UNK]. What is still unknown
+becomes [UNK], and `HFTokenizer.unknown_words` names it so the learner is told.
+"""
 
 from __future__ import annotations
 
 from ..tokenizer import HFTokenizer
 
+UNKNOWN = "[UNK]"
+
 
 def word_tokenizer(words: list[str]) -> HFTokenizer:
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
-    vocab = {"[UNK]": 0} | {w: i + 1 for i, w in enumerate(words)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    vocab = {UNKNOWN: 0} | {w: i + 1 for i, w in enumerate(words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=UNKNOWN))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(behavior="isolated")]
+    )
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
     return HFTokenizer(tok)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import random
 
+from .. import inputs
 from ._words import word_tokenizer
 
 DETERMINERS = ["a", "the"]
@@ -39,7 +40,8 @@ VERBS = [
 ADVERBS = [["quietly", "calmly"], ["slowly", "softly"], ["brightly", "boldly"], ["wildly", "freely"]]
 WORDS = DETERMINERS + ADJECTIVES + NOUNS + [v for g in VERBS for v in g] + [a for g in ADVERBS for a in g] + ["."]
 
-EXAMPLE = "a fluffy blue creature roamed the verdant forest"
+HELD_OUT = 1_000_003  # added to the seed for the validation sentences: a stream the training one never reaches
+EXAMPLE = inputs.EXAMPLE  # the video's sentence, which the grammar is built around
 
 
 def group(adjs: list[str]) -> int:
@@ -82,7 +84,7 @@ def text(n_sentences: int, seed: int) -> str:
 def corpus(seed: int = 0) -> tuple[list[int], list[int]]:
     """(train ids, val ids): 30,000 sentences to learn from, 2,000 others to check on."""
     tok = tokenizer()
-    return tok.encode(text(30_000, seed)), tok.encode(text(2_000, seed + 1_000_003))
+    return tok.encode(text(30_000, seed)), tok.encode(text(2_000, seed + HELD_OUT))
 
 
 # what `glassformer train --data lesson:adjectives` uses when no flag says otherwise

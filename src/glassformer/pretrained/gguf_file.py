@@ -165,7 +165,8 @@ def _dequantized(tensor) -> torch.Tensor:
         raise GlassformerError(
             f"tensor {tensor.name} cannot be decoded ({type(err).__name__}); the file is damaged"
         ) from None
-    return torch.from_numpy(np.array(values, dtype=np.float32))  # a copy: F32 tensors come as read-only views of the file
+    # a copy: F32 tensors come as read-only views of the memory-mapped file
+    return torch.from_numpy(np.array(values, dtype=np.float32))
 
 
 def unpermute(W_OC: torch.Tensor, heads: int) -> torch.Tensor:

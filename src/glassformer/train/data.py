@@ -44,6 +44,7 @@ class Dataset:
     val: torch.Tensor
     tokenizer: Tokenizer
     fingerprint: str  # identifies the data, so a resume on changed data is refused
+    stride: int = 1  # windows start at multiples of this (a lesson's episode length), else anywhere
 
 
 def make_tokenizer(spec: str, train_text: str, full_text: str) -> Tokenizer:
@@ -66,6 +67,7 @@ def prepare(data: str, tokenizer: str | Tokenizer = "char", *, val_fraction: flo
         train_ids, val_ids = lesson.corpus(seed)
         tok = lesson.tokenizer()
         fingerprint = hashlib.sha256(repr((train_ids, val_ids)).encode()).hexdigest()[:16]
+        stride = getattr(lesson, "EPISODE", 1)
     else:
         if not 0 < val_fraction < 1:
             raise GlassformerError(f"val_fraction must be in (0, 1), got {val_fraction}")
@@ -74,24 +76,36 @@ def prepare(data: str, tokenizer: str | Tokenizer = "char", *, val_fraction: flo
         tok = tokenizer if not isinstance(tokenizer, str) else make_tokenizer(tokenizer, text[:cut], text)
         train_ids, val_ids = tok.encode(text[:cut]), tok.encode(text[cut:])
         fingerprint = hashlib.sha256(text.encode()).hexdigest()[:16]
-    return Dataset(torch.tensor(train_ids, dtype=torch.long), torch.tensor(val_ids, dtype=torch.long), tok, fingerprint)
+        stride = 1
+    ids = (torch.tensor(train_ids, dtype=torch.long), torch.tensor(val_ids, dtype=torch.long))
+    return Dataset(*ids, tok, fingerprint, stride)
 
 
 class Batcher:
-    """Random windows of `context + 1` tokens: inputs x and next-token targets y."""
+    """Random windows of `context + 1` tokens: inputs x and next-token targets y. With a
+    `stride`, windows start only at its multiples (one lesson episode per window)."""
 
     def __init__(
-        self, ids: torch.Tensor, context: int, batch: int, *, seed: int, rank: int = 0, world: int = 1
+        self,
+        ids: torch.Tensor,
+        context: int,
+        batch: int,
+        *,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        stride: int = 1,
     ) -> None:
         if len(ids) < context + 2:
             raise GlassformerError(f"only {len(ids)} tokens of data: need more than the context of {context} tokens")
         self.ids, self.context, self.batch = ids, context, batch
+        self.stride, self.n_starts = stride, (len(ids) - context - 1) // stride + 1
         self.rank, self.world = rank, world
         self.generator = torch.Generator().manual_seed(seed)
         self.offsets = torch.arange(context + 1)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = torch.randint(len(self.ids) - self.context - 1, (self.batch * self.world,), generator=self.generator)
+        starts = self.stride * torch.randint(self.n_starts, (self.batch * self.world,), generator=self.generator)
         mine = starts[self.rank * self.batch : (self.rank + 1) * self.batch]
         windows = self.ids[mine[:, None] + self.offsets]  # [B, context + 1]
         return windows[:, :-1], windows[:, 1:]
@@ -103,7 +117,7 @@ class Batcher:
         self.generator.set_state(state)
 
 
-def fixed_batches(ids: torch.Tensor, context: int, batch: int, count: int, seed: int):
+def fixed_batches(ids: torch.Tensor, context: int, batch: int, count: int, seed: int, stride: int = 1):
     """The same `count` batches every time: evaluations compare like with like."""
-    b = Batcher(ids, context, batch, seed=seed)
+    b = Batcher(ids, context, batch, seed=seed, stride=stride)
     return [b.next() for _ in range(count)]

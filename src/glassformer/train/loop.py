@@ -102,9 +102,15 @@ class Trainer:
             seed=settings.seed,
             rank=self.dist.rank,
             world=self.dist.world,
+            stride=self.data.stride,
         )
         self.val_batches = fixed_batches(
-            self.data.val, T, settings.batch_size, settings.eval_batches, seed=settings.seed + 1
+            self.data.val,
+            T,
+            settings.batch_size,
+            settings.eval_batches,
+            seed=settings.seed + 1,
+            stride=self.data.stride,
         )
         self.step, self.best_val = 0, float("inf")
         self.loss_sum, self.loss_count = 0.0, 0

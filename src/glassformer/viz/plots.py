@@ -54,12 +54,12 @@ def _clean(tok: str, width: int = 12) -> str:
     return shown if len(shown) <= width else shown[: width - 1] + "…"
 
 
-def _grid(ax, data: np.ndarray, tokens: list[str], *, video: bool, cmap: str, masked=None, title: str = ""):
+def _grid(ax, data: np.ndarray, tokens: list[str], *, video: bool, cmap: str, limits, masked=None, title: str = ""):
     n = len(tokens)
     shown = np.ma.masked_invalid(data) if masked is None else np.ma.array(data, mask=masked)
     cm = __import__("matplotlib").colormaps[cmap].copy()
     cm.set_bad("#d0d0d0")  # masked cells: −∞ before the softmax
-    im = ax.imshow(shown, cmap=cm, aspect="equal", interpolation="nearest")
+    im = ax.imshow(shown, cmap=cm, vmin=limits[0], vmax=limits[1], aspect="equal", interpolation="nearest")
     labels = [_clean(t) for t in tokens]
     size = max(4, min(10, 220 / max(n, 1)))
     ax.set_xticks(range(n), labels, rotation=90 if n > 8 else 45, ha="center" if n > 8 else "right", fontsize=size)
@@ -96,25 +96,30 @@ def head_picture(pattern_TS, tokens: list[str], *, scores_TS=None, video: bool =
         scores = torch.as_tensor(scores_TS).float().numpy()
         raw = scores.T if video else scores
         masked = np.isneginf(raw)
+        finite = raw[~masked]
+        top = float(np.abs(finite).max()) if finite.size else 1.0
         im = _grid(
             axes[0, 0],
             np.where(masked, 0, raw),
             tokens,
             video=video,
             cmap="RdBu_r",
+            limits=(-top, top),  # centred on zero: white is a dot product of 0, red agrees, blue disagrees
             masked=masked,
             title="Q·Kᵀ/√d: the grid of dot products (grey: masked, −∞)",
         )
-        fig.colorbar(im, ax=axes[0, 0], fraction=0.046, pad=0.04)
+        bar = fig.colorbar(im, ax=axes[0, 0], fraction=0.046, pad=0.04)
+        bar.set_label("dot product (0 = white)")
     im = _grid(
         axes[0, -1],
         data,
         tokens,
         video=video,
         cmap="Blues",
+        limits=(0.0, 1.0),
         title="pattern = softmax: " + ("columns" if video else "rows") + " sum to 1",
     )
-    fig.colorbar(im, ax=axes[0, -1], fraction=0.046, pad=0.04)
+    fig.colorbar(im, ax=axes[0, -1], fraction=0.046, pad=0.04).set_label("attention weight")
     fig.suptitle((title + "\n" if title else "") + (VIDEO if video else USUAL), fontsize=10)
     fig.tight_layout()
     return Picture(fig, data)

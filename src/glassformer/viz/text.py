@@ -1,94 +1,254 @@
-"""Terminal renderings: compact views of vectors and grids with token labels.
+"""Terminal renderings of one head's walk: compact vectors and grids that fit the width
+they are given, with colour only when asked for.
 
-Grids are drawn in the video's orientation by default: keys down the side,
-queries across the top, so each column of a pattern sums to 1.
+Grids are drawn in the video's orientation by default: keys down the side, queries
+across the top, so each column of a pattern sums to 1. A grid wider than the terminal
+shows the columns around the query the walk follows, and says which it left out.
 """
 
 from __future__ import annotations
+
+import textwrap
+import unicodedata
+from dataclasses import dataclass
 
 import torch
 
 from ..inspect.explain import HeadWalk, Step
 
-MAX_TOKENS = 16  # rows/columns shown before a grid is cut
-MAX_NUMS = 6  # numbers shown per vector
+MAX_ROWS = 16  # rows of a grid or a vector list shown before the rest are left out
+CELL = 6  # characters per grid cell: " +1.23" or "  0.96"
+
+VIDEO = "video orientation: keys down the side, queries across the top; each column sums to 1"
+USUAL = "usual orientation: queries down the side, keys across the top; each row sums to 1"
+
+
+@dataclass
+class Style:
+    width: int = 80  # the terminal's columns: no line is longer
+    colour: bool = False  # ANSI colours (a terminal that is a TTY, NO_COLOR unset)
+    video: bool = True
+
+
+def display_width(text: str) -> int:
+    """Columns `text` takes in a terminal: wide East Asian characters and emoji take two,
+    combining marks none."""
+    width = 0
+    for ch in text:
+        if unicodedata.combining(ch):
+            continue
+        width += 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+    return width
 
 
 def label(token: str, width: int = 8) -> str:
+    """A token as a short, visible label: newlines and tabs drawn, blanks quoted, long cut."""
     shown = token.replace("\n", "⏎").replace("\t", "⇥")
     shown = shown if shown.strip() else repr(shown)
-    return shown if len(shown) <= width else shown[: width - 1] + "…"
+    if display_width(shown) <= width:
+        return shown
+    out = ""
+    for ch in shown:
+        if display_width(out + ch) > width - 1:
+            break
+        out += ch
+    return out + "…"
 
 
-def fmt(x: float) -> str:
-    if x == float("-inf"):
-        return "-∞"
-    return f"{x:+.2f}"
+def pad(text: str, width: int, *, right: bool = True) -> str:
+    gap = " " * max(0, width - display_width(text))
+    return gap + text if right else text + gap
 
 
-def vectors(tensor: torch.Tensor, row_labels: list[str] | None) -> list[str]:
-    """One line per row: its first numbers and its length."""
+def fit(line: str, width: int) -> str:
+    """Cut a plain line to `width` columns."""
+    return line if display_width(line) <= width else label(line, width)
+
+
+def wrap(text: str, width: int, indent: str = "") -> list[str]:
+    """Prose wrapped at word boundaries to `width` columns (a word too long is cut)."""
+    lines = textwrap.wrap(text, width, initial_indent=indent, subsequent_indent=indent + "  ", break_on_hyphens=False)
+    return [fit(line, width) for line in lines] or [indent]
+
+
+def number(v: float, signed: bool) -> str:
+    """Five characters at most: +1.23, +12.3, +123, or 0.96 for weights."""
+    if not signed:
+        return f"{v:.2f}"
+    return f"{v:+.2f}" if abs(v) < 9.995 else (f"{v:+.1f}" if abs(v) < 99.95 else f"{v:+.0f}")
+
+
+PLURAL = {"token": "tokens", "query": "queries", "key": "keys"}
+
+
+# --- colour --------------------------------------------------------------------------------
+_BLUES = (231, 189, 153, 117, 75, 33, 20)  # 0 -> 1: white to deep blue (xterm 256 colours)
+_REDS = (231, 224, 217, 210, 203, 196, 160)  # positive dot products
+_COLDS = (231, 195, 159, 123, 81, 39, 27)  # negative dot products
+
+
+def _paint(text: str, code: int) -> str:
+    fg = 231 if code in (20, 27, 33, 39, 160, 196) else 16
+    return f"\x1b[48;5;{code}m\x1b[38;5;{fg}m{text}\x1b[0m"
+
+
+def _shade(value: float, top: float, ramp: tuple[int, ...]) -> int:
+    level = 0 if top <= 0 else min(len(ramp) - 1, int(abs(value) / top * (len(ramp) - 1) + 0.5))
+    return ramp[level]
+
+
+def _dim(text: str) -> str:
+    return f"\x1b[2m{text}\x1b[0m"
+
+
+# --- pieces ------------------------------------------------------------------------------------
+def vectors(tensor: torch.Tensor, row_labels: list[str] | None, style: Style) -> list[str]:
+    """One line per row: its first numbers (as many as fit) and its length."""
+    names = [label(t, 10) for t in row_labels] if row_labels else [f"[{r}]" for r in range(tensor.shape[0])]
+    name_w = max(display_width(n) for n in names[:MAX_ROWS])
+    room = style.width - name_w - 2 - 4 - 12  # "  name [" ... " …]  |·|=12.34"
+    shown = max(1, min(tensor.shape[1], room // CELL))
     lines = []
-    n_rows = tensor.shape[0]
-    show = range(min(n_rows, MAX_TOKENS))
-    for r in show:
+    for r in range(min(tensor.shape[0], MAX_ROWS)):
         row = tensor[r]
-        nums = " ".join(f"{v:+.2f}" for v in row[:MAX_NUMS].tolist())
-        more = " …" if row.numel() > MAX_NUMS else ""
-        name = label(row_labels[r]) if row_labels else f"[{r}]"
-        lines.append(f"  {name:>8} [{nums}{more}]  |·|={row.norm().item():.2f}")
-    if n_rows > MAX_TOKENS:
-        lines.append(f"  … {n_rows - MAX_TOKENS} more rows")
+        nums = " ".join(pad(number(v, signed=True), 5) for v in row[:shown].tolist())
+        more = " …" if row.numel() > shown else ""
+        lines.append(fit(f"  {pad(names[r], name_w)} [{nums}{more}]  |·|={row.norm().item():.2f}", style.width))
+    if tensor.shape[0] > MAX_ROWS:
+        lines.append(f"  … {tensor.shape[0] - MAX_ROWS} more rows")
     return lines
 
 
-def grid(tensor_TS: torch.Tensor, tokens: list[str], *, video: bool = True) -> list[str]:
-    """A query×key grid. video=True: keys down the side, queries across the top."""
-    g = tensor_TS.T if video else tensor_TS
-    n = min(len(tokens), MAX_TOKENS)
-    g = g[:n, :n]
-    side, top = ("key", "query") if video else ("query", "key")
-    head = f"  {side + ' ↓ / ' + top + ' →':>16} " + " ".join(f"{label(t, 6):>6}" for t in tokens[:n])
-    lines = [head]
-    for r in range(n):
-        cells = " ".join(f"{fmt(v):>6}" for v in g[r].tolist())
-        lines.append(f"  {label(tokens[r]):>16} {cells}")
-    if len(tokens) > MAX_TOKENS:
-        lines.append(f"  … cut to the first {MAX_TOKENS} of {len(tokens)} tokens")
+def _window(n: int, fits: int, around: int) -> range:
+    """`fits` consecutive indices out of n, centred on `around` where possible."""
+    if n <= fits:
+        return range(n)
+    start = min(max(0, around - fits // 2), n - fits)
+    return range(start, start + fits)
+
+
+def grid(values_TS: torch.Tensor, tokens: list[str], style: Style, *, query: int, kind: str) -> list[str]:
+    """A query × key grid. kind: "weights" (unsigned, 0..1), "dots" (signed, −∞ masked)
+    or "mask" (0 or −∞). Video orientation: keys down the side, queries across the top."""
+    T = len(tokens)
+    side_name, top_name = ("key", "query") if style.video else ("query", "key")
+    names = [label(t, 10) for t in tokens]
+    name_w = max(max(display_width(n) for n in names), display_width(f"{side_name} ↓ {top_name} →"))
+    cols = _window(T, max(1, (style.width - name_w - 2) // CELL), query)
+    rows = _window(T, MAX_ROWS, query)
+    finite = values_TS[torch.isfinite(values_TS)]
+    top = float(finite.abs().max()) if finite.numel() else 0.0
+
+    def cell(q: int, k: int) -> str:
+        v = float(values_TS[q, k])
+        if v == float("-inf"):
+            text = pad("−∞", CELL)
+            return _dim(text) if style.colour else text
+        if kind == "mask":
+            text = pad("0", CELL)
+        else:
+            text = pad(number(v, signed=kind == "dots"), CELL)
+        if not style.colour or kind == "mask":
+            return text
+        if kind == "weights":
+            return _paint(text, _shade(v, 1.0, _BLUES))
+        return _paint(text, _shade(v, top, _REDS if v >= 0 else _COLDS))
+
+    header = "  " + pad(f"{side_name} ↓ {top_name} →", name_w, right=False)
+    header += "".join(pad(label(tokens[c], CELL - 1), CELL) for c in cols)
+    lines = [header]
+    for r in rows:
+        line = "  " + pad(names[r], name_w)
+        for c in cols:
+            q, k = (c, r) if style.video else (r, c)
+            line += cell(q, k)
+        lines.append(line)
+    left = []
+    if len(cols) < T:
+        left.append(f"{PLURAL[top_name]} {cols.start}–{cols.stop - 1}")
+    if len(rows) < T:
+        left.append(f"{PLURAL[side_name]} {rows.start}–{rows.stop - 1}")
+    if left:
+        note = f"(showing {' and '.join(left)} of {T} tokens, around the query; a wider terminal shows more)"
+        lines += wrap(note, style.width, "  ")
     return lines
 
 
-def render_step(step: Step, walk: HeadWalk, *, video: bool = True) -> list[str]:
-    shape = " × ".join(f"{n} {w}" for n, w in zip(step.tensor.shape, (step.rows, step.cols)))
-    lines = [f"{step.symbol}   {step.title}   [{shape}]", f"  {step.meaning}"]
+def _shape(step: Step) -> str:
+    dims = zip(step.tensor.shape, (step.rows, step.cols))
+    return " × ".join(f"{n} {PLURAL.get(w, w) if n != 1 else w}" for n, w in dims)
+
+
+def render_step(step: Step, walk: HeadWalk, style: Style, query: int, caption: str | None = None) -> list[str]:
+    lines = wrap(f"{step.symbol}   {step.title}   [{_shape(step)}]", style.width)
+    for text in (step.meaning, caption):
+        if text:
+            lines += wrap(text, style.width, "  ")
+    if step is walk.mask and not walk.causal:
+        return lines  # an encoder masks nothing: there is no grid of zeros to draw
     if step.rows == "query":
-        lines += grid(step.tensor, walk.tokens, video=video)
+        kind = {"mask": "mask", "pattern = softmax": "weights"}.get(step.symbol, "dots")
+        lines += grid(step.tensor, walk.tokens, style, query=query, kind=kind)
     elif step.rows == "token":
-        lines += vectors(step.tensor, walk.tokens)
+        lines += vectors(step.tensor, walk.tokens, style)
     else:  # a weight matrix: a corner of it
-        lines += vectors(step.tensor[:4], None) + ["  …"]
+        lines += [*vectors(step.tensor[:4], None, style), "  …"]
     return lines
 
 
-def render_walk(walk: HeadWalk, *, video: bool = True) -> str:
-    orient = (
-        "video orientation: keys down the side, queries across the top; columns sum to 1"
-        if video
-        else "usual orientation: queries down the side, keys across; rows sum to 1"
-    )
-    out = [
-        f"layer {walk.layer}, head {walk.head}: {len(walk.tokens)} tokens "
-        + " ".join(f"[{label(t, 12)}]" for t in walk.tokens),
-        f"({orient})",
-        "",
-    ]
+def pick_query(walk: HeadWalk) -> int:
+    """The position whose query looks most sharply at one other token (the first token
+    left out, where heads park attention they have no use for); the last if none does."""
+    P = walk.pattern.tensor.clone()
+    T = P.shape[0]
+    if T < 3:
+        return T - 1
+    P.fill_diagonal_(0)
+    P[:, 0] = 0
+    return int(P.amax(-1).argmax())
+
+
+def render_walk(
+    walk: HeadWalk,
+    style: Style | None = None,
+    *,
+    query: int | None = None,
+    why: str | None = None,
+    questions: tuple[str, str] | None = None,
+    notes: list[str] | None = None,
+) -> str:
+    """The whole walk as text. `query`: the position the summary follows (default: the
+    sharpest); `why`: why this head was chosen; `questions`: what this head's queries ask
+    and its keys answer, when known (the adjective head's "is there an adjective in front
+    of me?"); `notes`: lines to show first (unknown words)."""
+    style = style or Style()
+    T = len(walk.tokens)
+    q = pick_query(walk) if query is None else query % T
+    W = style.width
+    out = wrap(f"layer {walk.layer}, head {walk.head}" + (f": {why}" if why else ""), W)
+    for line in notes or []:
+        out += wrap(line, W, "  ")
+    out += wrap(f"{T} tokens: " + " ".join(f"[{label(t, 12)}]" for t in walk.tokens), W)
+    out += wrap(f"following the query [{label(walk.tokens[q], 12)}] (position {q}); --query picks another", W)
+    out += [*wrap(f"({VIDEO if style.video else USUAL})", W), ""]
     for step in walk.steps:
-        out += render_step(step, walk, video=video) + [""]
-    dE = walk.dE.tensor.norm(dim=-1)
-    E = walk.E.tensor.norm(dim=-1)
-    moved = max(range(len(walk.tokens)), key=lambda i: (dE[i] / E[i].clamp(min=1e-9)).item())
-    out.append(
-        f"This head moves [{label(walk.tokens[moved], 12)}] the most: |ΔE|/|E| = "
-        f"{(dE[moved] / E[moved].clamp(min=1e-9)).item():.2f}."
-    )
+        caption = None
+        if questions and step is walk.Q:
+            caption = f"this head's queries ask: “{questions[0]}”"
+        elif questions and step is walk.K:
+            caption = f"its keys answer: “{questions[1]}”"
+        out += [*render_step(step, walk, style, q, caption), ""]
+    out += summary(walk, q, style)
     return "\n".join(out)
+
+
+def summary(walk: HeadWalk, q: int, style: Style) -> list[str]:
+    """What the followed query attends to, and how far this head moves its embedding."""
+    weights = walk.pattern.tensor[q]
+    top = weights.topk(min(3, weights.numel()))
+    looks = ", ".join(f"{label(walk.tokens[k], 12)} {w:.2f}" for w, k in zip(top.values.tolist(), top.indices.tolist()))
+    moved = (walk.dE.tensor[q].norm() / walk.E.tensor[q].norm().clamp(min=1e-9)).item()
+    return [
+        *wrap(f"{label(walk.tokens[q], 12)} → {looks}", style.width),
+        *wrap(f"this head's ΔE moves [{label(walk.tokens[q], 12)}] by |ΔE|/|E| = {moved:.2f}", style.width),
+    ]
