@@ -105,6 +105,7 @@ def tree_digest(path: Path) -> dict[str, str]:
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
     """(exit status, stdout, stderr) of `glassformer ARGV`, argparse's own exits included."""
+    capsys.readouterr()  # what the test's own set-up printed is not the command's
     try:
         code = main([str(a) for a in argv])
     except SystemExit as exit_:

@@ -73,10 +73,20 @@ def write_file_atomically(target: str | Path, write: Callable[[Path], object]) -
         _fsync(tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
+    except OSError as err:
+        _remove_quietly(tmp)
+        raise GlassformerError(f"cannot write {target}: {err.strerror or err}") from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _remove_quietly(tmp)
         raise
     return target
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def write_dir_atomically(target: str | Path, write: Callable[[Path], None]) -> Path:
@@ -87,8 +97,11 @@ def write_dir_atomically(target: str | Path, write: Callable[[Path], None]) -> P
     """
     target = Path(target)
     parent = target.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=_temp_name(target) + "-", dir=parent))
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=_temp_name(target) + "-", dir=parent))
+    except OSError as err:
+        raise GlassformerError(f"cannot write {target}: {err.strerror or err}") from None
     try:
         write(tmp)
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is an ordinary directory
@@ -101,6 +114,9 @@ def write_dir_atomically(target: str | Path, write: Callable[[Path], None]) -> P
             os.rename(target, parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}")
         os.rename(tmp, target)
         _fsync(parent)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise GlassformerError(f"cannot write {target}: {err.strerror or err}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -166,8 +182,6 @@ def save(
     `extra(tmp_dir)` may write more files (training state) into the same directory.
     An existing directory is replaced only if it is a glassformer checkpoint.
     """
-    from safetensors.torch import save_file
-
     path = Path(path)
     if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not is_checkpoint(path))):
         raise GlassformerError(f"{path} exists and is not a glassformer checkpoint; choose another directory")
@@ -178,13 +192,25 @@ def save(
         if meta:
             header["meta"] = meta
         (tmp / CONFIG).write_text(json.dumps(header, indent=2) + "\n")
-        save_file(weights_to_save(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
+        save_tensors(weights_to_save(model), tmp / WEIGHTS, metadata={"format": "pt"})
         if tokenizer is not None:
             (tmp / TOKENIZER).write_text(tokenizer.to_json(), encoding="utf-8")
         if extra is not None:
             extra(tmp)
 
     return write_dir_atomically(path, write)
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], file: Path, metadata: dict | None = None) -> None:
+    """safetensors' save_file, its Rust-side write errors (a full disk) as one line."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(file), metadata=metadata)
+    except SafetensorError as err:
+        reason = "no space left on the device" if "No space" in str(err) or "28" in str(err) else str(err)[:160]
+        raise GlassformerError(f"could not write {file.parent.name}: {reason}") from None
 
 
 def read_config(path: str | Path) -> tuple[ModelConfig, dict]:
@@ -251,7 +277,7 @@ def check_against_weights(config: ModelConfig, state: dict[str, torch.Tensor]) -
     """The sizes a config claims, checked against the weights it comes with, before a
     single module is built: a config may not ask for a billion layers that no file holds."""
     layers = {int(k.split(".")[1]) for k in state if k.startswith("blocks.") and k.split(".")[1].isdigit()}
-    if layers != set(range(config.n_layers)):
+    if len(layers) != config.n_layers or (layers and max(layers) != config.n_layers - 1):
         raise GlassformerError(f"the config says {config.n_layers} layers but the weights hold {len(layers)}")
     W_E = state.get("embed.W_E.weight")
     if W_E is None or tuple(W_E.shape) != (config.vocab_size, config.d_model):

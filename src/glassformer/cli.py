@@ -273,7 +273,7 @@ def generate(args) -> int:
     model = load_model(args.model)
     if not model.config.causal:
         raise GlassformerError(f"{args.model} is an encoder; generation needs a decoder (GPT) model")
-    ids = encode(model, args.prompt, crop=args.crop)
+    ids = encode(model, args.prompt, crop=args.crop, blank_ok=True)
     check(model, len(ids), args.max_new_tokens, args.seed)
     if args.crop and len(model.tokenizer.encode(args.prompt)) > len(ids):
         print(f"glassformer: prompt cropped to its last {len(ids)} tokens (--crop)", file=sys.stderr)
@@ -348,7 +348,9 @@ def lens(args) -> int:
 
     model = load_model(args.model)
     ids = encode_batch(model, args.text)
-    k = min(args.k, model.config.vocab_size)
+    k = args.k
+    if k > model.config.vocab_size:
+        raise GlassformerError(f"-k {k} is more guesses than the {model.config.vocab_size} tokens this model knows")
     rows = logit_lens(model, ids, k=k)
     print(
         "the residual stream read through the final norm and W_U after each layer "
@@ -392,6 +394,9 @@ def neurons(args) -> int:
             raise GlassformerError(f"position {args.position} is out of range for {T} tokens")
         token = token_texts(model, [int(ids[0, args.position])])[0]
         print(f"MLP neurons firing hardest at [{label(token, 16)}] (position {args.position % T})")
+        neurons = model.config.n_layers * model.config.d_mlp
+        if args.k > neurons:
+            raise GlassformerError(f"-k {args.k} is more than the {neurons} MLP neurons this model has")
         pairs = list(top_neurons(model, ids, args.position, k=args.k))
     for layer, index, act in pairs:
         head = f"  neuron {layer}.{index}" + (f"  activation {act:+.2f}" if act is not None else "")
@@ -597,17 +602,21 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
-        return args.run(args)
+        code = args.run(args)
+        sys.stdout.flush()  # a full or closed stdout fails here, inside the boundary
+        return code
     except GlassformerError as err:
         return fail(str(err))
     except KeyboardInterrupt:
         print("glassformer: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader went away (| head): nothing more to say
+        _silence_broken_stdout()
         return 0
     except MemoryError:
         return fail("not enough memory for this; try a smaller model, batch or text")
     except OSError as err:  # a full disk, a read-only folder, /dev/full as stdout
+        _silence_broken_stdout()
         where = f" ({err.filename})" if getattr(err, "filename", None) else ""
         return fail(f"{err.strerror or err}{where}")
     except RuntimeError as err:  # torch's allocation failures; anything else is a bug worth a traceback
@@ -615,6 +624,21 @@ def main(argv: list[str] | None = None) -> int:
         if "alloc" in text.lower() or "out of memory" in text.lower():
             return fail(f"not enough memory: {text.strip().splitlines()[0][:200]}")
         raise
+
+
+def _silence_broken_stdout() -> None:
+    """If stdout itself cannot be written (a closed pipe, /dev/full), point it at /dev/null,
+    so the interpreter's last flush does not print a second error on its way out."""
+    try:
+        sys.stdout.flush()
+        return  # stdout is fine: the failure was elsewhere
+    except (OSError, ValueError):
+        pass
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def fail(message: str) -> int:

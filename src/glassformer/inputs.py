@@ -14,10 +14,11 @@ from .model import Transformer
 EXAMPLE = "a fluffy blue creature roamed the verdant forest"
 
 
-def encode(model: Transformer, text: str, *, crop: bool = False) -> list[int]:
-    """Token ids for `text`: refused when empty, unencodable or longer than the context
-    (with `crop`, the last context-length tokens are kept instead)."""
-    if not isinstance(text, str) or not text.strip():
+def encode(model: Transformer, text: str, *, crop: bool = False, blank_ok: bool = False) -> list[int]:
+    """Token ids for `text`: refused when empty (or only blanks, unless `blank_ok`: a
+    prompt may be a newline), unencodable or longer than the context (with `crop`, the
+    last context-length tokens are kept instead)."""
+    if not isinstance(text, str) or not text or (not blank_ok and not text.strip()):
         raise GlassformerError("the text is empty; give a sentence to look at")
     try:
         text.encode("utf-8")

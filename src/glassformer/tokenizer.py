@@ -169,7 +169,11 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         path = path / "tokenizer.json"
     if not path.is_file():
         raise GlassformerError(f"no tokenizer at {path}")
-    return tokenizer_from_json(path.read_text(encoding="utf-8"))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise GlassformerError(f"{path} is not UTF-8 text; a tokenizer.json is JSON") from None
+    return tokenizer_from_json(text)
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, *, special_tokens=("<|endoftext|>",)) -> HFTokenizer:

@@ -133,10 +133,8 @@ class RunDir:
         checkpoint.save(model, self.path / BEST, meta=meta)
 
     def save_latest(self, model, tensors: dict[str, torch.Tensor], loop: dict) -> None:
-        from safetensors.torch import save_file
-
         def extra(tmp: Path) -> None:
-            save_file(tensors, str(tmp / STATE_TENSORS))
+            checkpoint.save_tensors(tensors, tmp / STATE_TENSORS)
             (tmp / STATE_JSON).write_text(json.dumps(loop, indent=1))
 
         checkpoint.save(model, self.path / LATEST, extra=extra, meta={"step": loop["step"]})

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..checkpoint import write_file_atomically
 from ..config import GlassformerError
 from ..sampling import probabilities
 
@@ -43,8 +44,15 @@ class Picture:
         path = Path(path)
         if path.suffix.lower() not in (".png", ".svg"):
             raise GlassformerError(f"pictures are written as .png or .svg, not {path.suffix or 'no extension'}")
-        self.figure.savefig(path, dpi=110 if path.suffix.lower() == ".png" else None, bbox_inches="tight")
-        _plt().close(self.figure)
+        kind = path.suffix.lower().lstrip(".")
+
+        def draw(tmp: Path) -> None:
+            self.figure.savefig(tmp, format=kind, dpi=110 if kind == "png" else None, bbox_inches="tight")
+
+        try:  # to a temp file, renamed into place: a full disk never leaves half a picture
+            write_file_atomically(path, draw)
+        finally:
+            _plt().close(self.figure)
         return path
 
 
@@ -57,8 +65,7 @@ def _clean(tok: str, width: int = 12) -> str:
 def _grid(ax, data: np.ndarray, tokens: list[str], *, video: bool, cmap: str, limits, masked=None, title: str = ""):
     n = len(tokens)
     shown = np.ma.masked_invalid(data) if masked is None else np.ma.array(data, mask=masked)
-    cm = __import__("matplotlib").colormaps[cmap].copy()
-    cm.set_bad("#d0d0d0")  # masked cells: −∞ before the softmax
+    cm = __import__("matplotlib").colormaps[cmap].with_extremes(bad="#d0d0d0")  # masked cells: −∞
     im = ax.imshow(shown, cmap=cm, vmin=limits[0], vmax=limits[1], aspect="equal", interpolation="nearest")
     labels = [_clean(t) for t in tokens]
     size = max(4, min(10, 220 / max(n, 1)))
