@@ -14,6 +14,7 @@ import torch
 
 import glassformer as gf
 from glassformer.train import TrainConfig, train
+
 from conftest import assert_one_line_error, build, run_cli, tiny_decoder, tree_digest
 
 TINY = "random:lesson-tiny"
@@ -235,9 +236,8 @@ def test_full_disk_during_show_keeps_the_previous_picture(capsys, tmp_path):
 
 def test_simulated_full_disk_during_a_checkpoint_is_one_line(capsys, tmp_path, monkeypatch):
     """Where no tmpfs can be mounted: safetensors' own error for ENOSPC, raised mid-save."""
-    from safetensors import SafetensorError
-
     import safetensors.torch
+    from safetensors import SafetensorError
 
     out = tmp_path / "run"
     assert run_cli(capsys, *TRAIN, "--out", out)[0] == 0

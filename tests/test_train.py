@@ -332,3 +332,91 @@ def test_resume_refuses_another_shape_and_keeps_files(capsys, tmp_path):
     one_line_error(capsys, ["train", "--data", "lesson:adjectives", "--out", str(out)], "--resume")
     one_line_error(capsys, ["train", "--resume", str(tmp_path / "nothing")], "no resumable checkpoint")
     assert tree_digest(out) == before
+
+
+# --- one process per run directory, and a log that survives kills ---------------------------
+LONG_RUN = ["--data", "lesson:adjectives", "--preset", "lesson-tiny", "--steps", "100000", "--eval-every", "5",
+            "--eval-batches", "1", "--batch-size", "4", "--quiet"]  # fmt: skip
+
+
+def _wait_for(predicate, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+@pytest.mark.slow
+def test_a_second_train_into_the_same_directory_is_refused(tmp_path):
+    out = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-m", "glassformer", "train", "--out", str(out), *LONG_RUN])
+    try:
+        _wait_for(lambda: (out / "log.jsonl").exists() and len((out / "log.jsonl").read_text().splitlines()) >= 2)
+        for argv in (["--out", str(out), *LONG_RUN], ["--resume", str(out), "--quiet"]):
+            second = subprocess.run([sys.executable, "-m", "glassformer", "train", *argv], capture_output=True,
+                                    text=True, timeout=120)  # fmt: skip
+            err = second.stderr.strip().splitlines()
+            assert second.returncode == 2 and len(err) == 1, second.stderr
+            assert f"PID {first.pid}" in err[0] or "already holds files" in err[0], err[0]
+        _wait_for(lambda: len((out / "log.jsonl").read_text().splitlines()) >= 4)
+    finally:
+        first.kill()
+        first.wait()
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)), f"the log interleaves two runs: {steps}"
+    # the killed run's lock went with it: a resume may now take the directory
+    assert main(["train", "--resume", str(out), "--steps", str(steps[-1] + 5), "--quiet"]) == 0
+
+
+KILL_DURING = """
+import os, signal, sys
+from glassformer.cli import main
+from glassformer.train import state
+what = sys.argv[1]
+if what == "append":
+    real = os.write
+    def torn(fd, data):  # half of the record reaches the file, then the process dies
+        real(fd, data[: len(data) // 2])
+        os.kill(os.getpid(), signal.SIGKILL)
+    original = state.RunDir.append_log
+    def append_log(self, record):
+        if record["step"] == 10:
+            os.write = torn
+        original(self, record)
+    state.RunDir.append_log = append_log
+else:
+    from glassformer import checkpoint
+    original = checkpoint.write_file_atomically
+    def write_file_atomically(target, write):
+        def half(tmp):  # the rewrite is half done in its temp file when the process dies
+            write(tmp)
+            tmp.write_text(tmp.read_text()[:20])
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(target, half)
+    checkpoint.write_file_atomically = write_file_atomically
+main(sys.argv[2:])
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_during_a_log_append_or_the_resume_rewrite_keeps_earlier_records(tmp_path):
+    out = tmp_path / "run"
+    base = ["train", "--data", "lesson:adjectives", "--preset", "lesson-tiny", "--eval-every", "5",
+            "--eval-batches", "1", "--batch-size", "4", "--quiet"]  # fmt: skip
+    killed = subprocess.run([sys.executable, "-c", KILL_DURING, "append", *base, "--out", str(out), "--steps", "40"],
+                            timeout=300)  # fmt: skip
+    assert killed.returncode == -9
+    text = (out / "log.jsonl").read_text()
+    assert not text.endswith("\n"), "the kill should have torn the last record"
+    assert [json.loads(line)["step"] for line in text.splitlines()[:-1]] == [5]
+    before = (out / "log.jsonl").read_bytes()
+    killed = subprocess.run([sys.executable, "-c", KILL_DURING, "rewrite", "train", "--resume", str(out), "--quiet"],
+                            timeout=300)  # fmt: skip
+    assert killed.returncode == -9
+    assert (out / "log.jsonl").read_bytes() == before, "a kill during the rewrite changed the log"
+    assert main(["train", "--resume", str(out), "--quiet"]) == 0
+    assert not [p.name for p in out.iterdir() if ".tmp-" in p.name], "the killed rewrite's temp file was not cleaned"
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert steps == [5, 10, 15, 20, 25, 30, 35, 40], steps

@@ -75,7 +75,7 @@ class RunDir:
         if new and self._holds_files():  # another process filled it between our look and our lock
             self.release()
             raise GlassformerError(f"{self.path} already holds files; choose a new --out")
-        for name in (LATEST, BEST):  # temp directories of earlier runs here that were killed mid-write
+        for name in (LATEST, BEST, LOG):  # temp files of earlier runs here that were killed mid-write
             checkpoint.remove_stale_temps(self.path, name)
 
     def check_new(self) -> None:
