@@ -1,13 +1,12 @@
-"""Start the explorer in a background thread on a free loopback port, for tests."""
+"""Start the explorer for tests: in a background thread (`running`), or in a process of its
+own (`SERVER_SCRIPT`), on a free loopback port, with the same limits `glassformer serve` uses."""
 
 import contextlib
 import socket
 import threading
 import time
 
-import uvicorn
-
-from glassformer.server.app import Registry, create_app
+from glassformer.server.app import Registry, create_app, listen, make_server
 
 
 def free_port() -> int:
@@ -16,15 +15,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextlib.contextmanager
-def running(models: dict, host: str = "127.0.0.1"):
-    """models: name -> loaded model. Yields the base URL."""
+def registry_of(models: dict) -> Registry:
+    """models: name -> loaded model."""
     registry = Registry()
     for name, model in models.items():
         registry.add(name, lambda m=model: m)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(registry), host=host, port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    return registry
+
+
+@contextlib.contextmanager
+def serving(app, host: str = "127.0.0.1", **limits):
+    """Serve an app built by create_app; yields the base URL."""
+    sock = listen(host, 0)
+    port = sock.getsockname()[1]
+    server = make_server(app, **limits)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started and time.monotonic() < deadline:
@@ -34,3 +39,27 @@ def running(models: dict, host: str = "127.0.0.1"):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+        sock.close()
+
+
+@contextlib.contextmanager
+def running(models: dict, host: str = "127.0.0.1", **limits):
+    """models: name -> loaded model. Yields the base URL."""
+    with serving(create_app(registry_of(models)), host, **limits) as url:
+        yield url
+
+
+# A server in a process of its own: argv = port, then models as NAME=LOAD_NAME (or LOAD_NAME).
+# It prints "ready URL" once it listens (from run()'s ready callback), and stops on SIGTERM.
+SERVER_SCRIPT = """
+import sys
+import glassformer as gf
+from glassformer.server.app import Registry, create_app, run
+
+registry = Registry()
+for spec in sys.argv[2:]:
+    name, _, load_name = spec.rpartition("=")
+    model = gf.load(load_name)
+    registry.add(name or load_name, lambda m=model: m)
+run(create_app(registry), "127.0.0.1", int(sys.argv[1]), ready=lambda url: print("ready", url, flush=True))
+"""

@@ -81,16 +81,24 @@ def yes_no(text: str) -> bool:  # the on/off model flags
     raise argparse.ArgumentTypeError(f"give yes or no, not {text!r}")
 
 
-def load_model(name: str | None):
+def load_model(args):
     from .pretrained import load
 
-    return load(DEFAULT_MODEL if name is None else name)
+    return load(DEFAULT_MODEL if args.model is None else args.model, dtype=args.dtype)
 
 
 def model_flag(p: argparse.ArgumentParser, **kwargs) -> None:
-    from .pretrained import NAMES_HELP
+    """--model, and --dtype: the precision the model's matrices are held and multiplied in."""
+    from .pretrained import DTYPES, NAMES_HELP
 
     p.add_argument("--model", "-m", help=f"{NAMES_HELP} (default: {DEFAULT_MODEL})", **kwargs)
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="fp32",
+        help="fp32 (default), bf16 (matrices in bf16; stream, norms and attention pattern in fp32), "
+        "or auto (bf16 where the chip computes it natively)",
+    )
 
 
 # --- params ------------------------------------------------------------------------------
@@ -157,7 +165,7 @@ def explain(args) -> int:
     from .inspect.heads import showcase_head
     from .viz.text import render_walk
 
-    model = load_model(args.model)
+    model = load_model(args)
     ids = encode_batch(model, args.text)
     chosen = showcase_head(model, ids)
     layer = chosen.layer if args.layer is None else args.layer
@@ -270,7 +278,7 @@ def generate(args) -> int:
     from .inputs import encode
 
     sampling.check(args.temperature, args.top_k, args.top_p)
-    model = load_model(args.model)
+    model = load_model(args)
     if not model.config.causal:
         raise GlassformerError(f"{args.model} is an encoder; generation needs a decoder (GPT) model")
     ids = encode(model, args.prompt, crop=args.crop, blank_ok=True)
@@ -313,7 +321,7 @@ def heads(args) -> int:
     from .inputs import encode_batch
     from .inspect import heads as detectors
 
-    model = load_model(args.model)
+    model = load_model(args)
     ids = encode_batch(model, args.text) if args.text else None
     found = detectors.detect_all(model, ids)
     on = "this text" if args.text else "repeated random segments of 5, 9, 13 and 17 tokens"
@@ -346,7 +354,7 @@ def lens(args) -> int:
     from .inspect.lens import logit_lens
     from .viz.text import label
 
-    model = load_model(args.model)
+    model = load_model(args)
     ids = encode_batch(model, args.text)
     k = args.k
     if k > model.config.vocab_size:
@@ -378,7 +386,7 @@ def neurons(args) -> int:
     from .inspect.lens import neuron_tokens, top_neurons
     from .viz.text import label
 
-    model = load_model(args.model)
+    model = load_model(args)
     if args.neuron:
         try:
             layer, index = (int(x) for x in args.neuron.split("."))
@@ -434,7 +442,7 @@ def show(args) -> int:
     if out.is_dir():
         raise GlassformerError(f"{out} is a directory; give a file name")
     sampling.check(args.temperature)
-    model = load_model(args.model)
+    model = load_model(args)
     check_layer_head(model, args.layer, args.head)
     if suffix == ".html":
         from .viz.page import report_html
@@ -445,7 +453,7 @@ def show(args) -> int:
         from .viz import plots
 
         a = analyze(model, args.text, scores=True)
-        name = args.model or DEFAULT_MODEL
+        name = f"{args.model or DEFAULT_MODEL} ({model.precision})"
         if args.kind == "head":
             assert a.scores is not None
             pic = plots.head_picture(
@@ -483,27 +491,20 @@ def serve_arguments(p: argparse.ArgumentParser) -> None:
 def serve(args) -> int:
     import webbrowser
 
-    from .server.app import create_app, default_registry
+    from .server.app import create_app, default_registry, run
 
-    try:
-        import uvicorn
-    except ImportError:
-        raise GlassformerError("the explorer needs uvicorn: pip install 'glassformer[serve]'") from None
-    if not 1 <= args.port <= 65535:
-        raise GlassformerError(f"--port must be between 1 and 65535, got {args.port}")
-    registry = default_registry(args.model or [DEFAULT_MODEL])
+    registry = default_registry(args.model or [DEFAULT_MODEL], dtype=args.dtype)
     first = next(iter(registry.slots))
     print(f"loading {first} ...", flush=True)
     registry[first].get()  # fail now, with one line, rather than on the first request
-    app = create_app(registry)
-    url = f"http://{args.host}:{args.port}/"
-    print(f"glassformer explorer on {url}  (models: {', '.join(registry.slots)}; Ctrl-C stops)", flush=True)
-    if args.open or (args.open is None and os.environ.get("DISPLAY")):
-        threading.Timer(1.0, lambda: webbrowser.open(url)).start()
-    try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    except OSError as err:
-        raise GlassformerError(f"cannot listen on {args.host}:{args.port}: {err.strerror or err}") from None
+    app = create_app(registry, allowed_hosts=[args.host])
+
+    def ready(url: str) -> None:  # called only once the port is ours
+        print(f"glassformer explorer on {url}  (models: {', '.join(registry.slots)}; Ctrl-C stops)", flush=True)
+        if args.open or (args.open is None and os.environ.get("DISPLAY")):
+            threading.Timer(1.0, lambda: webbrowser.open(url)).start()
+
+    run(app, args.host, args.port, ready=ready)
     return 0
 
 

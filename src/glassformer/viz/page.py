@@ -15,11 +15,13 @@ import torch
 
 from ..inputs import check_layer_head
 from ..inspect.explain import Analysis, analyze
+from ..model import Transformer
 
 PAGE = """<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
 <meta http-equiv="Content-Security-Policy"
       content="default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:">
 <title>{title}</title>
@@ -33,13 +35,25 @@ PAGE = """<!doctype html>
   <span>head <span id="heads"></span></span>
   <button id="flip">switch orientation</button>
 </div>
+<section class="card">
 <h2 id="which"></h2>
 <p class="muted" id="orientation"></p>
-<div id="hover">hover a cell to see the query, the key, their dot product and the weight</div>
-<div id="grid"></div>
-<h2>every head</h2>
-<div id="thumbs"></div>
-<section id="next-section"><h2>next token (T = 1)</h2><div id="next"></div></section>
+<div class="grids">
+  <figure>
+    <figcaption>pattern = softmax — the weights</figcaption>
+    <div class="scroll"><div id="grid"></div></div>
+    <div id="grid-legend"></div>
+  </figure>
+  <figure id="scores-section">
+    <figcaption>Q·Kᵀ/√d — the dot products, then the mask</figcaption>
+    <div class="scroll"><div id="scores"></div></div>
+    <div id="scores-legend"></div>
+  </figure>
+</div>
+<p id="hover" class="hover"></p>
+</section>
+<section class="card"><h2>every head</h2><div class="scroll"><div id="thumbs"></div></div></section>
+<section class="card" id="next-section"><h2>next token (T = 1)</h2><div id="next"></div></section>
 <script id="glassformer-data" type="application/json">{data}</script>
 <script>{grid_js}</script>
 <script>{report_js}
@@ -95,7 +109,9 @@ def report_data(analysis: Analysis, text: str, *, top_k: int = 10, token_texts=N
     return data
 
 
-def report_html(model, text: str, *, title: str = "glassformer: attention", layer: int = 0, head: int = 0) -> str:
+def report_html(
+    model: Transformer, text: str, *, title: str = "glassformer: attention", layer: int = 0, head: int = 0
+) -> str:
     """The whole report for `text` on `model`, as one HTML string."""
     check_layer_head(model, layer, head)
     analysis = analyze(model, text, scores=True)

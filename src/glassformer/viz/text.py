@@ -79,6 +79,10 @@ def number(v: float, signed: bool) -> str:
 
 
 PLURAL = {"token": "tokens", "query": "queries", "key": "keys"}
+PRECISION = {
+    "fp32": "every number computed in fp32",
+    "bf16": "matrices held and multiplied in bf16; the stream, the norms and the pattern in fp32",
+}
 
 
 # --- colour --------------------------------------------------------------------------------
@@ -230,7 +234,7 @@ def render_walk(
         out += wrap(line, W, "  ")
     out += wrap(f"{T} tokens: " + " ".join(f"[{label(t, 12)}]" for t in walk.tokens), W)
     out += wrap(f"following the query [{label(walk.tokens[q], 12)}] (position {q}); --query picks another", W)
-    out += [*wrap(f"({VIDEO if style.video else USUAL})", W), ""]
+    out += wrap(f"({VIDEO if style.video else USUAL}; {PRECISION[walk.precision]})", W) + [""]
     for step in walk.steps:
         caption = None
         if questions and step is walk.Q:

@@ -1,8 +1,23 @@
-// The explorer page: talks to the JSON API of the server that served it.
+// The explorer page: one story for one query token, told with the JSON API of the server
+// that served it. Token text reaches the page only through textContent (grid.js's el).
 "use strict";
 (() => {
   const $ = (id) => document.getElementById(id);
-  const state = { video: true, analysis: null, head: null, models: [], requestId: 0 };
+  const { el, shown } = Grid;
+  const state = {
+    models: [],
+    model: null, // what the current analysis was run on
+    text: "",
+    analysis: null, // /api/analyze: tokens, every head's pattern, next tokens
+    walk: null, // /api/head: one head, step by step, for every token
+    layer: 0,
+    head: 0,
+    query: 0,
+    video: true, // the video's orientation: keys down the side, queries across the top
+    pickedHead: false, // the learner chose a head: a late showcase answer must not move it
+    showcase: null,
+    seq: { analyze: 0, head: 0, next: 0, mlp: 0, detect: 0 }, // newest request of each kind
+  };
 
   async function api(path, body) {
     const res = await fetch(path, body === undefined ? {} : {
@@ -18,152 +33,549 @@
     $("status").className = isError ? "error" : "muted";
   }
 
-  function fillSelect(select, count, prefix) {
-    const keep = Number(select.value || 0);
-    select.replaceChildren();
-    for (let i = 0; i < count; i++) {
-      const o = document.createElement("option");
-      o.value = String(i);
-      o.textContent = `${prefix} ${i}`;
-      select.appendChild(o);
-    }
-    select.value = String(keep < count ? keep : 0);
+  function clearHover() {
+    $("hover").textContent = "";
   }
 
-  function strip(container, tokens, matrix) {
-    container.replaceChildren();
-    const d = matrix[0].length;
-    const maxAbs = Math.max(1e-9, ...matrix.flat().map(Math.abs));
-    const box = Grid.el("div", "strip");
-    box.style.gridTemplateColumns = `max-content repeat(${d}, 7px)`;
-    tokens.forEach((tok, t) => {
-      box.appendChild(Grid.el("div", "tok", Grid.shown(tok)));
-      for (const v of matrix[t]) {
-        const s = Grid.el("div", "s");
-        const a = Math.min(1, Math.abs(v) / maxAbs);
-        s.style.background = v >= 0 ? `rgba(200,60,40,${a})` : `rgba(40,90,200,${a})`;
-        box.appendChild(s);
+  function fillSelect(select, count, prefix, value) {
+    select.replaceChildren();
+    for (let i = 0; i < count; i++) {
+      const o = el("option", "", `${prefix} ${i}`);
+      o.value = String(i);
+      select.appendChild(o);
+    }
+    select.value = String(value);
+  }
+
+  function modelEntry(name) {
+    return state.models.find((m) => m.name === name);
+  }
+
+  // --- sampling settings ---------------------------------------------------------------------
+  function sampling() {
+    const k = Number($("top-k").value), p = Number($("top-p").value);
+    return { temperature: Number($("temperature").value), top_k: k > 0 ? k : null, top_p: p < 1 ? p : null, rows: 12 };
+  }
+
+  function showSettings() {
+    const s = sampling();
+    $("temperature-value").textContent = s.temperature.toFixed(2);
+    $("top-k-value").textContent = s.top_k === null ? "off" : String(s.top_k);
+    $("top-p-value").textContent = s.top_p === null ? "off" : s.top_p.toFixed(2);
+  }
+
+  // --- 1: the sentence as chips ----------------------------------------------------------------
+  function drawChips() {
+    const a = state.analysis;
+    const box = $("chips");
+    box.replaceChildren();
+    const unknown = new Map(a.unknown.map((u) => [u.position, u.word]));
+    a.tokens.forEach((tok, i) => {
+      const b = el("button", "chip");
+      b.type = "button";
+      b.dataset.position = i;
+      b.appendChild(el("span", "chip-text", shown(tok)));
+      if (unknown.has(i)) {
+        const word = unknown.get(i);
+        b.classList.add("unk");
+        b.title = word ? `“${word}” is not in the vocabulary: the model reads ${tok}` : "not in the vocabulary";
+        if (word) b.appendChild(el("span", "chip-word", word));
       }
+      b.appendChild(el("span", "chip-pos", String(i)));
+      b.addEventListener("click", () => pickQuery(i));
+      box.appendChild(b);
     });
-    container.appendChild(box);
+    markChips();
+  }
+
+  // the chips light up with the selected query's weights: the sentence shows where it looks
+  function markChips() {
+    const w = state.walk;
+    const row = w && w.tokens.length === state.analysis.tokens.length ? w.pattern[state.query] : null;
+    for (const b of $("chips").children) {
+      const i = Number(b.dataset.position);
+      const on = i === state.query;
+      b.classList.toggle("query", on);
+      b.setAttribute("aria-pressed", String(on));
+      const v = row && !(w.mask[state.query][i]) ? row[i] : 0;
+      b.style.background = on ? "" : Grid.weightColor(v);
+      b.style.color = on ? "" : Grid.inkFor(v);
+    }
+  }
+
+  function drawUnknown() {
+    const a = state.analysis;
+    $("unknown").hidden = !a.unknown_note;
+    $("unknown").textContent = a.unknown_note || "";
+    const words = a.vocabulary;
+    $("vocab").hidden = !words;
+    if (!words) return;
+    $("vocab-title").textContent = `the ${words.length} words this model knows`;
+    const box = $("vocab-words");
+    box.replaceChildren();
+    for (const word of words) {
+      const b = el("button", "word", word);
+      b.type = "button";
+      b.addEventListener("click", () => {
+        const t = $("text");
+        t.value = t.value.trim() ? `${t.value.trimEnd()} ${word}` : word;
+        t.focus();
+      });
+      box.appendChild(b);
+    }
+  }
+
+  // --- 2: one query, every key -------------------------------------------------------------------
+  function drawStory() {
+    const w = state.walk, q = state.query, n = w.tokens.length;
+    const story = $("story");
+    story.dataset.layer = w.layer;
+    story.dataset.head = w.head;
+    story.dataset.query = q;
+    const name = shown(w.tokens[q]);
+    $("story-title").textContent = `“${name}” asks, every token answers · layer ${w.layer}, head ${w.head}`;
+    const s = state.showcase;
+    const isShowcase = s && s.questions && s.layer === w.layer && s.head === w.head;
+    $("questions").hidden = !isShowcase;
+    $("questions").textContent = isShowcase ? `its query asks “${s.questions[0]}”; a key answers “${s.questions[1]}”` : "";
+
+    let qkMax = Grid.maxAbsOf([w.q[q]]);
+    for (const row of w.k) qkMax = Math.max(qkMax, Grid.maxAbsOf([row]));
+    const vMax = Grid.maxAbsOf(w.v);
+    $("q-label").textContent = `Q = E·W_Q for “${name}”`;
+    $("q-strip").replaceChildren(Grid.strip(w.q[q], qkMax, `the query of “${name}”: ${w.d_head} numbers`));
+    $("q-note").textContent = `${w.d_head} numbers` + (w.rotated ? ", turned by position (rotary)" : "");
+
+    const masked = w.mask[q];
+    const dots = w.dots[q];
+    const dotMax = Grid.maxAbsOf([dots.filter((_, k) => !masked[k])]);
+    const box = $("attend");
+    box.replaceChildren();
+    box.style.gridTemplateRows = `auto repeat(${n}, var(--row))`;
+    for (const h of ["query", "", "key", "K| = E·W_K", "q·k/√d", "weight", "V| = E·W_V"]) {
+      const [short, long] = h.split("|"); // the long part gives way on a phone
+      const cell = box.appendChild(el("div", "attend-head", short));
+      if (long) cell.appendChild(el("span", "long", long));
+    }
+    for (let k = 0; k < n; k++) {
+      const row = k + 2;
+      const qt = el("button", "q-tok" + (k === q ? " on" : ""), shown(w.tokens[k]));
+      qt.type = "button";
+      qt.style.gridRow = String(row);
+      qt.title = `make “${shown(w.tokens[k])}” the query`;
+      qt.addEventListener("click", () => pickQuery(k));
+      box.appendChild(qt);
+
+      const cells = [];
+      const key = el("div", "k-tok", shown(w.tokens[k]));
+      cells.push(key);
+      const ks = el("div", "k-strip");
+      ks.appendChild(Grid.strip(w.k[k], qkMax, `the key of “${shown(w.tokens[k])}”`));
+      cells.push(ks);
+      const dot = el("div", "dot");
+      const weight = el("div", "weight");
+      if (masked[k]) {
+        dot.classList.add("masked");
+        dot.textContent = "−∞";
+        dot.title = `q·k/√d = ${Grid.fmt(dots[k])} before the mask: a later token may not inform an earlier one`;
+        weight.appendChild(el("span", "weight-value muted", "0 · masked"));
+      } else {
+        dot.textContent = Grid.fmt(dots[k], 2);
+        dot.style.background = Grid.signedColor(dots[k], dotMax);
+        dot.style.color = Grid.inkFor(Math.abs(dots[k]) / dotMax);
+        const track = el("span", "bar-track");
+        const bar = el("span", "bar weight-bar");
+        bar.style.width = `${(100 * w.pattern[q][k]).toFixed(1)}%`;
+        track.appendChild(bar);
+        weight.appendChild(track);
+        weight.appendChild(el("span", "weight-value", Grid.fmt(w.pattern[q][k])));
+      }
+      cells.push(dot, weight);
+      const vs = el("div", "v-strip");
+      vs.appendChild(Grid.strip(w.v[k], vMax, `the value of “${shown(w.tokens[k])}”`));
+      cells.push(vs);
+      const line = el("div", "key-row-cells");
+      line.classList.add("key-row");
+      line.dataset.key = k;
+      line.dataset.weight = w.pattern[q][k];
+      if (masked[k]) line.dataset.masked = "true";
+      line.style.gridRow = String(row);
+      for (const c of cells) line.appendChild(c);
+      box.appendChild(line);
+    }
+    box.appendChild(lines(w, q));
+
+    const sum = w.pattern[q].reduce((x, y) => x + y, 0);
+    const where = state.video ? `column “${name}” of the pattern grid below` : `row “${name}” of the pattern grid below`;
+    $("story-sum").textContent = `the weights sum to ${sum.toFixed(3)}: this list is ${where}`;
+    const legend = $("story-legend");
+    legend.replaceChildren();
+    const a = el("div"), b = el("div");
+    Grid.legend(a, { kind: "signed", maxAbs: dotMax, masked: w.decoder });
+    Grid.legend(b, { kind: "weight", masked: false, label: "weight (line, bar, chip)" });
+    legend.append(a, b);
+    drawDelta();
+    markChips();
+  }
+
+  // bertviz-style lines from the query (left) to each key (right): width and opacity = weight
+  function lines(w, q) {
+    const n = w.tokens.length;
+    const box = el("div", "lines");
+    box.style.gridRow = `2 / span ${n}`;
+    const rowH = 26;
+    const g = Grid.svg("svg", { viewBox: `0 0 100 ${n * rowH}`, preserveAspectRatio: "none", "aria-hidden": "true" });
+    const y = (i) => (i + 0.5) * rowH;
+    for (let k = 0; k < n; k++) {
+      if (w.mask[q][k]) continue;
+      const v = w.pattern[q][k];
+      const line = Grid.svg("line", {
+        x1: 0, y1: y(q), x2: 100, y2: y(k),
+        stroke: Grid.weightColor(1),
+        "stroke-width": (0.5 + 7 * v).toFixed(2),
+        "stroke-opacity": (0.12 + 0.88 * v).toFixed(3),
+        "vector-effect": "non-scaling-stroke",
+        "data-key": k,
+        "data-weight": v,
+      });
+      g.appendChild(line);
+    }
+    box.appendChild(g);
+    return box;
+  }
+
+  function drawDelta() {
+    const w = state.walk, q = state.query;
+    const z = new Array(w.d_head).fill(0);
+    w.pattern[q].forEach((p, k) => w.v[k].forEach((v, i) => { z[i] += p * v; }));
+    $("z-strip").replaceChildren(Grid.strip(z, Grid.maxAbsOf(w.v), "the weighted sum of the values"));
+    const e = w.e_norm[q], d = w.delta_e_norm[q];
+    const top = Math.max(e, d, 1e-9);
+    const name = shown(w.tokens[q]);
+    Grid.bars($("delta"), [
+      { token: `|E| “${name}”`, prob: e / top, label: e.toFixed(2) },
+      { token: "|ΔE| this head", prob: d / top, label: d.toFixed(2) },
+    ]);
+    const p = $("delta").appendChild(el("p", "muted small",
+      `this head adds a vector ${(100 * d / Math.max(e, 1e-9)).toFixed(1)}% as long as “${name}”'s embedding ` +
+      "(E ← E + ΣΔE over every head of the layer)"));
+    p.id = "delta-note";
+    const e0 = w.steps.find((st) => st.symbol === "E");
+    if (e0) $("delta").appendChild(el("p", "muted small", `E here: ${e0.meaning}`));
+    const dMax = Math.max(1e-9, ...w.delta_e_norm);
+    Grid.bars($("delta-all"), w.tokens.map((tok, t) => ({
+      token: tok, prob: w.delta_e_norm[t] / dMax, label: `${w.delta_e_norm[t].toFixed(2)} / ${w.e_norm[t].toFixed(1)}`,
+    })));
+  }
+
+  // --- 5: the grids --------------------------------------------------------------------------
+  function drawGrids() {
+    const w = state.walk, n = w.tokens.length;
+    Grid.fitCells([$("scores"), $("grid")], n);
+    const masked = w.dots.map((row, q) => row.map((v, k) => (w.mask[q][k] ? null : v)));
+    const pattern = w.pattern.map((row, q) => row.map((v, k) => (w.mask[q][k] ? null : v)));
+    const common = {
+      tokens: w.tokens, pattern: w.pattern, scores: masked, video: state.video, selected: state.query,
+      onHover: (h) => { $("hover").textContent = Grid.hoverText(h); },
+      onPick: pickQuery,
+    };
+    const scores = Grid.draw($("scores"), { ...common, values: masked, kind: "signed" });
+    Grid.legend($("scores-legend"), { kind: "signed", maxAbs: Number(scores.dataset.maxAbs), masked: w.decoder });
+    const grid = Grid.draw($("grid"), { ...common, values: pattern, kind: "weight" });
+    grid.dataset.layer = w.layer;
+    grid.dataset.head = w.head;
+    Grid.legend($("grid-legend"), { kind: "weight", masked: w.decoder });
+    $("orientation").textContent = `${Grid.orientationText(state.video)}. ` +
+      (w.decoder ? "Masked cells: a later token may not inform an earlier one." : "An encoder masks nothing.") +
+      " Click a cell to make its query the story's.";
+    clearHover(); // the old line may name a token that is gone
+  }
+
+  function drawThumbs() {
+    const a = state.analysis;
+    if (!a) return;
+    Grid.thumbnails($("thumbs"), a.patterns, state.video, [state.layer, state.head], pickHead);
+  }
+
+  // a new head only moves the outline: redrawing every thumbnail costs more than a forward pass
+  function markThumbs() {
+    for (const c of $("thumbs").querySelectorAll("canvas")) {
+      c.classList.toggle("selected", Number(c.dataset.layer) === state.layer && Number(c.dataset.head) === state.head);
+    }
   }
 
   function drawHead() {
-    const h = state.head;
-    if (!h) return;
-    const layer = Number($("layer").value), head = Number($("head").value);
-    $("which").textContent = `layer ${layer}, head ${head}, step by step`;
-    const orient = state.video
-      ? "video orientation: keys down the side, queries across the top; each column sums to 1"
-      : "usual orientation: queries down the side, keys across the top; each row sums to 1";
-    $("orientation").textContent = orient;
-    $("pattern-note").textContent = "softmax of each query's scores: " + orient;
-    strip($("q"), h.tokens, h.q);
-    strip($("k"), h.tokens, h.k);
-    const masked = h.scores.map((row, q) => row.map((v, k) => (h.mask[q][k] ? null : v)));
-    Grid.draw($("scores"), { tokens: h.tokens, values: masked, signed: true, video: state.video });
-    const maskValues = h.mask.map((row) => row.map((m) => (m ? null : 1)));
-    Grid.draw($("mask"), { tokens: h.tokens, values: maskValues, video: state.video });
-    $("mask-note").textContent = state.analysis && !state.analysis.decoder
-      ? "an encoder lets every token see every other: nothing is masked"
-      : "−∞ where a later token would inform an earlier one";
-    const grid = Grid.draw($("grid"), {
-      tokens: h.tokens, values: h.pattern, pattern: h.pattern, scores: masked, video: state.video,
-      onHover: (x) => { $("hover").textContent = Grid.hoverText(x); },
-    });
-    grid.dataset.layer = layer;
-    grid.dataset.head = head;
-    Grid.bars($("delta"), h.tokens.map((tok, t) => ({ token: tok, prob: Math.min(1, h.delta_e_norm[t] / Math.max(1e-9, ...h.delta_e_norm)) })));
-    $("delta").querySelectorAll(".bar-value").forEach((e, t) => {
-      e.textContent = `${h.delta_e_norm[t].toFixed(2)} / ${h.e_norm[t].toFixed(1)}`;
-    });
-    if (state.analysis) {
-      Grid.thumbnails($("thumbs"), state.analysis.patterns, state.video, [layer, head], (l, hh) => {
-        $("layer").value = String(l);
-        $("head").value = String(hh);
-        loadHead();
+    drawStory();
+    drawGrids();
+    markThumbs();
+    const w = state.walk;
+    status(`${w.tokens.length} tokens · layer ${w.layer}, head ${w.head} · query “${shown(w.tokens[state.query])}”`);
+  }
+
+  // --- 3: next token ---------------------------------------------------------------------------
+  function drawNext(n) {
+    Grid.bars($("next"), n.next.map((x) => ({ token: x.token, prob: x.prob })));
+    $("sample").textContent = `${n.kept} of ${n.vocab_size} tokens kept · one sample at these settings: ` +
+      `“${shown(n.sample.token)}”`;
+  }
+
+  function drawNextCard() {
+    const a = state.analysis;
+    const card = $("next-card");
+    card.classList.toggle("encoder", !a.decoder);
+    if (a.decoder) {
+      const last = shown(a.tokens[a.tokens.length - 1]);
+      $("next-note").textContent = `what the model predicts after the whole sentence (after “${last}”)`;
+      drawNext(a);
+    } else {
+      $("next-note").textContent = "an encoder reads the whole sentence at once: it predicts no next token";
+      $("next").replaceChildren();
+      $("sample").textContent = "";
+    }
+  }
+
+  async function loadNext() {
+    showSettings();
+    if (!state.analysis || !state.analysis.decoder) return;
+    const id = ++state.seq.next;
+    try {
+      const n = await api("/api/next", { model: state.model, text: state.text, ...sampling() });
+      if (id === state.seq.next) drawNext(n);
+    } catch (err) {
+      if (id === state.seq.next) status(err.message, true);
+    }
+  }
+
+  // --- 4: the MLP --------------------------------------------------------------------------------
+  async function loadMLP() {
+    const id = ++state.seq.mlp;
+    const a = state.analysis;
+    $("mlp-title").textContent = `the MLP at “${shown(a.tokens[state.query])}”`;
+    $("mlp").replaceChildren(el("p", "muted small", "finding the neurons…"));
+    try {
+      const m = await api("/api/mlp", { model: state.model, text: state.text, position: state.query, k: 8 });
+      if (id === state.seq.mlp) drawMLP(m);
+    } catch (err) {
+      if (id === state.seq.mlp) $("mlp").replaceChildren(el("p", "error", err.message));
+    }
+  }
+
+  function drawMLP(m) {
+    const box = $("mlp");
+    box.replaceChildren();
+    const top = Math.max(1e-9, ...m.neurons.map((x) => Math.abs(x.activation)));
+    for (const x of m.neurons) {
+      const row = el("div", "neuron");
+      row.dataset.layer = x.layer;
+      row.dataset.neuron = x.neuron;
+      row.appendChild(el("span", "neuron-name", `L${x.layer} · #${x.neuron}`));
+      const track = el("span", "bar-track");
+      const bar = el("span", "bar neuron-bar");
+      bar.style.width = `${(100 * Math.abs(x.activation) / top).toFixed(1)}%`;
+      track.appendChild(bar);
+      row.appendChild(track);
+      row.appendChild(el("span", "bar-value", x.activation.toFixed(2)));
+      if (x.pushes) {
+        const pushes = el("span", "pushes");
+        pushes.appendChild(el("span", "muted", "pushes up "));
+        for (const p of x.pushes) pushes.appendChild(el("span", "push", shown(p.token)));
+        row.appendChild(pushes);
+      }
+      box.appendChild(row);
+    }
+    box.appendChild(el("p", "muted small", m.decoder
+      ? `${m.neurons.length} of ${m.d_mlp} neurons per layer; “pushes up”: the tokens each neuron's output raises directly through W_U`
+      : `${m.neurons.length} of ${m.d_mlp} neurons per layer (an encoder has no W_U to read them through)`));
+  }
+
+  // --- 7: head detectors, on demand ----------------------------------------------------------
+  async function loadDetectors() {
+    const id = ++state.seq.detect;
+    const model = state.model;
+    const button = $("detect");
+    button.disabled = true;
+    button.textContent = "scoring every head…";
+    const box = $("detectors");
+    box.replaceChildren();
+    try {
+      const d = await api(`/api/heads?model=${encodeURIComponent(model)}`);
+      const entry = modelEntry(model);
+      if (entry) entry.detectors_ready = true;
+      if (id === state.seq.detect && model === state.model) drawDetectors(d);
+    } catch (err) {
+      if (id === state.seq.detect) box.replaceChildren(el("p", "error", err.message));
+    } finally {
+      if (id === state.seq.detect) {
+        button.disabled = false;
+        button.textContent = "score every head";
+      }
+    }
+  }
+
+  function drawDetectors(d) {
+    const box = $("detectors");
+    box.replaceChildren();
+    const wrap = el("div", "detector-grid");
+    for (const [kind, info] of Object.entries(d.kinds)) {
+      const [l, h, s] = info.strongest;
+      const fig = el("div", "detector");
+      fig.appendChild(el("h3", "", kind));
+      fig.appendChild(el("p", "muted small", info.definition));
+      fig.appendChild(el("p", "small", s >= d.strong
+        ? `strongest: layer ${l}, head ${h} (${s.toFixed(2)})`
+        : `no head reaches ${d.strong} (best: layer ${l}, head ${h}, ${s.toFixed(2)})`));
+      const table = el("table", "scores");
+      const head = el("tr");
+      head.appendChild(el("th", "", ""));
+      info.scores[0].forEach((_, i) => head.appendChild(el("th", "", `h${i}`)));
+      table.appendChild(head);
+      info.scores.forEach((row, li) => {
+        const tr = el("tr");
+        tr.appendChild(el("th", "", `L${li}`));
+        row.forEach((v, hi) => {
+          const td = el("td", li === l && hi === h ? "best" : "", v.toFixed(2));
+          td.style.background = Grid.weightColor(v);
+          td.style.color = Grid.inkFor(v);
+          td.title = `layer ${li}, head ${hi}: click to look at it`;
+          td.addEventListener("click", () => pickHead(li, hi));
+          tr.appendChild(td);
+        });
+        table.appendChild(tr);
       });
+      const scroll = el("div", "scroll");
+      scroll.appendChild(table);
+      fig.appendChild(scroll);
+      wrap.appendChild(fig);
+    }
+    box.appendChild(wrap);
+    for (const [kind, why] of Object.entries(d.skipped)) box.appendChild(el("p", "muted small", `${kind}: not scored (${why})`));
+  }
+
+  // --- choosing -------------------------------------------------------------------------------
+  function pickQuery(i) {
+    if (!state.walk || i === state.query) return;
+    state.query = i;
+    drawStory();
+    drawGrids();
+    status(`${state.walk.tokens.length} tokens · layer ${state.walk.layer}, head ${state.walk.head} · ` +
+      `query “${shown(state.walk.tokens[i])}”`);
+    loadMLP();
+  }
+
+  function pickHead(layer, head) {
+    state.layer = layer;
+    state.head = head;
+    state.pickedHead = true;
+    $("layer").value = String(layer);
+    $("head").value = String(head);
+    loadHead();
+  }
+
+  function showcaseNote(s) {
+    const p = $("showcase");
+    p.hidden = !s;
+    p.replaceChildren();
+    if (!s) return;
+    p.appendChild(el("span", "", `Showcase head: layer ${s.layer}, head ${s.head} — ${s.why}. `));
+    if (state.layer !== s.layer || state.head !== s.head) {
+      const go = el("button", "link", "look at it");
+      go.type = "button";
+      go.addEventListener("click", () => pickHead(s.layer, s.head));
+      p.appendChild(go);
+    }
+  }
+
+  function useShowcase(s) {
+    state.showcase = s;
+    state.layer = s.layer;
+    state.head = s.head;
+    $("layer").value = String(s.layer);
+    $("head").value = String(s.head);
+    showcaseNote(s);
+  }
+
+  // the showcase head was not known yet: ask for it after the first story is drawn, and move
+  // there only if the learner has not picked a head in the meantime
+  async function findShowcase(model, text) {
+    const p = $("showcase");
+    p.hidden = false;
+    p.textContent = "looking for the head that shows this model best…";
+    try {
+      const s = await api("/api/showcase", { model, text });
+      if (model !== state.model) return;
+      if (state.pickedHead) {
+        state.showcase = s;
+        showcaseNote(s);
+      } else {
+        useShowcase(s);
+        loadHead();
+      }
+    } catch (err) {
+      if (model === state.model) p.hidden = true;
     }
   }
 
   async function loadHead() {
-    const id = ++state.requestId;
+    const id = ++state.seq.head;
+    const asked = api("/api/head", { model: state.model, text: state.text, layer: state.layer, head: state.head });
+    markThumbs();
     try {
-      const h = await api("/api/head", { model: $("model").value, text: $("text").value,
-        layer: Number($("layer").value), head: Number($("head").value) });
-      if (id !== state.requestId) return;  // a newer request is on its way
-      state.head = h;
+      const w = await asked;
+      if (id !== state.seq.head) return; // a newer request is on its way
+      state.walk = w;
       drawHead();
-      status(`${h.tokens.length} tokens`);
+      if (state.showcase) showcaseNote(state.showcase);
     } catch (err) {
-      status(err.message, true);
+      if (id === state.seq.head) status(err.message, true);
     }
   }
 
-  function drawNext(n) {
-    Grid.bars($("next"), n.next);
-    $("sample").textContent = `sampled at T = ${n.temperature.toFixed(2)}: “${Grid.shown(n.sample.token)}”`;
-  }
-
-  async function loadNext() {
-    const t = Number($("temperature").value);
-    $("temperature-value").textContent = t.toFixed(2);
-    if (!state.analysis || !state.analysis.decoder) return;
-    try {
-      drawNext(await api("/api/next", { model: $("model").value, text: $("text").value, temperature: t }));
-    } catch (err) {
-      status(err.message, true);
-    }
-  }
-
-  async function loadDetectors() {
-    const box = $("detectors");
-    box.replaceChildren(Grid.el("p", "muted", "scoring heads…"));
-    try {
-      const d = await api(`/api/heads?model=${encodeURIComponent($("model").value)}`);
-      box.replaceChildren();
-      for (const [kind, info] of Object.entries(d.kinds)) {
-        const [l, h, s] = info.strongest;
-        box.appendChild(Grid.el("p", "", `${kind} — ${info.definition}; strongest: layer ${l}, head ${h} (${s.toFixed(2)})`));
-        const table = Grid.el("table", "scores");
-        const head = Grid.el("tr");
-        head.appendChild(Grid.el("th", "", "layer"));
-        info.scores[0].forEach((_, i) => head.appendChild(Grid.el("th", "", `h${i}`)));
-        table.appendChild(head);
-        info.scores.forEach((row, li) => {
-          const tr = Grid.el("tr");
-          tr.appendChild(Grid.el("th", "", String(li)));
-          row.forEach((v) => {
-            const td = Grid.el("td", "", v.toFixed(2));
-            td.style.background = `rgba(30,90,180,${Math.max(0, Math.min(1, v)) * 0.6})`;
-            tr.appendChild(td);
-          });
-          table.appendChild(tr);
-        });
-        box.appendChild(table);
-      }
-    } catch (err) {
-      box.replaceChildren(Grid.el("p", "error", err.message));
-    }
-  }
-
-  async function analyzeText() {
+  // fresh: a new model (or the first load): start on its showcase head
+  async function analyzeText(fresh) {
+    const id = ++state.seq.analyze;
+    const model = $("model").value, text = $("text").value;
     status("running…");
+    clearHover();
+    let a;
     try {
-      const a = await api("/api/analyze", { model: $("model").value, text: $("text").value,
-        temperature: Number($("temperature").value) });
-      state.analysis = a;
-      fillSelect($("layer"), a.n_layers, "layer");
-      fillSelect($("head"), a.n_heads, "head");
-      $("next-section").hidden = !a.decoder;
-      if (a.decoder) drawNext(a);
-      await loadHead();
+      a = await api("/api/analyze", { model, text, ...sampling(), showcase: fresh });
     } catch (err) {
-      status(err.message, true);
+      if (id === state.seq.analyze) status(err.message, true);
+      return;
     }
+    if (id !== state.seq.analyze) return;
+    const sameSentence = state.model === model && state.text === text;
+    state.analysis = a;
+    state.model = model;
+    state.text = text;
+    if (fresh) {
+      state.pickedHead = false;
+      state.showcase = null;
+      state.layer = 0;
+      state.head = 0;
+      showcaseNote(null);
+      if (a.showcase) useShowcase(a.showcase);
+    }
+    state.layer = Math.min(state.layer, a.n_layers - 1);
+    state.head = Math.min(state.head, a.n_heads - 1);
+    fillSelect($("layer"), a.n_layers, "layer", state.layer);
+    fillSelect($("head"), a.n_heads, "head", state.head);
+    if (!sameSentence || state.query >= a.tokens.length) state.query = a.tokens.length - 1;
+    state.walk = null;
+    const head = loadHead(); // asked first: the drawing below happens while the server works
+    drawChips();
+    drawUnknown();
+    drawNextCard();
+    drawThumbs();
+    await head;
+    loadMLP();
+    if (fresh && !a.showcase) findShowcase(model, text);
+    const entry = modelEntry(model);
+    if (fresh && entry && entry.detectors_ready) loadDetectors();
   }
 
   async function start() {
+    showSettings();
     try {
       state.models = await api("/api/models");
     } catch (err) {
@@ -171,21 +583,38 @@
       return;
     }
     for (const m of state.models) {
-      const o = document.createElement("option");
+      const o = el("option", "", m.note ? `${m.name} (${m.note})` : m.name);
       o.value = m.name;
-      o.textContent = m.note ? `${m.name} (${m.note})` : m.name;
       $("model").appendChild(o);
     }
-    await analyzeText();
-    loadDetectors();
+    if (!state.models.length) {
+      status("this server has no models", true);
+      return;
+    }
+    $("text").value = state.models[0].example;
+    await analyzeText(true);
   }
 
-  $("text").addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); analyzeText(); } });
-  $("model").addEventListener("change", () => { analyzeText().then(loadDetectors); });
-  $("layer").addEventListener("change", loadHead);
-  $("head").addEventListener("change", loadHead);
-  $("flip").addEventListener("click", () => { state.video = !state.video; drawHead(); });
+  $("ask").addEventListener("submit", (e) => { e.preventDefault(); analyzeText(false); });
+  $("model").addEventListener("change", () => {
+    const before = modelEntry(state.model), after = modelEntry($("model").value);
+    if (after && (!before || $("text").value === before.example)) $("text").value = after.example;
+    $("detectors").replaceChildren();
+    analyzeText(true);
+  });
+  $("layer").addEventListener("change", () => pickHead(Number($("layer").value), state.head));
+  $("head").addEventListener("change", () => pickHead(state.layer, Number($("head").value)));
+  $("flip").addEventListener("click", () => {
+    state.video = !state.video;
+    if (!state.walk) return;
+    drawStory();
+    drawGrids();
+    drawThumbs();
+  });
+  $("detect").addEventListener("click", loadDetectors);
   let timer = null;
-  $("temperature").addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(loadNext, 60); });
+  for (const id of ["temperature", "top-k", "top-p"]) {
+    $(id).addEventListener("input", () => { showSettings(); clearTimeout(timer); timer = setTimeout(loadNext, 60); });
+  }
   start();
 })();

@@ -20,15 +20,23 @@
   function render() {
     pickers();
     const pattern = data.patterns[state.layer][state.head];
-    const scores = data.scores[state.layer][state.head];
+    const scores = data.scores ? data.scores[state.layer][state.head] : null;
+    // masked cells (null scores) are drawn hatched in both grids, never as a colour
+    const masked = scores ? pattern.map((row, q) => row.map((v, k) => (scores[q][k] === null ? null : v))) : pattern;
     $("which").textContent = `layer ${state.layer}, head ${state.head}`;
-    $("orientation").textContent = state.video
-      ? "video orientation: keys down the side, queries across the top; each column sums to 1"
-      : "usual orientation: queries down the side, keys across the top; each row sums to 1";
-    Grid.draw($("grid"), {
-      tokens: data.tokens, values: pattern, pattern, scores, video: state.video,
-      onHover: (h) => { $("hover").textContent = Grid.hoverText(h); },
-    });
+    $("orientation").textContent = Grid.orientationText(state.video);
+    Grid.fitCells([$("grid"), $("scores")], data.tokens.length);
+    const onHover = (h) => { $("hover").textContent = Grid.hoverText(h); };
+    Grid.draw($("grid"), { tokens: data.tokens, values: masked, kind: "weight", pattern, scores, video: state.video, onHover });
+    Grid.legend($("grid-legend"), { kind: "weight", masked: data.causal });
+    $("scores-section").hidden = !scores;
+    if (scores) {
+      const table = Grid.draw($("scores"), {
+        tokens: data.tokens, values: scores, kind: "signed", pattern, scores, video: state.video, onHover,
+      });
+      Grid.legend($("scores-legend"), { kind: "signed", maxAbs: Number(table.dataset.maxAbs), masked: data.causal });
+    }
+    $("hover").textContent = ""; // the old line may name another head's numbers
     Grid.thumbnails($("thumbs"), data.patterns, state.video, [state.layer, state.head], (l, h) => {
       state.layer = l; state.head = h; render();
     });

@@ -1,0 +1,205 @@
+"""The explorer's front door: which requests get in, and what every answer carries.
+
+`Guard` wraps the whole app (page, static files, API, docs), so nothing can slip past it:
+
+- the Host header must name this machine (localhost, 127.0.0.1, [::1]) or the host the
+  server was started on; anything else is a page on some other site whose name was
+  pointed at 127.0.0.1 (DNS rebinding) and gets 421;
+- a body may be at most `max_body` bytes (413) and must arrive within `body_timeout`
+  seconds (408), so a client that dribbles bytes cannot hold a request open;
+- every answer carries a Content-Security-Policy (scripts only from this server, no
+  inline script, no framing), nosniff, X-Frame-Options and no-referrer.
+
+`guarded_h11(header_timeout)` is uvicorn's HTTP/1.1 protocol with a deadline for the
+request line and headers; uvicorn's keep-alive timer restarts on every byte received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Iterable
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = ("localhost", "127.0.0.1", "[::1]")
+
+CSP = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",
+        "connect-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+    ]
+)
+
+SECURITY_HEADERS = [
+    (b"content-security-policy", CSP.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+]
+
+
+def host_name(value: str) -> str:
+    """The name part of a Host header, lower-case: 'LocalHost:8000' -> 'localhost',
+    '[::1]:8000' -> '[::1]'."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        end = value.find("]")
+        return value[: end + 1] if end > 0 else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def hosts_allowed(extra: Iterable[str] = ()) -> frozenset[str]:
+    """The loopback names and `extra` (the host the server listens on), as Host headers name them."""
+    names = set(LOOPBACK)
+    for host in extra:
+        host = host.strip().lower().rstrip(".")
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"  # an IPv6 address, as a URL (and so a Host header) writes it
+        if host and host not in ("0.0.0.0", "[::]"):  # "every interface" is not a name a browser sends
+            names.add(host)
+    return frozenset(names)
+
+
+def json_body(status: int, detail: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    body = json.dumps({"detail": detail}, ensure_ascii=True).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),  # whatever the client still sends is not read
+    ]
+    return headers, body
+
+
+class Guard:
+    """ASGI middleware: host check, body limits, security headers on every answer."""
+
+    def __init__(
+        self, app, *, hosts: Iterable[str] = LOOPBACK, max_body: int = 64 * 1024, body_timeout: float = 10.0
+    ) -> None:
+        self.app = app
+        self.hosts = frozenset(h.lower() for h in hosts)
+        self.max_body = max_body
+        self.body_timeout = body_timeout
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_secured(message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                names = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [(k, v) for k, v in SECURITY_HEADERS if k not in names]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        headers = dict(scope.get("headers") or [])
+        host = headers.get(b"host", b"").decode("latin-1")
+        if host_name(host).rstrip(".") not in self.hosts:
+            await self.refuse(send_secured, 421, "this server answers only to the names of this machine")
+            return
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            await self.refuse(send_secured, 413, f"the request body is over {self.max_body} bytes")
+            return
+        try:
+            body = await asyncio.wait_for(self.read_body(receive), self.body_timeout)
+        except asyncio.TimeoutError:
+            await self.refuse(send_secured, 408, f"the request body did not arrive within {self.body_timeout:g} s")
+            return
+        if body is None:
+            await self.refuse(send_secured, 413, f"the request body is over {self.max_body} bytes")
+            return
+        if body is False:  # the client went away
+            return
+
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body, only http.disconnect can come
+
+        try:
+            await self.app(scope, replay, send_secured)
+        except Exception:
+            # a bug, not a bad request: logged, and answered in JSON with the headers above
+            log.exception("error answering %s %s", scope.get("method"), scope.get("path"))
+            if not started:
+                await self.refuse(send_secured, 500, "internal error; the server's log has the details")
+
+    async def read_body(self, receive) -> bytes | bool | None:
+        """The whole body, None when it is too large, False when the client disconnected."""
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return False
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    @staticmethod
+    async def refuse(send, status: int, detail: str) -> None:
+        headers, body = json_body(status, detail)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def guarded_h11(header_timeout: float):
+    """uvicorn's h11 protocol class, closing a connection that has not sent a complete
+    request head within `header_timeout` s of opening or of its last answer."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11(H11Protocol):
+        _deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._disarm()
+            if not self.transport.is_closing():
+                self._deadline = self.loop.call_later(header_timeout, self._expire)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _expire(self) -> None:
+            between_requests = self.cycle is None or self.cycle.response_complete
+            if between_requests and self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()
+
+    return GuardedH11
