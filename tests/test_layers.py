@@ -53,7 +53,8 @@ def imports_of(path: Path) -> set[str]:
             elif node.module and node.module.split(".")[0] == "glassformer":
                 found.add(node.module.removeprefix("glassformer").lstrip("."))
         elif isinstance(node, ast.Import):
-            found |= {a.name.removeprefix("glassformer").lstrip(".") for a in node.names if a.name.startswith("glassformer")}
+            names = [a.name for a in node.names if a.name.startswith("glassformer")]
+            found |= {name.removeprefix("glassformer").lstrip(".") for name in names}
     return found
 
 

@@ -9,6 +9,7 @@ import torch
 import glassformer as gf
 from glassformer.cli import main
 from glassformer.tokenizer import train_bpe
+
 from conftest import ROOT, maxdiff, needs
 
 transformers = pytest.importorskip("transformers", reason="parity tests compare with Hugging Face transformers")

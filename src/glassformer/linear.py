@@ -60,6 +60,14 @@ def _numpy_product(flat: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.matmul(flat.numpy(), W.numpy()))
 
 
+def matmul(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """x @ W, where W may be held in a lower precision than x (bf16 weights, fp32 stream):
+    the product runs in W's precision and comes back in x's. Under autocast, autocast decides."""
+    if x.dtype == W.dtype or torch.is_autocast_enabled(x.device.type):
+        return x @ W
+    return (x.to(W.dtype) @ W).to(x.dtype)
+
+
 class Linear(nn.Module):
     def __init__(self, d_in: int, d_out: int, bias: bool = True) -> None:
         super().__init__()
@@ -74,9 +82,11 @@ class Linear(nn.Module):
             if self.bias is not None:
                 out += self.bias
         elif self.bias is None:
-            out = flat @ self.weight
-        else:
+            out = matmul(flat, self.weight)
+        elif flat.dtype == self.weight.dtype or torch.is_autocast_enabled(flat.device.type):
             out = torch.addmm(self.bias, flat, self.weight)
+        else:
+            out = matmul(flat, self.weight) + self.bias.to(flat.dtype)
         return out.view(*x.shape[:-1], self.weight.shape[1])
 
     def extra_repr(self) -> str:
@@ -99,11 +109,12 @@ def wide_matmul(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     if _one_row(flat, W):
         return _numpy_product(flat, W).view(*x.shape[:-1], N)
     needs_grad = torch.is_grad_enabled() and (flat.requires_grad or W.requires_grad)
-    if flat.device.type != "cpu" or M < 2 or N < 4 * TILE_COLS or needs_grad:
-        return x @ W
-    out = flat.new_empty(M, N)
+    if flat.device.type != "cpu" or M < 2 or N < 4 * TILE_COLS or needs_grad or torch.is_autocast_enabled("cpu"):
+        return matmul(x, W)
+    low = flat.to(W.dtype)  # bf16 weights: the tiles multiply in bf16, the logits come back in x's dtype
+    out = low.new_empty(M, N)
     for i in range(0, M, TILE_ROWS):
         for j in range(0, N, TILE_COLS):
             rows, cols = slice(i, i + TILE_ROWS), slice(j, j + TILE_COLS)
-            torch.mm(flat[rows], W[:, cols], out=out[rows, cols])
-    return out.view(*x.shape[:-1], N)
+            torch.mm(low[rows], W[:, cols], out=out[rows, cols])
+    return out.to(x.dtype).view(*x.shape[:-1], N)

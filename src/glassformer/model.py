@@ -71,15 +71,17 @@ class Embeddings(nn.Module):
         if self.ln is not None:
             self.hook_ln_embed = HookPoint(top_level=True)  # [B, T, C] normalised sum
 
-    def forward(self, ids_BT: torch.Tensor, type_ids_BT: torch.Tensor | None, start: int) -> torch.Tensor:
-        E_BTC = self.hook_embed(self.W_E(ids_BT))
+    def forward(self, ids_BT: torch.Tensor, type_ids_BT: torch.Tensor | None, start: int, dtype) -> torch.Tensor:
+        """The residual stream's first value, in `dtype` (the stream's precision, which
+        bf16-held embedding rows are lifted to)."""
+        E_BTC = self.hook_embed(self.W_E(ids_BT).to(dtype))
         if self.W_pos is not None:
             positions = torch.arange(start, start + ids_BT.shape[1], device=ids_BT.device)
-            E_BTC = E_BTC + self.hook_pos_embed(self.W_pos(positions)[None])
+            E_BTC = E_BTC + self.hook_pos_embed(self.W_pos(positions)[None].to(dtype))
         if self.W_type is not None:
             if type_ids_BT is None:
                 type_ids_BT = torch.zeros_like(ids_BT)
-            E_BTC = E_BTC + self.hook_type_embed(self.W_type(type_ids_BT))
+            E_BTC = E_BTC + self.hook_type_embed(self.W_type(type_ids_BT).to(dtype))
         if self.ln is not None:
             E_BTC = self.hook_ln_embed(self.ln(E_BTC))
         return self.dropout(E_BTC)
@@ -194,6 +196,34 @@ class Transformer(nn.Module):
     def device(self) -> torch.device:
         return self.W_E.device
 
+    # --- precision -------------------------------------------------------------------
+    @property
+    def stream_dtype(self) -> torch.dtype:
+        """The precision of the residual stream, the norms and the attention pattern: the
+        norms' own (float32 unless the whole model was cast down)."""
+        norm = self.ln_final if self.config.causal else self.block(0).ln1
+        return norm.weight.dtype
+
+    @property
+    def precision(self) -> str:
+        """ "fp32", or "bf16" when the matrices are held (and multiply) in bf16 while the
+        stream, the norms, the softmax and the pattern stay float32."""
+        return "bf16" if self.W_E.dtype == torch.bfloat16 and self.stream_dtype == torch.float32 else "fp32"
+
+    def set_precision(self, precision: str) -> Transformer:
+        """Hold every matrix (embeddings, W_Q/W_K/W_V/W_O, the MLP, W_U) in "bf16" or "fp32".
+        Norms stay float32, and so do the residual stream, the softmax and the pattern: the
+        numbers a learner reads are computed in float32 from bf16-rounded weights."""
+        if precision not in ("fp32", "bf16"):
+            raise GlassformerError(f"unknown precision {precision!r}; use fp32 or bf16")
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        for module in self.modules():
+            if isinstance(module, (Linear, nn.Linear, nn.Embedding)):
+                module.to(dtype)
+        if self.config.causal and self.config.tied_unembedding:
+            self.unembed.weight = self.embed.W_E.weight  # still one tensor after the cast
+        return self
+
     def block(self, layer: int) -> Block:
         """Block `layer` (self.blocks[layer], typed as a Block)."""
         return cast(Block, self.blocks[layer])
@@ -236,7 +266,7 @@ class Transformer(nn.Module):
         if attention_mask is not None and not bool(attention_mask.all()):
             keys_BS = attention_mask.bool()
         rotation = self.rotary(start, T, input_ids.device) if self.rotary is not None else None
-        x = self.embed(input_ids, token_type_ids, start)
+        x = self.embed(input_ids, token_type_ids, start, self.stream_dtype)
         for i, block in enumerate(self.blocks):
             layer_cache = cache.layers[i] if cache is not None else None
             x = block(x, keys_BS=keys_BS, rotation=rotation, cache=layer_cache, explicit=explicit)
@@ -248,8 +278,7 @@ class Transformer(nn.Module):
         return self.hook_logits(wide_matmul(x, self.W_U))
 
     def new_cache(self, batch: int = 1, max_len: int | None = None) -> KVCache:
-        p = self.W_E
-        return KVCache(self.config, batch, dtype=p.dtype, device=p.device, max_len=max_len)
+        return KVCache(self.config, batch, dtype=self.stream_dtype, device=self.device, max_len=max_len)
 
     # --- looking inside --------------------------------------------------------------
     def hook_names(self) -> list[str]:

@@ -48,6 +48,7 @@ class HeadWalk:
     V: Step  # [token, d_head]
     dE: Step  # this head's ΔE [token, d_model]
     rotated: bool = False  # Q and K were turned by position (rotary models) before the grid
+    precision: str = "fp32"  # what computed these numbers (model.precision)
 
     @property
     def steps(self) -> list[Step]:
@@ -100,6 +101,7 @@ def walk_head(model: Transformer, text: str, layer: int, head: int) -> HeadWalk:
         kv_head=g,
         causal=c.causal,
         rotated=rotated,
+        precision=model.precision,
         E=Step(
             "E",
             "embeddings entering attention",
@@ -186,6 +188,7 @@ class Analysis:
     scores: torch.Tensor | None  # [L, H, T, S] scaled dot products, −∞ where masked (if asked)
     causal: bool
     last_logits: torch.Tensor | None  # [V] next-token logits after the last token (decoders)
+    precision: str = "fp32"  # what computed these numbers (model.precision)
 
 
 @torch.inference_mode()
@@ -208,4 +211,5 @@ def analyze(model: Transformer, text: str, *, scores: bool = False) -> Analysis:
         stack("scores") if scores else None,
         model.config.causal,
         logits,
+        model.precision,
     )

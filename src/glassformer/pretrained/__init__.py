@@ -25,6 +25,7 @@ import torch
 
 from .. import checkpoint, lessons
 from ..config import PRESETS, SHAPE_ONLY, GlassformerError, ModelConfig, preset
+from ..hardware import bf16_native
 from ..model import Transformer
 from ..params import check_fits
 from ..tokenizer import ByteTokenizer
@@ -41,10 +42,31 @@ NAMES_HELP = (
 )
 
 
-def load(name_or_path: str | os.PathLike) -> Transformer:
+DTYPES = ("auto", "fp32", "bf16")
+
+
+def load(name_or_path: str | os.PathLike, *, dtype: str = "fp32") -> Transformer:
     """The model called `name_or_path` (see the module docstring), in eval mode, its
-    tokenizer attached as `model.tokenizer`."""
-    name = str(name_or_path)
+    tokenizer attached as `model.tokenizer`.
+
+    `dtype`: "fp32"; "bf16" holds the matrices in bf16 and multiplies in bf16, while the
+    residual stream, norms, softmax and attention pattern stay float32; "auto" is bf16
+    where the CPU (AVX512-BF16 or AMX) or GPU computes bf16 natively, else fp32.
+    """
+    precision = resolve_dtype(dtype)
+    model = _load(str(name_or_path))
+    return model.set_precision(precision) if precision != "fp32" else model
+
+
+def resolve_dtype(dtype: str, device: str = "cpu") -> str:
+    if dtype not in DTYPES:
+        raise GlassformerError(f"unknown dtype {dtype!r}; use {', '.join(DTYPES)}")
+    if dtype == "auto":
+        return "bf16" if bf16_native(device) else "fp32"
+    return dtype
+
+
+def _load(name: str) -> Transformer:
     if not name.strip():
         raise GlassformerError(f"the model name is empty; give {NAMES_HELP}")
     if name.startswith("random:"):
@@ -161,4 +183,4 @@ def load_path(path: Path) -> Transformer:
     return model
 
 
-__all__ = ["BUILTIN", "NAMES_HELP", "config_of", "load", "random_model"]
+__all__ = ["BUILTIN", "DTYPES", "NAMES_HELP", "config_of", "load", "random_model", "resolve_dtype"]
