@@ -38,5 +38,18 @@ def hf_gpt2_and_ours(config_kwargs: dict | None = None, seed: int = 0):
     return hf, ours
 
 
+def copy_bandwidth(n_bytes: int = 512 * 2**20, repeats: int = 5) -> float:
+    """Bytes per second moved by a large tensor copy (read + write): the memory bandwidth
+    that bounds batch-1 decoding, which must read every weight once per token."""
+    src = torch.ones(n_bytes // 4)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n_bytes / best
+
+
 def env_line() -> str:
     return f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu"

@@ -136,11 +136,19 @@ def adjective_scores(model: Transformer, sentences=None, *, n: int = 200, seed: 
     L, H = model.config.n_layers, model.config.n_heads
     own, far = torch.zeros(L, H), torch.zeros(L, H)
     n_own = n_far = 0
-    for sent in sentences:
-        ids = torch.tensor([model.tokenizer.encode(" ".join(w for w, _, _ in sent))])
-        if ids.shape[1] != len(sent):
-            raise GlassformerError("this model's tokenizer does not split the lesson one word per token")
-        P = _patterns(model, ids)[:, 0]  # [L, H, T, S]
+    rows = [model.tokenizer.encode(" ".join(w for w, _, _ in sent)) for sent in sentences]
+    if any(len(ids) != len(sent) for ids, sent in zip(rows, sentences)):
+        raise GlassformerError("this model's tokenizer does not split the lesson one word per token")
+    # one forward for every sentence, padded on the right: in a decoder no query looks at
+    # a later position, so the padding changes nothing a noun attends to
+    width = max(len(r) for r in rows)
+    if model.config.causal:
+        batches = [torch.tensor([r + [0] * (width - len(r)) for r in rows])]
+    else:
+        batches = [torch.tensor([r]) for r in rows]
+    patterns = torch.cat([_patterns(model, ids) for ids in batches], dim=1)  # [L, B, H, T, S]
+    for b, sent in enumerate(sentences):
+        P = patterns[:, b]  # [L, H, T, S]
         for i, (_, pos, _) in enumerate(sent):
             if pos != "NOUN":
                 continue
