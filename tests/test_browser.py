@@ -21,7 +21,7 @@ if not Path(CHROMIUM).exists():
         "Chromium is not installed (apt-get install chromium; make test does it as root)",
         allow_module_level=True,
     )
-playwright = pytest.importorskip("playwright.sync_api")
+playwright = pytest.importorskip("playwright.sync_api", reason="the browser is driven by Playwright (dev extra)")
 
 DEFAULT = "a fluffy blue creature roamed the verdant forest"
 NASTY = 'a <script>alert("x")</script> "q" \'s\' 🐉 & <b>bold</b>'

