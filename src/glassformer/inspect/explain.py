@@ -49,6 +49,7 @@ class HeadWalk:
     dE: Step  # this head's ΔE [token, d_model]
     rotated: bool = False  # Q and K were turned by position (rotary models) before the grid
     precision: str = "fp32"  # what computed these numbers (model.precision)
+    stream: torch.Tensor | None = None  # [token, d_model] the residual stream ΔE is added to
 
     @property
     def steps(self) -> list[Step]:
@@ -78,7 +79,7 @@ def walk_head(model: Transformer, text: str, layer: int, head: int) -> HeadWalk:
     b = f"blocks.{layer}."
     c = model.config
     E_name = b + ("ln1" if c.norm == "pre" else "resid_pre")
-    names = [E_name] + [b + f"attn.{n}" for n in ("q", "k", "v", "dots", "scores", "pattern", "z")]
+    names = [E_name, b + "resid_pre"] + [b + f"attn.{n}" for n in ("q", "k", "v", "dots", "scores", "pattern", "z")]
     _, cache = model.run_with_cache(ids, names=names, device="cpu")
     attn = model.block(layer).attn
     h, g = head, attn.kv_head(head)
@@ -102,6 +103,7 @@ def walk_head(model: Transformer, text: str, layer: int, head: int) -> HeadWalk:
         causal=c.causal,
         rotated=rotated,
         precision=model.precision,
+        stream=cache[b + "resid_pre"][0].float(),
         E=Step(
             "E",
             "embeddings entering attention",

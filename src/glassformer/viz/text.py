@@ -251,8 +251,12 @@ def summary(walk: HeadWalk, q: int, style: Style) -> list[str]:
     weights = walk.pattern.tensor[q]
     top = weights.topk(min(3, weights.numel()))
     looks = ", ".join(f"{label(walk.tokens[k], 12)} {w:.2f}" for w, k in zip(top.values.tolist(), top.indices.tolist()))
-    moved = (walk.dE.tensor[q].norm() / walk.E.tensor[q].norm().clamp(min=1e-9)).item()
+    stream = walk.stream if walk.stream is not None else walk.E.tensor
+    moved = (walk.dE.tensor[q].norm() / stream[q].norm().clamp(min=1e-9)).item()
     return [
         *wrap(f"{label(walk.tokens[q], 12)} → {looks}", style.width),
-        *wrap(f"this head's ΔE moves [{label(walk.tokens[q], 12)}] by |ΔE|/|E| = {moved:.2f}", style.width),
+        *wrap(
+            f"this head's ΔE moves [{label(walk.tokens[q], 12)}] by |ΔE| / |residual stream| = {moved:.2f}",
+            style.width,
+        ),
     ]
