@@ -94,6 +94,18 @@ def maxdiff(a, b) -> float:
     return (torch.as_tensor(a) - torch.as_tensor(b)).abs().max().item()
 
 
+def assert_matches_hugging_face(hf, ours, ids, *, logits: float = 1e-4, patterns: float = 1e-5, what: str = ""):
+    """Our logits and every layer's attention pattern against a Hugging Face model's (run
+    with eager attention so that it returns them), max |Δ| in the failure message."""
+    with torch.no_grad():
+        ref = hf(ids, output_attentions=True)
+    out, cache = ours.run_with_cache(ids, names="blocks.*.attn.pattern")
+    assert maxdiff(out, ref.logits) <= logits, f"{what} logits max |Δ| = {maxdiff(out, ref.logits)}"
+    for i, pattern in enumerate(ref.attentions):
+        d = maxdiff(cache[f"blocks.{i}.attn.pattern"], pattern)
+        assert d <= patterns, f"{what} layer {i}: pattern max |Δ| = {d}"
+
+
 def tree_digest(path: Path) -> dict[str, str]:
     """Every file under `path` with the hash of its bytes: to prove nothing was lost."""
     return {

@@ -12,7 +12,7 @@ import torch
 import glassformer as gf
 from glassformer.tokenizer import train_bpe
 
-from conftest import ROOT, assert_one_line_error, maxdiff, run_cli, tree_digest
+from conftest import ROOT, assert_matches_hugging_face, assert_one_line_error, run_cli, tree_digest
 
 gguf = pytest.importorskip("gguf", reason="GGUF files are read with llama.cpp's gguf package")
 transformers = pytest.importorskip("transformers", reason="the reference model is Hugging Face's LlamaForCausalLM")
@@ -134,12 +134,7 @@ def compare(path: Path, hf_model, stored: dict, bpe, tol: float) -> None:
     reference.set_attn_implementation("eager")
     ids = torch.tensor([bpe.encode(TEXT)])
     assert ours.tokenizer.encode(TEXT) == ids[0].tolist()
-    with torch.no_grad():
-        ref = reference(ids, output_attentions=True)
-    logits, cache = ours.run_with_cache(ids, names="blocks.*.attn.pattern")
-    assert maxdiff(logits, ref.logits) <= tol, f"logits max |Δ| = {maxdiff(logits, ref.logits)}"
-    for i, pattern in enumerate(ref.attentions):
-        assert maxdiff(cache[f"blocks.{i}.attn.pattern"], pattern) <= 1e-5, f"layer {i}"
+    assert_matches_hugging_face(reference, ours, ids, logits=tol)
 
 
 def test_a_float32_gguf_equals_the_hugging_face_model(tmp_path, hf_llama, bpe):

@@ -10,7 +10,7 @@ import glassformer as gf
 from glassformer.cli import main
 from glassformer.tokenizer import train_bpe
 
-from conftest import ROOT, maxdiff, needs
+from conftest import ROOT, assert_matches_hugging_face, maxdiff, needs
 
 transformers = pytest.importorskip("transformers", reason="parity tests compare with Hugging Face transformers")
 
@@ -62,14 +62,7 @@ def test_logits_and_every_pattern_match(llama_pair, bpe):
     hf, ours, shape = llama_pair
     assert ours.config.n_kv_heads == LLAMA_SHAPES[shape]["num_key_value_heads"]
     for text in SENTENCES:
-        ids = torch.tensor([bpe.encode(text)])
-        with torch.no_grad():
-            ref = hf(ids, output_attentions=True)
-        logits, cache = ours.run_with_cache(ids, names="blocks.*.attn.pattern")
-        assert maxdiff(logits, ref.logits) <= 1e-4, f"{shape}: logits max |Δ| = {maxdiff(logits, ref.logits)}"
-        for i, pattern in enumerate(ref.attentions):
-            d = maxdiff(cache[f"blocks.{i}.attn.pattern"], pattern)
-            assert d <= 1e-5, f"{shape} layer {i}: pattern max |Δ| = {d}"
+        assert_matches_hugging_face(hf, ours, torch.tensor([bpe.encode(text)]), what=f"{shape}, {text!r}:")
 
 
 def test_greedy_generation_identical(llama_pair):

@@ -12,7 +12,7 @@ from glassformer.cli import main
 from glassformer.sentences import encode_padded
 from glassformer.tokenizer import train_bpe
 
-from conftest import ROOT, maxdiff
+from conftest import ROOT, assert_matches_hugging_face, maxdiff
 
 transformers = pytest.importorskip("transformers", reason="parity tests compare with Hugging Face transformers")
 
@@ -63,14 +63,7 @@ def gpt2_pair(request, bpe, tmp_path_factory):
 
 def test_gpt2_logits_and_patterns_match(gpt2_pair, bpe):
     hf, ours, _ = gpt2_pair
-    ids = torch.tensor([bpe.encode(SENTENCES[2])])
-    with torch.no_grad():
-        ref = hf(ids, output_attentions=True)
-    logits, cache = ours.run_with_cache(ids, names="blocks.*.attn.pattern")
-    assert maxdiff(logits, ref.logits) <= 1e-4, f"logits max |Δ| = {maxdiff(logits, ref.logits)}"
-    for i, pattern in enumerate(ref.attentions):
-        d = maxdiff(cache[f"blocks.{i}.attn.pattern"], pattern)
-        assert d <= 1e-5, f"layer {i} pattern max |Δ| = {d}"
+    assert_matches_hugging_face(hf, ours, torch.tensor([bpe.encode(SENTENCES[2])]))
 
 
 def test_gpt2_greedy_generation_identical(gpt2_pair):
