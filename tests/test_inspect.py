@@ -210,31 +210,14 @@ def test_a_detector_that_cannot_be_scored_is_skipped_and_no_weak_head_is_named(c
     assert "previous-token: no head reaches 0.4" in out  # a random model has no head that qualifies
 
 
-@pytest.mark.slow
-def test_induction_head_appears_after_training_and_not_before(tmp_path):
-    from glassformer.train import TrainConfig, train
-
-    train(
-        TrainConfig(
-            data="lesson:induction",
-            out=str(tmp_path / "ind"),
-            preset="lesson-tiny",
-            steps=800,
-            batch_size=32,
-            lr=3e-3,
-            min_lr=3e-4,
-            warmup=50,
-            eval_every=400,
-        ),
-        progress=False,
-    )
-    trained = gf.load(tmp_path / "ind")
+def test_the_induction_head_is_learned_not_built_in():
+    """The shipped induction model scores high, the same shape freshly initialised does not."""
+    trained = gf.load("lesson:induction")
     random = build(trained.config, seed=1)
     random.tokenizer = trained.tokenizer
     best_trained = heads.strongest(heads.induction(trained))[2]
     best_random = heads.strongest(heads.induction(random))[2]
-    print(f"\ninduction score: trained {best_trained:.2f}, random {best_random:.2f}")
-    assert best_trained >= 0.4 and best_random < 0.1
+    assert best_trained >= 0.5 and best_random < 0.1, (best_trained, best_random)
 
 
 def test_logit_lens_last_layer_is_the_model_output(decoder):

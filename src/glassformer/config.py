@@ -186,6 +186,10 @@ PRESETS: dict[str, ModelConfig] = {
     "lesson-tiny": ModelConfig(
         vocab_size=256, context_length=64, d_model=64, n_heads=4, n_layers=2
     ),  # 0.1M: the adjectives lesson
+    "lesson-llama": ModelConfig(
+        **_LLAMA, vocab_size=256, context_length=64, d_model=64, n_heads=4, n_layers=2
+    ),  # 0.1M, the Llama family in small: the induction lesson (rotary positions let a
+    # previous-token head form where learned position rows did not, in 8,000 steps)
     "lesson-small": ModelConfig(vocab_size=256, context_length=128, d_model=128, n_heads=4, n_layers=4),  # 0.8M
     "shakespeare-char": ModelConfig(
         vocab_size=65,

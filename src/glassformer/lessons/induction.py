@@ -4,7 +4,7 @@ Each episode is random symbols in which one random segment appears twice, at a d
 and a length that change from episode to episode:
 
     t90 t3 | t17 t40 t9 t101 t66 | t5 t122 t30 | t17 t40 t9 t101 t66 | t88 ...
-    prefix   segment (4-24)        gap (0-12)    the segment again     filler
+    prefix   segment (4-32)        gap (0-8)     the segment again     filler
 
 Every symbol appears once in an episode except the segment's second copy, so the earlier
 copy of the current token is always the one to copy from.
@@ -29,23 +29,34 @@ from ._words import word_tokenizer
 VOCAB = 128  # random symbols t0..t127
 LENGTH = 64  # one episode fills the lesson model's context
 EPISODE = LENGTH  # training windows start at episode boundaries
-SEGMENT = (4, 24)  # segment lengths drawn uniformly from this range (inclusive)
-GAP = (0, 12)
-PREFIX = (0, 16)
+SEGMENT = (4, 20)  # short segments: lengths drawn uniformly from this range (inclusive)
+GAP = (0, 8)  # random symbols between the two copies
+PREFIX = (0, 16)  # random symbols before the first copy
 WORDS = [f"t{i}" for i in range(VOCAB)]
 FIRST_ID = 1  # the word tokenizer puts [UNK] at 0 and t0..t127 at 1..128: symbol K is token K + FIRST_ID
 EXAMPLE = "t7 t42 t99 t3 t150 t12 t88 t7 t42 t99 t3 t150"  # a segment of five, then again
 
 
 def episode(g: torch.Generator, segment: int | None = None) -> tuple[torch.Tensor, int, int, int]:
-    """(ids [LENGTH] in 0..VOCAB-1, start of the first copy, start of the second, segment length)."""
+    """(ids [LENGTH] in 0..VOCAB-1, start of the first copy, start of the second, segment length).
+
+    Without `segment`, two episodes in three repeat a long segment (filling what the prefix
+    and the gap leave), which gives the model enough to copy that an induction head forms
+    (with only short ones, 8,000 steps were not enough); the third repeats a short one,
+    so that copying from the first token of a repeat is learned too."""
 
     def draw(low: int, high: int) -> int:
         return int(torch.randint(low, high + 1, (1,), generator=g))
 
-    L = segment if segment is not None else draw(*SEGMENT)
-    prefix = draw(PREFIX[0], min(PREFIX[1], LENGTH - 2 * L))
-    gap = draw(GAP[0], min(GAP[1], LENGTH - 2 * L - prefix))
+    long_one = segment is None and draw(0, 2) > 0
+    prefix = draw(*PREFIX)
+    gap = draw(*GAP)
+    if long_one:
+        L = (LENGTH - prefix - gap) // 2
+    else:
+        L = segment if segment is not None else draw(*SEGMENT)
+        prefix = min(prefix, LENGTH - 2 * L)
+        gap = min(gap, LENGTH - 2 * L - prefix)
     # every symbol appears once, except the segment's second copy: an earlier copy of the
     # current token is always the one to copy from, wherever it is
     ids = torch.randperm(VOCAB, generator=g)[:LENGTH]
@@ -92,8 +103,8 @@ def copy_accuracy(model, segment: int, n: int = 200, seed: int = 99) -> float:
 # what `glassformer train --data lesson:induction` uses when no flag says otherwise; fp32:
 # the lessons' heads grew weaker in bf16 (see adjectives.py)
 TRAIN_DEFAULTS = dict(
-    preset="lesson-tiny",
-    steps=3000,
+    preset="lesson-llama",
+    steps=12000,
     batch_size=32,
     lr=3e-3,
     min_lr=3e-4,
