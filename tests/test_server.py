@@ -1,6 +1,7 @@
 """The explorer's API: answers, refusals (every one a 4xx in JSON), the front door (Host,
 security headers, body limits, slow clients), serving (port taken, SIGTERM), and a soak."""
 
+import base64
 import concurrent.futures
 import json
 import math
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 import glassformer as gf
@@ -29,6 +31,12 @@ pytest.importorskip("fastapi", reason="the explorer is a FastAPI app (extra serv
 from glassformer.server.app import Registry, create_app, run
 
 TEXT = "a fluffy blue creature roamed the verdant forest"
+
+
+def unpack(packed: dict) -> np.ndarray:
+    """/api/analyze's patterns: little-endian uint16 codes of weight × scale, in base64."""
+    codes = np.frombuffer(base64.b64decode(packed["uint16_base64"]), dtype="<u2")
+    return codes.reshape(packed["shape"]) / packed["scale"]
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +54,12 @@ def post(url, path, body):
 def test_analyze_head_and_mlp_answer_the_story(base):
     a = post(base, "/api/analyze", {"model": "tiny", "text": TEXT}).json()
     assert a["tokens"] == list(TEXT) and a["decoder"]
-    assert len(a["patterns"]) == 2 and len(a["patterns"][0]) == 4
-    assert all(abs(sum(row) - 1) < 1e-3 for row in a["patterns"][1][2])
+    patterns = unpack(a["patterns"])
+    assert patterns.shape[:2] == (2, 4)
+    assert np.abs(patterns[1, 2].sum(-1) - 1).max() < 1e-3
     assert len(a["next"]) == 12 and a["unknown"] == [] and a["vocabulary"] is None
     h = post(base, "/api/head", {"model": "tiny", "text": TEXT, "layer": 1, "head": 2}).json()
-    assert h["pattern"] == a["patterns"][1][2]
+    assert np.abs(np.array(h["pattern"]) - patterns[1, 2]).max() < 1e-4  # packed to 1.5e-5
     assert h["mask"][0][1] is True and h["mask"][1][0] is False
     assert h["pattern"][0][1] == 0 and h["dots"][0][1] is not None  # the dot product exists; the mask hides it
     assert len(h["q"]) == len(h["k"]) == len(h["v"]) == len(TEXT) and len(h["q"][0]) == h["d_head"]
@@ -616,7 +625,7 @@ def check_answer(kind: str, model: str, text: str, data) -> None:
     tokens = list(text) if model == "tiny" else text.split()
     if kind == "analyze":
         assert data["tokens"] == tokens
-        for layer in data["patterns"]:
+        for layer in unpack(data["patterns"]).tolist():
             for head in layer:
                 assert all(abs(sum(row) - 1) < 1e-3 for row in head)
     elif kind == "head":

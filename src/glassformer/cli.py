@@ -10,9 +10,10 @@
     glassformer show TEXT --model M --out FILE.html|.png|.svg
     glassformer serve [--model M ...] [--host H] [--port P]
 
-Each command is a pair, side by side: `NAME_arguments(parser)` declares its flags and
-`NAME(args)` runs it. `main` is the one error boundary: every failure a user can cause
-ends as one line on stderr and exit status 2.
+Each command is a pair, side by side: `NAME_arguments(parser)` declares its flags, and
+`NAME(args)`, registered by @command, runs it (its docstring is its --help description).
+The library does the work and viz.text draws the tables; `main` is the one error
+boundary: every failure a user can cause ends as one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -27,20 +28,29 @@ import sys
 import threading
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
 from .config import PRESETS, GlassformerError
 from .inputs import EXAMPLE
-from .viz.text import Style
 
 DEFAULT_MODEL = "lesson:adjectives"
+COMMANDS: dict[str, tuple[str, Callable, Callable]] = {}  # name -> (help, arguments, run)
 
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> typing.NoReturn:  # one line, not usage + error
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def command(arguments: Callable[[argparse.ArgumentParser], None], help: str):
+    """Register the decorated function as the command of its own name."""
+
+    def register(run: Callable[[argparse.Namespace], int]):
+        COMMANDS[run.__name__] = (help, arguments, run)
+        return run
+
+    return register
 
 
 # --- argument types: numbers are checked where they are read ---------------------------
@@ -61,30 +71,20 @@ def whole(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
 
 
-def positive(text: str) -> int:
-    value = whole(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"give a whole number of at least 1, not {text!r}")
-    return value
+def at_least(low: int) -> Callable[[str], int]:
+    def read(text: str) -> int:
+        value = whole(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"give a whole number of at least {low}, not {text!r}")
+        return value
 
-
-def non_negative(text: str) -> int:
-    value = whole(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"give a whole number of at least 0, not {text!r}")
-    return value
+    return read
 
 
 def yes_no(text: str) -> bool:  # the on/off model flags
     if text.lower() in ("yes", "no"):
         return text.lower() == "yes"
     raise argparse.ArgumentTypeError(f"give yes or no, not {text!r}")
-
-
-def load_model(args):
-    from .pretrained import load
-
-    return load(DEFAULT_MODEL if args.model is None else args.model, dtype=args.dtype)
 
 
 def model_flag(p: argparse.ArgumentParser, **kwargs) -> None:
@@ -96,9 +96,24 @@ def model_flag(p: argparse.ArgumentParser, **kwargs) -> None:
         "--dtype",
         choices=DTYPES,
         default="fp32",
-        help="fp32 (default), bf16 (matrices in bf16; stream, norms and attention pattern in fp32), "
-        "or auto (bf16 where the chip computes it natively)",
+        help="fp32 (default), bf16 (matrices in bf16; stream, "
+        "norms and attention pattern in fp32), or auto (bf16 where the chip computes it natively)",
     )
+
+
+def load_model(args):
+    from .pretrained import load
+
+    return load(DEFAULT_MODEL if args.model is None else args.model, dtype=args.dtype)
+
+
+def terminal_style(video: bool = True):
+    """The width of this terminal ($COLUMNS, else the terminal's, else 80) and colour when
+    stdout is a terminal and NO_COLOR is unset (https://no-color.org)."""
+    from .viz.text import Style
+
+    width = shutil.get_terminal_size((80, 24)).columns
+    return Style(width=max(40, width), colour=sys.stdout.isatty() and "NO_COLOR" not in os.environ, video=video)
 
 
 # --- params ------------------------------------------------------------------------------
@@ -106,22 +121,14 @@ def params_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="NAME|DIR|FILE", help=f"a preset ({', '.join(PRESETS)}) or any model name")
 
 
+@command(params_arguments, "tally a model's parameters by matrix kind")
 def params(args) -> int:
-    from .params import count_params
+    """Tally parameters the way 3Blue1Brown does for GPT-3: Embedding, Key, Query, Value,
+    Output, Up/Down-projection, Unembedding, then everything else, then the Total."""
+    from .params import describe
     from .pretrained import config_of
 
-    config = config_of(args.model)
-    kind = "decoder" if config.causal else "encoder"
-    family = "Llama-style" if config.positions == "rotary" else ("GPT" if config.causal else "BERT")
-    heads = f"{config.n_heads} heads of {config.d_head}"
-    if config.n_kv_heads != config.n_heads:
-        heads += f" sharing {config.n_kv_heads} key/value heads"
-    print(
-        f"{args.model}: {kind} ({family}), {config.n_layers} layers, {heads}, d_model {config.d_model}, "
-        f"d_mlp {config.d_mlp}, context {config.context_length}"
-    )
-    print()
-    print(count_params(config).table())
+    print(describe(args.model, config_of(args.model)))
     return 0
 
 
@@ -132,78 +139,66 @@ def explain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--layer",
         "-l",
-        type=non_negative,
-        help="layer index, from 0 (default: the head that best shows the model's lesson, "
-        "or the one whose last token looks most sharply at another)",
+        type=at_least(0),
+        help="layer index, from 0 (default: the head that best "
+        "shows the model's lesson, or the one whose last token looks most sharply at another)",
     )
-    p.add_argument("--head", type=non_negative, help="head index, from 0 (default: as for --layer)")
+    p.add_argument("--head", type=at_least(0), help="head index, from 0 (default: as for --layer)")
     p.add_argument(
         "--query",
         "-q",
         type=whole,
-        help="the position whose attention the summary follows (negative counts from the end; "
-        "default: the one that looks most sharply at another token)",
+        help="the position whose attention the summary follows "
+        "(negative counts from the end; default: the one that looks most sharply at another)",
     )
-    p.add_argument(
-        "--usual",
-        action="store_true",
-        help="draw grids with queries down the side (rows sum to 1) instead of the video's way",
-    )
+    p.add_argument("--usual", action="store_true", help="grids with queries down the side (rows sum to 1)")
 
 
-def terminal_style(video: bool) -> Style:
-    """The width of this terminal ($COLUMNS, else the terminal's, else 80) and colour when
-    stdout is a terminal and NO_COLOR is unset (https://no-color.org)."""
-    width = shutil.get_terminal_size((80, 24)).columns
-    colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
-    return Style(width=max(40, width), colour=colour, video=video)
-
-
+@command(explain_arguments, "walk one attention head through a sentence, step by step")
 def explain(args) -> int:
-    from .inputs import check_layer_head, encode_batch, unknown_note
+    """Print E, W_Q, Q, W_K, K, the grid of dot products, the mask, the pattern, the values
+    and ΔE for one head, with what each means, fitted to the terminal."""
+    from .inputs import encode_batch, unknown_note
     from .inspect.explain import walk_head
-    from .inspect.heads import showcase_head
+    from .inspect.heads import choose_head
     from .viz.text import render_walk
 
     model = load_model(args)
-    ids = encode_batch(model, args.text)
-    chosen = showcase_head(model, ids)
-    layer = chosen.layer if args.layer is None else args.layer
-    head = chosen.head if args.head is None else args.head
-    check_layer_head(model, layer, head)
-    walk = walk_head(model, args.text, layer, head)
-    if args.query is not None and not -walk.pattern.tensor.shape[0] <= args.query < walk.pattern.tensor.shape[0]:
+    chosen = choose_head(model, encode_batch(model, args.text), args.layer, args.head)
+    walk = walk_head(model, args.text, chosen.layer, chosen.head)
+    if args.query is not None and not -len(walk.tokens) <= args.query < len(walk.tokens):
         raise GlassformerError(f"--query {args.query} is out of range for {len(walk.tokens)} tokens")
-    showcase = (layer, head) == (chosen.layer, chosen.head)
-    why = chosen.why if showcase else "the head you asked for"
-    if showcase and (args.layer, args.head) == (None, None):
-        why += "; --layer/--head show another"
     note = unknown_note(model, args.text)
-    questions = chosen.questions if showcase else None
-    style = terminal_style(not args.usual)
-    text = render_walk(walk, style, query=args.query, why=why, questions=questions, notes=[note] if note else None)
-    print(text)
+    print(
+        render_walk(
+            walk,
+            terminal_style(not args.usual),
+            query=args.query,
+            why=chosen.why,
+            questions=chosen.questions,
+            notes=[note] if note else None,
+        )
+    )
     return 0
 
 
 # --- train ---------------------------------------------------------------------------------
 def train_arguments(p: argparse.ArgumentParser) -> None:
+    """Every TrainConfig field becomes a flag, typed and described by the field itself."""
     from .train import TrainConfig
 
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly where it stopped")
-    hints = typing.get_type_hints(TrainConfig)
+    readers: dict[type, Callable[[str], object]] = {int: whole, float: finite, bool: yes_no, str: str}
     for f in dataclasses.fields(TrainConfig):
-        flag, kind = "--" + f.name.replace("_", "-"), hints[f.name]
+        flag, kind = "--" + f.name.replace("_", "-"), typing.get_type_hints(TrainConfig)[f.name]
         if kind is bool:
             p.add_argument(flag, dest=f.name, action="store_true", help=f.metadata["help"])
             continue
         base = next(t for t in typing.get_args(kind) or (kind,) if t is not type(None))
-        readers: dict[type, Callable[[str], object]] = {int: whole, float: finite, bool: yes_no, str: str}
-        reader = readers[base]
         p.add_argument(
             flag,
             dest=f.name,
-            type=reader,
+            type=readers[base],
             default=None,
             help=f.metadata["help"],
             metavar="yes|no" if base is bool else None,
@@ -211,7 +206,12 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
 
+@command(train_arguments, "train a GPT on a text file or a built-in lesson")
 def train(args) -> int:
+    """Train with AdamW (decay on matrices only), linear warmup then cosine decay, clipping
+    and accumulation; evaluate on fixed validation batches; checkpoint atomically to
+    DIR/latest and DIR/best; log DIR/log.jsonl. Under torchrun the same command runs
+    DistributedDataParallel."""
     from . import lessons
     from .train import TrainConfig, resume
     from .train import train as start
@@ -224,9 +224,9 @@ def train(args) -> int:
         from tqdm.auto import tqdm
 
         tqdm.write(
-            f"step {r['step']}: val loss {r['val_loss']:.4f} (fixed validation batches), "
-            f"train loss {r['train_loss']:.4f} (mean of the steps since the last evaluation), "
-            f"lr {r['lr']:.2e}, {r['tokens_per_s']:,.0f} tokens/s"
+            f"step {r['step']}: val loss {r['val_loss']:.4f} (fixed validation batches), train loss "
+            f"{r['train_loss']:.4f} (mean of the steps since the last evaluation), lr {r['lr']:.2e}, "
+            f"{r['tokens_per_s']:,.0f} tokens/s"
         )
 
     if args.resume:
@@ -245,16 +245,13 @@ def train(args) -> int:
     else:
         if not args.data or not args.out:
             raise GlassformerError("give --data FILE|lesson:NAME and --out DIR (or --resume DIR)")
-        defaults = {}
-        if args.data.startswith("lesson:"):
-            defaults = lessons.get(args.data).TRAIN_DEFAULTS
-            if "tokenizer" in given:
-                raise GlassformerError(f"{args.data} brings its own word tokenizer; drop --tokenizer")
+        defaults = lessons.get(args.data).TRAIN_DEFAULTS if args.data.startswith("lesson:") else {}
+        if defaults and "tokenizer" in given:
+            raise GlassformerError(f"{args.data} brings its own word tokenizer; drop --tokenizer")
         settings = TrainConfig(data=args.data, out=args.out, **{**defaults, **given})
         result = start(settings, progress=not args.quiet, on_eval=on_eval)
-    last = result.history[-1] if result.history else None
-    summary = f"; last val loss {last['val_loss']:.4f}" if last else ""
-    print(f"trained to step {result.step} ({result.precision}){summary}; best val loss {result.best_val_loss:.4f}")
+    last = f"; last val loss {result.history[-1]['val_loss']:.4f}" if result.history else ""
+    print(f"trained to step {result.step} ({result.precision}){last}; best val loss {result.best_val_loss:.4f}")
     print(f"model: {result.out} (glassformer generate --model {result.out} --prompt ...)")
     return 0
 
@@ -263,18 +260,21 @@ def train(args) -> int:
 def generate_arguments(p: argparse.ArgumentParser) -> None:
     model_flag(p, required=True)
     p.add_argument("--prompt", "-p", default="\n", help="text to continue")
-    p.add_argument("--max-new-tokens", "-n", type=non_negative, default=100)
+    p.add_argument("--max-new-tokens", "-n", type=at_least(0), default=100)
     p.add_argument("--temperature", "-t", type=finite, default=1.0, help="0 = always the likeliest token")
-    p.add_argument("--top-k", type=positive, help="sample only among the k likeliest tokens")
+    p.add_argument("--top-k", type=at_least(1), help="sample only among the k likeliest tokens")
     p.add_argument("--top-p", type=finite, help="sample only among the likeliest tokens covering p")
-    p.add_argument("--seed", type=non_negative, help="make sampling reproducible")
+    p.add_argument("--seed", type=at_least(0), help="make sampling reproducible")
     p.add_argument("--crop", action="store_true", help="keep the end of a prompt longer than the context")
     p.add_argument("--no-cache", action="store_true", help="recompute every position each step (slow)")
 
 
+@command(generate_arguments, "sample text from a decoder, streaming it as it comes")
 def generate(args) -> int:
+    """Sample with temperature (0 = greedy), top-k and top-p, using a KV cache so each new
+    token costs one position."""
     from . import sampling
-    from .generate import check, stream
+    from .generate import check, stream_text
     from .inputs import encode
 
     sampling.check(args.temperature, args.top_k, args.top_p)
@@ -285,106 +285,74 @@ def generate(args) -> int:
     check(model, len(ids), args.max_new_tokens, args.seed)
     if args.crop and len(model.tokenizer.encode(args.prompt)) > len(ids):
         print(f"glassformer: prompt cropped to its last {len(ids)} tokens (--crop)", file=sys.stderr)
-    decode = model.tokenizer.decode
-    shown = decode(ids)
-    sys.stdout.write(shown)
-    sys.stdout.flush()
-    all_ids = list(ids)
-    for new in stream(
-        model,
-        ids,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-        use_cache=not args.no_cache,
-    ):
-        all_ids.append(int(new[0]))
-        text = decode(all_ids)
-        if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
-            continue
-        sys.stdout.write(text[len(shown) :] if text.startswith(shown) else "")
+    sys.stdout.write(model.tokenizer.decode(ids))
+    settings = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    for piece in stream_text(model, ids, max_new_tokens=args.max_new_tokens, use_cache=not args.no_cache, **settings):
+        sys.stdout.write(piece)
         sys.stdout.flush()
-        shown = text
     sys.stdout.write("\n")
     return 0
 
 
-# --- heads ---------------------------------------------------------------------------------
+# --- heads, lens, neurons ------------------------------------------------------------------
 def heads_arguments(p: argparse.ArgumentParser) -> None:
     model_flag(p)
-    p.add_argument("--text", help="score on this text instead of repeated random tokens")
+    p.add_argument("--text", help="score on this text instead of repeated random segments")
 
 
+@command(heads_arguments, "score every head: previous-token, duplicate, induction, sink, adjective")
 def heads(args) -> int:
+    """Run the head detectors and print a [layer, head] table for each, then the heads
+    whose scores reach the threshold."""
     from .inputs import encode_batch
-    from .inspect import heads as detectors
+    from .inspect.heads import detect_all
+    from .viz.text import render_detection
 
     model = load_model(args)
-    ids = encode_batch(model, args.text) if args.text else None
-    found = detectors.detect_all(model, ids)
+    found = detect_all(model, encode_batch(model, args.text) if args.text else None)
     on = "this text" if args.text else "repeated random segments of 5, 9, 13 and 17 tokens"
-    print(
-        f"{args.model or DEFAULT_MODEL}: {model.config.n_layers} layers x {model.config.n_heads} heads, "
-        f"scored on {on}; scores are attention weights in [0, 1]"
-    )
-    for kind, table in found.tables.items():
-        print()
-        print(f"{kind}: {detectors.DETECTORS[kind]}")
-        print("layer " + " ".join(f"{f'h{h}':>5}" for h in range(table.shape[1])))
-        for layer, row in enumerate(table.tolist()):
-            print(f"{layer:>5} " + " ".join(f"{v:5.2f}" for v in row))
-    print()
-    print(f"a head is named when its score reaches {detectors.STRONG}:")
-    for line in found.summary():
-        print(f"  {line}")
+    print(render_detection(found, args.model or DEFAULT_MODEL, model.config, on))
     return 0
 
 
-# --- lens ----------------------------------------------------------------------------------
 def lens_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("text", help="the text to read")
     model_flag(p)
-    p.add_argument("-k", type=positive, default=5, help="guesses per position")
+    p.add_argument("-k", type=at_least(1), default=5, help="guesses per position")
 
 
+@command(lens_arguments, "the logit lens: what the stream predicts after each layer")
 def lens(args) -> int:
+    """Read the residual stream after each layer through the final norm and W_U."""
     from .inputs import encode_batch, token_texts
     from .inspect.lens import logit_lens
-    from .viz.text import label
+    from .viz.text import render_lens
 
     model = load_model(args)
     ids = encode_batch(model, args.text)
-    k = args.k
-    if k > model.config.vocab_size:
-        raise GlassformerError(f"-k {k} is more guesses than the {model.config.vocab_size} tokens this model knows")
-    rows = logit_lens(model, ids, k=k)
-    print(
-        "the residual stream read through the final norm and W_U after each layer "
-        f"(top {k} next-token guesses, probability in brackets)"
-    )
-    for pos, tok in enumerate(token_texts(model, ids)):
-        print(f"\nafter [{label(tok, 16)}] (position {pos})")
-        for row in rows:
-            guesses = "  ".join(f"{label(t, 10)}({p:.2f})" for t, p in zip(row.tokens[pos], row.probs[pos].tolist()))
-            print(f"  {row.layer:>5}: {guesses}")
+    if args.k > model.config.vocab_size:
+        raise GlassformerError(
+            f"-k {args.k} is more guesses than the {model.config.vocab_size} tokens this model knows"
+        )
+    print(render_lens(logit_lens(model, ids, k=args.k), token_texts(model, ids), args.k))
     return 0
 
 
-# --- neurons -------------------------------------------------------------------------------
 def neurons_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("text", nargs="?", help="the text to run")
     model_flag(p)
     p.add_argument("--position", type=whole, default=-1, help="token position (default: the last)")
     p.add_argument("--neuron", help="LAYER.INDEX: show what one neuron writes instead")
-    p.add_argument("-k", type=positive, default=10, help="how many neurons")
+    p.add_argument("-k", type=at_least(1), default=10, help="how many neurons")
 
 
+@command(neurons_arguments, "the MLP as a store of facts: neurons that fire, tokens they push")
 def neurons(args) -> int:
+    """The MLP neurons that fire hardest at a position, and the tokens each one's output
+    pushes up through W_U (3Blue1Brown's chapter 7)."""
     from .inputs import encode_batch, token_texts
     from .inspect.lens import neuron_tokens, top_neurons
-    from .viz.text import label
+    from .viz.text import label, render_neurons
 
     model = load_model(args)
     if args.neuron:
@@ -392,26 +360,21 @@ def neurons(args) -> int:
             layer, index = (int(x) for x in args.neuron.split("."))
         except ValueError:
             raise GlassformerError(f"--neuron wants LAYER.INDEX, e.g. 3.1024, got {args.neuron!r}") from None
-        pairs: list[tuple[int, int, float | None]] = [(layer, index, None)]
+        found: list[tuple[int, int, float | None]] = [(layer, index, None)]
     else:
         if not args.text:
             raise GlassformerError("give a TEXT to find the neurons that fire on it, or --neuron LAYER.INDEX")
         ids = encode_batch(model, args.text)
-        T = ids.shape[1]
+        T, every = ids.shape[1], model.config.n_layers * model.config.d_mlp
         if not -T <= args.position < T:
             raise GlassformerError(f"position {args.position} is out of range for {T} tokens")
+        if args.k > every:
+            raise GlassformerError(f"-k {args.k} is more than the {every} MLP neurons this model has")
         token = token_texts(model, [int(ids[0, args.position])])[0]
         print(f"MLP neurons firing hardest at [{label(token, 16)}] (position {args.position % T})")
-        neurons = model.config.n_layers * model.config.d_mlp
-        if args.k > neurons:
-            raise GlassformerError(f"-k {args.k} is more than the {neurons} MLP neurons this model has")
-        pairs = list(top_neurons(model, ids, args.position, k=args.k))
-    for layer, index, act in pairs:
-        head = f"  neuron {layer}.{index}" + (f"  activation {act:+.2f}" if act is not None else "")
-        if model.config.causal:
-            pushes = ", ".join(f"{label(t, 12)}" for t, _ in neuron_tokens(model, layer, index, k=6))
-            head += f"  pushes up: {pushes}"
-        print(head)
+        found = list(top_neurons(model, ids, args.position, k=args.k))
+    pushes = [[t for t, _ in neuron_tokens(model, L, i, k=6)] if model.config.causal else None for L, i, _ in found]
+    print(render_neurons([(L, i, act, push) for (L, i, act), push in zip(found, pushes)]))
     return 0
 
 
@@ -420,22 +383,24 @@ def show_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("text", help="the sentence")
     model_flag(p)
     p.add_argument("--out", "-o", required=True, help="FILE.html, FILE.png or FILE.svg")
-    p.add_argument("--layer", "-l", type=non_negative, default=0)
-    p.add_argument("--head", type=non_negative, default=0)
+    p.add_argument("--layer", "-l", type=at_least(0), default=0)
+    p.add_argument("--head", type=at_least(0), default=0)
     p.add_argument("--kind", choices=["head", "all", "next"], default="head", help="what a picture shows")
     p.add_argument("--temperature", "-t", type=finite, default=1.0, help="for --kind next")
     p.add_argument("--usual", action="store_true", help="rows are queries (default: the video's orientation)")
 
 
+@command(show_arguments, "write the attention of a sentence as a self-contained HTML report or a picture")
 def show(args) -> int:
+    """HTML: one file with its script, styles and data inside; opens from file:// with no
+    network. PNG/SVG: one head (dot products beside the pattern), all heads, or the
+    next-token distribution."""
     from . import sampling
     from .checkpoint import write_file_atomically
-    from .inputs import check_layer_head, token_texts
-    from .inspect.explain import analyze
+    from .inputs import check_layer_head
 
     out = Path(args.out)
-    suffix = out.suffix.lower()
-    if suffix not in (".html", ".png", ".svg"):
+    if out.suffix.lower() not in (".html", ".png", ".svg"):
         raise GlassformerError(f"--out must end in .html, .png or .svg, not {out.name!r}")
     if not out.parent.is_dir():
         raise GlassformerError(f"the folder {out.parent} does not exist")
@@ -444,33 +409,25 @@ def show(args) -> int:
     sampling.check(args.temperature)
     model = load_model(args)
     check_layer_head(model, args.layer, args.head)
-    if suffix == ".html":
+    if out.suffix.lower() == ".html":
         from .viz.page import report_html
 
         page = report_html(model, args.text, title=f"glassformer: {args.text[:60]}", layer=args.layer, head=args.head)
         write_file_atomically(out, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     else:
-        from .viz import plots
+        from .viz.plots import picture
 
-        a = analyze(model, args.text, scores=True)
         name = f"{args.model or DEFAULT_MODEL} ({model.precision})"
-        if args.kind == "head":
-            assert a.scores is not None
-            pic = plots.head_picture(
-                a.patterns[args.layer, args.head],
-                a.tokens,
-                scores_TS=a.scores[args.layer, args.head],
-                video=not args.usual,
-                title=f"{name} — layer {args.layer}, head {args.head}",
-            )
-        elif args.kind == "all":
-            pic = plots.all_heads_picture(a.patterns, a.tokens, video=not args.usual, title=name)
-        else:
-            if a.last_logits is None:
-                raise GlassformerError(f"{name} is an encoder: it has no next-token distribution")
-            vocab = token_texts(model, range(model.config.vocab_size))
-            pic = plots.next_token_picture(a.last_logits, vocab, temperature=args.temperature, title=name)
-        pic.save(out)
+        picture(
+            model,
+            args.text,
+            args.kind,
+            name,
+            layer=args.layer,
+            head=args.head,
+            video=not args.usual,
+            temperature=args.temperature,
+        ).save(out)
     print(f"wrote {out}")
     return 0
 
@@ -488,7 +445,10 @@ def serve_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+@command(serve_arguments, "the local web explorer")
 def serve(args) -> int:
+    """Serve the explorer: type a sentence, pick a token to be the query, and follow every
+    step of attention. The JSON API is documented at /docs."""
     import webbrowser
 
     from .server.app import create_app, default_registry, run
@@ -497,103 +457,27 @@ def serve(args) -> int:
     first = next(iter(registry.slots))
     print(f"loading {first} ...", flush=True)
     registry[first].get()  # fail now, with one line, rather than on the first request
-    app = create_app(registry, allowed_hosts=[args.host])
 
     def ready(url: str) -> None:  # called only once the port is ours
         print(f"glassformer explorer on {url}  (models: {', '.join(registry.slots)}; Ctrl-C stops)", flush=True)
         if args.open or (args.open is None and os.environ.get("DISPLAY")):
             threading.Timer(1.0, lambda: webbrowser.open(url)).start()
 
-    run(app, args.host, args.port, ready=ready)
+    run(create_app(registry, allowed_hosts=[args.host]), args.host, args.port, ready=ready)
     return 0
 
 
 # --- the parser and the one error boundary -----------------------------------------------------
-@dataclass
-class Command:
-    name: str
-    help: str
-    arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int]
-    description: str = ""
-
-
-COMMANDS = [
-    Command(
-        "params",
-        "tally a model's parameters by matrix kind",
-        params_arguments,
-        params,
-        "Tally parameters the way 3Blue1Brown does for GPT-3: Embedding, Key, Query, Value, Output, "
-        "Up/Down-projection, Unembedding, then everything else, then the Total.",
-    ),
-    Command(
-        "explain",
-        "walk one attention head through a sentence, step by step",
-        explain_arguments,
-        explain,
-        "Print E, W_Q, Q, W_K, K, the grid of dot products, the mask, the pattern, the values and ΔE "
-        "for one head, with what each means.",
-    ),
-    Command(
-        "train",
-        "train a GPT on a text file or a built-in lesson",
-        train_arguments,
-        train,
-        "Train with AdamW (decay on matrices only), linear warmup then cosine decay, clipping and "
-        "accumulation; evaluate on fixed validation batches; checkpoint atomically to DIR/latest and "
-        "DIR/best; log DIR/log.jsonl. Under torchrun the same command runs DistributedDataParallel.",
-    ),
-    Command(
-        "generate",
-        "sample text from a decoder, streaming it as it comes",
-        generate_arguments,
-        generate,
-        "Sample with temperature (0 = greedy), top-k and top-p, using a KV cache so each new token costs one position.",
-    ),
-    Command(
-        "heads",
-        "score every head: previous-token, duplicate, induction, sink, adjective",
-        heads_arguments,
-        heads,
-        "Run the head detectors and print a [layer, head] table for each, then the strongest head of each kind.",
-    ),
-    Command("lens", "the logit lens: what the stream predicts after each layer", lens_arguments, lens),
-    Command(
-        "neurons",
-        "the MLP as a store of facts: neurons that fire, tokens they push",
-        neurons_arguments,
-        neurons,
-    ),
-    Command(
-        "show",
-        "write the attention of a sentence as a self-contained HTML report or a picture",
-        show_arguments,
-        show,
-        "HTML: one file with its script, styles and data inside; opens from file:// with no network. "
-        "PNG/SVG: one head (dot products beside the pattern), all heads, or the next-token distribution.",
-    ),
-    Command(
-        "serve",
-        "the local web explorer",
-        serve_arguments,
-        serve,
-        "Serve the explorer: type a sentence, pick a model, layer and head, and see every step of "
-        "attention. The JSON API is documented at /docs.",
-    ),
-]
-
-
 def build_parser() -> Parser:
     p = Parser(prog="glassformer", description="A transformer you can see through.")
     p.add_argument("--version", action="version", version=f"glassformer {version('glassformer')}")
     p.add_argument("--verbose", "-v", action="store_true", help="log what happens")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    for c in COMMANDS:
-        s = sub.add_parser(c.name, help=c.help, description=c.description or c.help)
-        c.arguments(s)
-        s.set_defaults(run=c.run)
+    for name, (help, arguments, run) in COMMANDS.items():
+        s = sub.add_parser(name, help=help, description=" ".join((run.__doc__ or help).split()))
+        arguments(s)
+        s.set_defaults(run=run)
     return p
 
 
@@ -621,9 +505,8 @@ def main(argv: list[str] | None = None) -> int:
         where = f" ({err.filename})" if getattr(err, "filename", None) else ""
         return fail(f"{err.strerror or err}{where}")
     except RuntimeError as err:  # torch's allocation failures; anything else is a bug worth a traceback
-        text = str(err)
-        if "alloc" in text.lower() or "out of memory" in text.lower():
-            return fail(f"not enough memory: {text.strip().splitlines()[0][:200]}")
+        if "alloc" in str(err).lower() or "out of memory" in str(err).lower():
+            return fail(f"not enough memory: {str(err).strip().splitlines()[0][:200]}")
         raise
 
 
@@ -636,8 +519,7 @@ def _silence_broken_stdout() -> None:
     except (OSError, ValueError):
         pass
     try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except (OSError, ValueError):
         pass
 

@@ -87,6 +87,20 @@ def stream(
                 return
 
 
+def stream_text(model: Transformer, ids: list[int], **kwargs) -> Iterator[str]:
+    """The continuation of `ids` as text, piece by piece as `stream` chooses tokens; a
+    piece that would end in half of a multi-byte character waits for the rest."""
+    decode = model.tokenizer.decode
+    every, shown = list(ids), decode(ids)
+    for new in stream(model, ids, **kwargs):
+        every.append(int(new[0]))
+        text = decode(every)
+        if text.endswith("\ufffd"):
+            continue
+        yield text[len(shown) :] if text.startswith(shown) else ""
+        shown = text
+
+
 def generate(model: Transformer, tokens, *, max_new_tokens: int = 50, **kwargs):
     """The prompt followed by up to `max_new_tokens` new ids.
 

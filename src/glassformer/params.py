@@ -122,6 +122,20 @@ def count_params(config: ModelConfig) -> ParamTally:
     return ParamTally(tuple(rows))
 
 
+def describe(name: str, config: ModelConfig) -> str:
+    """One line on the model's shape, then its tally."""
+    kind = "decoder" if config.causal else "encoder"
+    family = "Llama-style" if config.positions == "rotary" else ("GPT" if config.causal else "BERT")
+    heads = f"{config.n_heads} heads of {config.d_head}"
+    if config.n_kv_heads != config.n_heads:
+        heads += f" sharing {config.n_kv_heads} key/value heads"
+    shape = (
+        f"{name}: {kind} ({family}), {config.n_layers} layers, {heads}, d_model {config.d_model}, "
+        f"d_mlp {config.d_mlp}, context {config.context_length}"
+    )
+    return f"{shape}\n\n{count_params(config).table()}"
+
+
 def check_fits(config: ModelConfig, *, dtype: str = "fp32", available: int | None = None) -> None:
     """Refuse, before anything is allocated, a model whose weights alone would not fit in
     the memory this machine has free (`available` bytes; read from the OS when None)."""

@@ -48,7 +48,10 @@ def probabilities(
         scaled = scaled.masked_fill(scaled < kth, float("-inf"))
     probs = torch.softmax(scaled, dim=-1)
     if top_p is not None and top_p < 1.0:
-        sorted_p, order = torch.sort(probs, dim=-1, descending=True)
+        # ranked by logit, ties by position (as argmax and greedy decoding rank them): two
+        # probabilities that round to the same float must not swap the likeliest token out
+        order = torch.sort(scaled, dim=-1, descending=True, stable=True).indices
+        sorted_p = probs.gather(-1, order)
         before = sorted_p.cumsum(-1) - sorted_p  # mass of the tokens ranked above each one
         sorted_p = sorted_p.masked_fill(before >= top_p, 0.0)  # always keeps the first
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)

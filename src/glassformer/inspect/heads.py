@@ -14,6 +14,7 @@ import torch
 
 from .. import lessons
 from ..config import GlassformerError
+from ..inputs import check_layer_head
 from ..model import Transformer
 
 STRONG = 0.4  # a head "does" a job when at least this share of its attention goes where the job says
@@ -232,6 +233,20 @@ class Showcase:
     head: int
     why: str
     questions: tuple[str, str] | None = None
+
+
+def choose_head(model: Transformer, ids: torch.Tensor, layer: int | None = None, head: int | None = None) -> Showcase:
+    """The head to walk through `ids`: the one asked for, else the showcase head (with
+    the lesson's questions only when the two are the same head)."""
+    shown = showcase_head(model, ids)
+    if layer is None and head is None:
+        return Showcase(shown.layer, shown.head, shown.why + "; --layer/--head show another", shown.questions)
+    layer = shown.layer if layer is None else layer
+    head = shown.head if head is None else head
+    check_layer_head(model, layer, head)
+    if (layer, head) == (shown.layer, shown.head):
+        return shown
+    return Showcase(layer, head, "the head you asked for")
 
 
 def showcase_head(model: Transformer, ids: torch.Tensor) -> Showcase:

@@ -3,6 +3,8 @@ shape can be read (and tested) on its own. Masked cells (−∞) travel as null.
 
 from __future__ import annotations
 
+import base64
+
 import torch
 
 from .. import sampling
@@ -22,8 +24,17 @@ def analysis(a: Analysis) -> dict:
         "decoder": a.causal,
         "n_layers": a.patterns.shape[0],
         "n_heads": a.patterns.shape[1],
-        "patterns": rounded(a.patterns),
+        "patterns": packed(a.patterns),
     }
+
+
+def packed(weights: torch.Tensor) -> dict:
+    """Attention weights in [0, 1] as little-endian uint16 (weight × 65535), base64: a
+    quarter of the bytes of JSON numbers and some forty times faster to write, at a
+    resolution of 1.5e-5 (the page draws thumbnails from these; the head it explains
+    comes exact from /api/head)."""
+    codes = (weights.clamp(0, 1) * 65535).round().to(torch.int32).numpy().astype("<u2")
+    return {"shape": list(weights.shape), "scale": 65535, "uint16_base64": base64.b64encode(codes.tobytes()).decode()}
 
 
 def unknowns(model, text: str, tokens: list[str]) -> dict:

@@ -18,6 +18,8 @@ import torch
 
 from ..checkpoint import write_file_atomically
 from ..config import GlassformerError
+from ..inputs import token_texts
+from ..inspect.explain import analyze
 from ..sampling import probabilities
 
 VIDEO = "video orientation: keys down the side, queries across the top; each column sums to 1"
@@ -177,3 +179,34 @@ def next_token_picture(
     )
     fig.tight_layout()
     return Picture(fig, values)
+
+
+def picture(
+    model,
+    text: str,
+    kind: str,
+    title: str,
+    *,
+    layer: int = 0,
+    head: int = 0,
+    video: bool = True,
+    temperature: float = 1.0,
+) -> Picture:
+    """The picture `glassformer show` draws: "head" (one head's dot products beside its
+    pattern), "all" (every head) or "next" (the next-token distribution)."""
+    a = analyze(model, text, scores=True)
+    if kind == "head":
+        assert a.scores is not None
+        return head_picture(
+            a.patterns[layer, head],
+            a.tokens,
+            scores_TS=a.scores[layer, head],
+            video=video,
+            title=f"{title} — layer {layer}, head {head}",
+        )
+    if kind == "all":
+        return all_heads_picture(a.patterns, a.tokens, video=video, title=title)
+    if a.last_logits is None:
+        raise GlassformerError(f"{title} is an encoder: it has no next-token distribution")
+    vocab = token_texts(model, range(model.config.vocab_size))
+    return next_token_picture(a.last_logits, vocab, temperature=temperature, title=title)

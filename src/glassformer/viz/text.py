@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from ..inspect.explain import HeadWalk, Step
+from ..inspect.heads import DETECTORS, STRONG, Detection
+from ..inspect.lens import LensRow
 
 MAX_ROWS = 16  # rows of a grid or a vector list shown before the rest are left out
 CELL = 6  # characters per grid cell: " +1.23" or "  0.96"
@@ -260,3 +262,42 @@ def summary(walk: HeadWalk, q: int, style: Style) -> list[str]:
             style.width,
         ),
     ]
+
+
+# --- the other commands' tables ----------------------------------------------------------------
+def render_detection(found: Detection, name: str, config, on: str) -> str:
+    """Every detector's [layer, head] table, then which heads qualify."""
+    out = [
+        f"{name}: {config.n_layers} layers x {config.n_heads} heads, scored on {on}; "
+        "scores are attention weights in [0, 1]"
+    ]
+    for kind, table in found.tables.items():
+        out += ["", f"{kind}: {DETECTORS[kind]}", "layer " + " ".join(f"{f'h{h}':>5}" for h in range(table.shape[1]))]
+        out += [f"{layer:>5} " + " ".join(f"{v:5.2f}" for v in row) for layer, row in enumerate(table.tolist())]
+    out += ["", f"a head is named when its score reaches {STRONG}:", *(f"  {line}" for line in found.summary())]
+    return "\n".join(out)
+
+
+def render_lens(rows: list[LensRow], tokens: list[str], k: int) -> str:
+    """The logit lens: each position's top-k guesses after the embedding and every layer."""
+    out = [
+        f"the residual stream read through the final norm and W_U after each layer "
+        f"(top {k} next-token guesses, probability in brackets)"
+    ]
+    for pos, tok in enumerate(tokens):
+        out += ["", f"after [{label(tok, 16)}] (position {pos})"]
+        for row in rows:
+            guesses = "  ".join(f"{label(t, 10)}({p:.2f})" for t, p in zip(row.tokens[pos], row.probs[pos].tolist()))
+            out.append(f"  {row.layer:>5}: {guesses}")
+    return "\n".join(out)
+
+
+def render_neurons(found: list[tuple[int, int, float | None, list[str] | None]]) -> str:
+    """(layer, index, activation or None, tokens it pushes up or None) per neuron."""
+    lines = []
+    for layer, index, act, pushes in found:
+        line = f"  neuron {layer}.{index}" + (f"  activation {act:+.2f}" if act is not None else "")
+        if pushes is not None:
+            line += "  pushes up: " + ", ".join(label(t, 12) for t in pushes)
+        lines.append(line)
+    return "\n".join(lines)

@@ -28,6 +28,30 @@
     return data;
   }
 
+  // /api/analyze packs every head's pattern as uint16 (weight × scale) in base64; back to
+  // nested arrays, patterns[layer][head][query][key]
+  function unpack(p) {
+    const bytes = Uint8Array.from(atob(p.uint16_base64), (c) => c.charCodeAt(0));
+    const codes = new Uint16Array(bytes.buffer);
+    const [L, H, T, S] = p.shape;
+    let at = 0;
+    const out = [];
+    for (let l = 0; l < L; l++) {
+      const heads = [];
+      for (let h = 0; h < H; h++) {
+        const rows = [];
+        for (let t = 0; t < T; t++) {
+          const row = new Array(S);
+          for (let k = 0; k < S; k++) row[k] = codes[at++] / p.scale;
+          rows.push(row);
+        }
+        heads.push(rows);
+      }
+      out.push(heads);
+    }
+    return out;
+  }
+
   function status(text, isError) {
     $("status").textContent = text;
     $("status").className = isError ? "error" : "muted";
@@ -545,6 +569,7 @@
     }
     if (id !== state.seq.analyze) return;
     const sameSentence = state.model === model && state.text === text;
+    a.patterns = unpack(a.patterns);
     state.analysis = a;
     state.model = model;
     state.text = text;
