@@ -2,9 +2,9 @@
 
 torch.nn.Linear stores [out, in] and computes x·Wᵀ. Keeping [in, out] (as GPT-2's
 original Conv1D does) lets a head's matrix be read straight off the stored weight
-(W_Q[h] is a column block of it). The module also holds the two CPU speed paths of the
-model's products: one-row products through numpy while decoding, and the wide
-unembedding in tiles; each is explained, with its measurement, where it is defined.
+(W_Q[h] is a column block of it). The module also holds the CPU speed path of the
+model's products, one-row products through numpy while decoding, explained with its
+measurement where it is defined.
 """
 
 from __future__ import annotations
@@ -94,27 +94,12 @@ class Linear(nn.Module):
         return f"in={d_in}, out={d_out}, bias={self.bias is not None}"
 
 
-# On a CPU, BLAS runs x·W for a very wide W (the unembedding: 50k columns for GPT-2)
-# well below its usual speed once x has more than a handful of rows. Cut into tiles of
-# 256 rows by 1024 columns, whose operands stay in cache, the same product ran 1.4–2x
-# faster on the machines we measured (gpt2 shape, 256 rows: 216 -> 131 ms; 2048 rows:
-# 1460 -> 1050 ms; benchmarks/bench_forward.py shows the whole forward).
-TILE_ROWS, TILE_COLS = 256, 1024
-
-
-def wide_matmul(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-    """x [..., K] @ W [K, N], tiled on a CPU when W is wide and nothing needs gradients."""
+def product(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """x [..., K] @ W [K, N] for a matrix that is not a Linear's (the unembedding W_U = W_Eᵀ):
+    one row at a time through numpy while decoding, else a plain product. (Cutting the
+    wide unembedding into cache-sized tiles ran 1.4-2x faster on an earlier machine of
+    this project and 0.8x as fast on the current one, so it is no longer done.)"""
     flat = x.reshape(-1, x.shape[-1])
-    M, N = flat.shape[0], W.shape[1]
     if _one_row(flat, W):
-        return _numpy_product(flat, W).view(*x.shape[:-1], N)
-    needs_grad = torch.is_grad_enabled() and (flat.requires_grad or W.requires_grad)
-    if flat.device.type != "cpu" or M < 2 or N < 4 * TILE_COLS or needs_grad or torch.is_autocast_enabled("cpu"):
-        return matmul(x, W)
-    low = flat.to(W.dtype)  # bf16 weights: the tiles multiply in bf16, the logits come back in x's dtype
-    out = low.new_empty(M, N)
-    for i in range(0, M, TILE_ROWS):
-        for j in range(0, N, TILE_COLS):
-            rows, cols = slice(i, i + TILE_ROWS), slice(j, j + TILE_COLS)
-            torch.mm(low[rows], W[:, cols], out=out[rows, cols])
-    return out.to(x.dtype).view(*x.shape[:-1], N)
+        return _numpy_product(flat, W).view(*x.shape[:-1], W.shape[1])
+    return matmul(x, W)
