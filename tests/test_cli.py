@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+from glassformer import lessons
 from conftest import assert_one_line_error, build, needs, run_cli, tiny_decoder, tree_digest
 
 run = run_cli
@@ -72,7 +73,7 @@ def test_explain_fits_80_columns_and_names_unknown_words(capsys, monkeypatch):
     assert code == 0
     too_long = [line for line in out.splitlines() if len(line) > 80]
     assert too_long == []
-    assert "not in the 47-word vocabulary" in out and "tall, green" in out
+    assert f"not in the {len(lessons.adjectives.WORDS)}-word vocabulary" in out and "tall, green" in out
     assert "the adjective head" in out and "is there an adjective in front of me?" in out
     assert "+0." not in out.split("pattern = softmax")[1].split("V = E·W_V")[0]  # weights are unsigned
     monkeypatch.setenv("COLUMNS", "200")

@@ -231,8 +231,9 @@ def test_two_gloo_processes_equal_one_with_the_combined_batch(tmp_path):
 
 @pytest.mark.slow
 def test_default_adjectives_lesson_grows_an_adjective_head(tmp_path):
-    """At the lesson's own fixed seed (TRAIN_DEFAULTS), as `make lessons` trains it; the
-    spread over other seeds is in lessons/adjectives.py."""
+    """At the lesson's own seed, as `make lessons` trains it. Over seeds 1337, 0, 1 and 2 the
+    best head measured 0.96-0.99 on own adjectives and 0.61-0.94 on the non-adjacent ones
+    (lessons/adjectives.py), so the thresholds, 0.8 and 0.5, hold with room to spare."""
     from glassformer.inspect import heads
 
     code = subprocess.run(
@@ -254,8 +255,8 @@ def test_default_adjectives_lesson_grows_an_adjective_head(tmp_path):
     own, far = heads.adjective_scores(model, n=300, seed=2024)  # held-out sentences
     layer, head, score = heads.strongest(own)
     print(f"\nadjective head {layer}.{head}: own {score:.2f}, non-adjacent {far[layer, head]:.2f}")
-    assert score >= 0.5, f"best head puts only {score:.2f} of a noun's attention on its adjectives"
-    assert far[layer, head] >= 0.3, f"head {layer}.{head} puts {far[layer, head]:.2f} on non-adjacent adjectives"
+    assert score >= 0.8, f"best head puts only {score:.2f} of a noun's attention on its adjectives"
+    assert far[layer, head] >= 0.5, f"head {layer}.{head} puts {far[layer, head]:.2f} on non-adjacent adjectives"
 
 
 # --- bad input -------------------------------------------------------------------------

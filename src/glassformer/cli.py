@@ -173,7 +173,7 @@ def explain(args) -> int:
         render_walk(
             walk,
             terminal_style(not args.usual),
-            query=args.query,
+            query=args.query if args.query is not None else chosen.query,
             why=chosen.why,
             questions=chosen.questions,
             notes=[note] if note else None,

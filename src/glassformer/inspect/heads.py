@@ -14,7 +14,7 @@ import torch
 
 from .. import lessons
 from ..config import GlassformerError
-from ..inputs import check_layer_head
+from ..inputs import check_layer_head, token_texts
 from ..model import Transformer
 
 STRONG = 0.4  # a head "does" a job when at least this share of its attention goes where the job says
@@ -233,6 +233,7 @@ class Showcase:
     head: int
     why: str
     questions: tuple[str, str] | None = None
+    query: int | None = None  # the position that shows it best (the adjectives lesson: a noun)
 
 
 def choose_head(model: Transformer, ids: torch.Tensor, layer: int | None = None, head: int | None = None) -> Showcase:
@@ -240,13 +241,30 @@ def choose_head(model: Transformer, ids: torch.Tensor, layer: int | None = None,
     the lesson's questions only when the two are the same head)."""
     shown = showcase_head(model, ids)
     if layer is None and head is None:
-        return Showcase(shown.layer, shown.head, shown.why + "; --layer/--head show another", shown.questions)
+        return Showcase(
+            shown.layer, shown.head, shown.why + "; --layer/--head show another", shown.questions, shown.query
+        )
     layer = shown.layer if layer is None else layer
     head = shown.head if head is None else head
     check_layer_head(model, layer, head)
     if (layer, head) == (shown.layer, shown.head):
         return shown
     return Showcase(layer, head, "the head you asked for")
+
+
+def noun_with_most_adjectives(model: Transformer, ids: torch.Tensor) -> int | None:
+    """The position of the lesson noun with the most adjectives right in front of it."""
+    words = lessons.adjectives
+    tokens = token_texts(model, ids[0])
+    best, most = None, 0
+    for i, token in enumerate(tokens):
+        if token in words.NOUNS:
+            count = 0
+            while i - count - 1 >= 0 and tokens[i - count - 1] in words.ADJECTIVES:
+                count += 1
+            if count > most:
+                best, most = i, count
+    return best
 
 
 def showcase_head(model: Transformer, ids: torch.Tensor) -> Showcase:
@@ -257,7 +275,8 @@ def showcase_head(model: Transformer, ids: torch.Tensor) -> Showcase:
     if speaks_adjectives(model):
         layer, head, score = strongest(adjective_noun(model))
         why = f"the adjective head (nouns put {score:.0%} of their attention on their own adjectives)"
-        return Showcase(layer, head, why, ("is there an adjective in front of me?", "I am an adjective!"))
+        questions = ("is there an adjective in front of me?", "I am an adjective!")
+        return Showcase(layer, head, why, questions, query=noun_with_most_adjectives(model, ids))
     if _token_id(model, f"t{lessons.induction.VOCAB - 1}") is not None:
         layer, head, score = strongest(induction(model))
         why = f"the induction head ({score:.0%} of its attention goes to what came next last time)"
