@@ -45,7 +45,7 @@ def main() -> None:
     seconds = load_seconds()
     print(f"gf.load('smollm2') in a fresh process: {', '.join(f'{s:.2f}' for s in seconds)} s")
     file = builtin_path("smollm2")
-    hf = AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name, torch_dtype=torch.float32).eval()
+    hf = AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name, dtype=torch.float32).eval()
     ours = gf.load("smollm2", dtype=args.dtype)
     if args.dtype == "bf16":
         hf = hf.to(torch.bfloat16)

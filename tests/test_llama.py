@@ -117,7 +117,7 @@ def hf_smollm2(smollm2):
 
     file = builtin_path("smollm2")
     tok = AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)
-    model = AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name, dtype=torch.float32)
     return tok, model.eval()
 
 
