@@ -269,7 +269,11 @@ def test_unknown_words_are_marked_and_the_vocabulary_is_shown(page, server):
     assert "zebra" in page.text_content("#unknown") and page.is_visible("#unknown")
     page.click("#vocab summary")
     words = page.eval_on_selector_all("#vocab-words .word", "els => els.map(e => e.textContent)")
-    assert "fluffy" in words and "zebra" not in words and f"{len(lessons.adjectives.WORDS)} words" in page.text_content("#vocab-title")
+    assert (
+        "fluffy" in words
+        and "zebra" not in words
+        and f"{len(lessons.adjectives.WORDS)} words" in page.text_content("#vocab-title")
+    )
 
 
 def test_hostile_token_text_is_shown_as_text(page, server):

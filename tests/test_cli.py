@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from glassformer import lessons
+
 from conftest import assert_one_line_error, build, needs, run_cli, tiny_decoder, tree_digest
 
 run = run_cli

@@ -15,7 +15,7 @@ LAYERS = [
     {"hardware", "hooks", "linear"},
     {"attention"},
     {"model"},
-    {"params", "tokenizer", "sampling", "inputs"},
+    {"params", "tokenizer", "sampling", "inputs", "decode"},
     {"checkpoint", "lessons"},
     {"pretrained", "generate", "sentences"},
     {"train"},

@@ -588,7 +588,11 @@ def rss_mib(pid: int) -> float:
     return math.nan
 
 
-SOAK_TEXTS = ["a fluffy blue creature roamed the verdant forest", "the grey wizard watched", "a red cat climbed quietly"]
+SOAK_TEXTS = [
+    "a fluffy blue creature roamed the verdant forest",
+    "the grey wizard watched",
+    "a red cat climbed quietly",
+]
 
 
 def soak_requests(n: int, seed: int = 0) -> list[tuple]:

@@ -13,9 +13,8 @@ from collections.abc import Iterator
 
 import torch
 
-from . import sampling
+from . import decode, sampling
 from .config import GlassformerError
-from .linear import vector_products
 from .model import Transformer
 
 MAX_SEED = 2**63 - 1  # torch.Generator takes a signed 64-bit seed
@@ -53,8 +52,8 @@ def stream(
 ) -> Iterator[torch.Tensor]:
     """Yield each new token, [B] ids, as soon as it is chosen.
 
-    On a CPU at batch 1, once the prompt is cached, PyTorch is held at one thread until
-    the stream ends or is closed, and the one-row products go to numpy (see linear.py).
+    On a CPU at batch 1, once the prompt is cached, each step runs through the numpy
+    decoder (decode.py) with PyTorch held at one thread until the stream ends or is closed.
     """
     ids = torch.as_tensor(tokens, dtype=torch.long, device=model.device)
     if ids.dim() == 1:
@@ -67,20 +66,24 @@ def stream(
     # the cache holds only as many positions as this generation can reach
     cache = model.new_cache(ids.shape[0], max_len=min(context, ids.shape[1] + max_new_tokens)) if use_cache else None
     fresh = ids  # what the model has not seen yet
-    with contextlib.ExitStack() as one_row:  # held while each step feeds the model a single row
+    fast: decode.NumpyDecoder | None = None
+    with contextlib.ExitStack() as one_thread:  # held while the numpy decoder runs
         for step in range(max_new_tokens):
             if cache is not None and len(cache) + fresh.shape[1] > cache.max_len:
-                cache = None  # full: positions are absolute, so slide the window without a cache
-                one_row.close()
+                cache = fast = None  # full: positions are absolute, so slide the window without a cache
+                one_thread.close()
             if cache is None:
                 logits_BV = model(ids[:, -context:], last_only=True)[:, -1]
+            elif fast is not None:
+                logits_BV = fast.logits(int(fresh[0, 0]), len(cache))
             else:
                 logits_BV = model(fresh, cache=cache, last_only=True)[:, -1]
             probs_BV = sampling.probabilities(logits_BV, temperature, top_k, top_p)
             new = sampling.draw(probs_BV, greedy=greedy, generator=generator)
             ids = torch.cat([ids, new[:, None]], dim=1)
-            if step == 0 and cache is not None and ids.shape[0] == 1 and ids.device.type == "cpu":
-                one_row.enter_context(vector_products())  # the prompt is cached; one row per step from here
+            if step == 0 and cache is not None and decode.suits(model, ids.shape[0]):
+                one_thread.enter_context(decode.one_torch_thread())  # the prompt is cached: numpy from here
+                fast = decode.NumpyDecoder(model, cache)
             fresh = new[:, None]
             yield new
             if stop_token is not None and bool((new == stop_token).all()):

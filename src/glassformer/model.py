@@ -22,7 +22,7 @@ from .attention import Attention, KVCache, Rotary
 from .config import GlassformerError, ModelConfig
 from .hooks import ActivationCache, HookFn, HookPoint, Names, attach, match, name_hook_points
 from .hooks import run_with_cache as capture
-from .linear import Linear, product
+from .linear import Linear, matmul
 
 ACTIVATION_FNS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,  # exact erf form (BERT)
@@ -275,7 +275,7 @@ class Transformer(nn.Module):
         if last_only:
             x = x[:, -1:]
         x = self.hook_ln_final(self.ln_final(x))
-        return self.hook_logits(product(x, self.W_U))
+        return self.hook_logits(matmul(x, self.W_U))
 
     def new_cache(self, batch: int = 1, max_len: int | None = None) -> KVCache:
         return KVCache(self.config, batch, dtype=self.stream_dtype, device=self.device, max_len=max_len)
