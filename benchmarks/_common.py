@@ -53,3 +53,41 @@ def copy_bandwidth(n_bytes: int = 512 * 2**20, repeats: int = 5) -> float:
 
 def env_line() -> str:
     return f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu"
+
+
+def decode_time_split(model, steps: int = 128, prompt_len: int = 16) -> str:
+    """Where a batch-1 decoding step's time goes (fp32, CPU): the weight products alone
+    (each matrix of a step times one vector, in the same order) against the whole step of
+    the numpy decoder; what is left is attention over the cache, norms, activations and
+    Python. Best of three."""
+    import numpy as np
+
+    from glassformer.decode import NumpyDecoder, one_torch_thread
+
+    prompt = torch.randint(0, model.config.vocab_size, (1, prompt_len))
+    step = products = float("inf")
+    with torch.inference_mode(), one_torch_thread():
+        for _ in range(3):
+            cache = model.new_cache(1, max_len=prompt_len + steps + 1)
+            model(prompt, cache=cache, last_only=True)
+            decoder = NumpyDecoder(model, cache)
+            token, t = 1, time.perf_counter()
+            for _ in range(steps):
+                token = int(decoder.logits(token, len(cache)).argmax())
+            step = min(step, (time.perf_counter() - t) / steps)
+            mats = [L[k][0] for L in decoder.layers for k in ("qkv", "o", "up", "down")]
+            xs = [np.random.rand(W.shape[0]).astype(np.float32) for W in mats]
+            x_final = np.random.rand(decoder.W_U.shape[1]).astype(np.float32)
+            t = time.perf_counter()
+            for _ in range(steps):
+                for x, W in zip(xs, mats):
+                    x @ W
+                decoder.W_U @ x_final
+            products = min(products, (time.perf_counter() - t) / steps)
+    n_bytes = sum(W.nbytes for W in mats) + decoder.W_U.nbytes
+    read_time = n_bytes / copy_bandwidth()
+    return (
+        f"a decoding step: {step * 1e3:.2f} ms, of which the weight products {products * 1e3:.2f} ms "
+        f"({products / step:.0%}; {n_bytes / 1e6:.0f} MB, {read_time / products:.0%} of the copy-bandwidth rate) "
+        f"and the rest (attention over the cache, norms, activations, Python) {(step - products) * 1e3:.2f} ms"
+    )

@@ -14,7 +14,7 @@ import torch
 import glassformer as gf
 from glassformer.hardware import cpu_has_bf16_units
 
-from _common import copy_bandwidth, env_line, hf_gpt2_and_ours, race
+from _common import copy_bandwidth, decode_time_split, env_line, hf_gpt2_and_ours, race
 
 NEW = 128
 
@@ -60,6 +60,7 @@ def main() -> None:
         f"bf16 weights {weight_bytes(ours16) / 1e6:.0f} MB/token -> bound {bound16:.1f} tok/s: "
         f"{tps['bf16'] / bound16:.0%}; bf16 tokens equal to fp32's: {same16:.0%}"
     )
+    print(decode_time_split(ours))
 
 
 if __name__ == "__main__":

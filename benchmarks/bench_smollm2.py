@@ -18,7 +18,7 @@ import torch
 import glassformer as gf
 from glassformer.pretrained import builtin_path
 
-from _common import copy_bandwidth, env_line, race
+from _common import copy_bandwidth, decode_time_split, env_line, race
 
 NEW = 128
 
@@ -84,6 +84,8 @@ def main() -> None:
         f"weights {weight_bytes / 1e6:.0f} MB per token -> bound {bound:.1f} tok/s; "
         f"glassformer reaches {ours_tps / bound:.0%}, transformers {hf_tps / bound:.0%}"
     )
+    if args.dtype == "fp32":
+        print(decode_time_split(ours))
 
 
 if __name__ == "__main__":
