@@ -82,6 +82,18 @@ def test_explain_fits_80_columns_and_names_unknown_words(capsys, monkeypatch):
     assert max(len(line) for line in wide.splitlines()) > 80  # a wide terminal gets the whole grid
 
 
+def test_control_characters_in_the_text_are_shown_not_obeyed(capsys):
+    from glassformer.viz.text import label, visible
+
+    assert visible("a\x1b[2Jb\x07\n\t") == "a\\x1b[2Jb\\x07⏎⇥" and label("\x9b") == "\\x9b"
+    code, out, err = run(capsys, "explain", "a fluffy \x1b[2J\x07 creature", "--model", "lesson:adjectives")
+    assert code == 0 and "\\x1b" in out
+    code, _, err = run(capsys, "params", "no\x1bsuch")
+    assert code == 2 and "no\\x1bsuch" in err
+    for text in (out, err):
+        assert not any(ch in text for ch in "\x1b\x07\x9b"), "a control character reached the terminal"
+
+
 def test_explain_on_another_head_drops_the_lesson_caption(capsys):
     code, out, _ = run(capsys, "explain", "a fluffy blue creature", "--model", "lesson:adjectives", "--layer", "0",
                        "--head", "0")  # fmt: skip

@@ -525,8 +525,10 @@ def _silence_broken_stdout() -> None:
 
 
 def fail(message: str) -> int:
+    from .viz.text import visible  # the message may quote the user's text, escapes and all
+
     try:
-        print(f"glassformer: error: {message}", file=sys.stderr)
+        print(f"glassformer: error: {visible(message)}", file=sys.stderr)
     except OSError:
         pass
     return 2

@@ -21,6 +21,7 @@ from ..config import GlassformerError
 from ..inputs import token_texts
 from ..inspect.explain import analyze
 from ..sampling import probabilities
+from .text import visible
 
 VIDEO = "video orientation: keys down the side, queries across the top; each column sums to 1"
 USUAL = "usual orientation: queries down the side, keys across the top; each row sums to 1"
@@ -59,7 +60,7 @@ class Picture:
 
 
 def _clean(tok: str, width: int = 12) -> str:
-    shown = tok.replace("\n", "⏎").replace("$", r"\$")  # matplotlib would read $...$ as maths
+    shown = visible(tok).replace("$", r"\$")  # matplotlib would read $...$ as maths
     shown = shown if shown.strip() else repr(tok)
     return shown if len(shown) <= width else shown[: width - 1] + "…"
 

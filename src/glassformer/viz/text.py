@@ -43,9 +43,19 @@ def display_width(text: str) -> int:
     return width
 
 
+def visible(text: str) -> str:
+    """`text` with newlines and tabs drawn (⏎, ⇥) and every other control character
+    written out (\\x1b): a token or a word from the user's text can hold an escape or a
+    bell, which a terminal would obey rather than show."""
+    text = text.replace("\n", "⏎").replace("\t", "⇥")
+    if all(ch.isprintable() or ch == " " for ch in text):
+        return text
+    return "".join(f"\\x{ord(ch):02x}" if unicodedata.category(ch) == "Cc" else ch for ch in text)
+
+
 def label(token: str, width: int = 8) -> str:
-    """A token as a short, visible label: newlines and tabs drawn, blanks quoted, long cut."""
-    shown = token.replace("\n", "⏎").replace("\t", "⇥")
+    """A token as a short, visible label: control characters drawn, blanks quoted, long cut."""
+    shown = visible(token)
     shown = shown if shown.strip() else repr(shown)
     if display_width(shown) <= width:
         return shown
@@ -231,9 +241,9 @@ def render_walk(
     T = len(walk.tokens)
     q = pick_query(walk) if query is None else query % T
     W = style.width
-    out = wrap(f"layer {walk.layer}, head {walk.head}" + (f": {why}" if why else ""), W)
+    out = wrap(f"layer {walk.layer}, head {walk.head}" + (f": {visible(why)}" if why else ""), W)
     for line in notes or []:
-        out += wrap(line, W, "  ")
+        out += wrap(visible(line), W, "  ")
     out += wrap(f"{T} tokens: " + " ".join(f"[{label(t, 12)}]" for t in walk.tokens), W)
     out += wrap(f"following the query [{label(walk.tokens[q], 12)}] (position {q}); --query picks another", W)
     out += wrap(f"({VIDEO if style.video else USUAL}; {PRECISION[walk.precision]})", W) + [""]
