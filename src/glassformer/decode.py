@@ -107,7 +107,10 @@ class NumpyDecoder:
         self.V = [layer.v_BKSD[0].numpy() for layer in cache.layers]
         if model.rotary is not None:  # the attention module's own angles, for every position
             cos, sin = model.rotary(0, cache.max_len, "cpu")
-            self.cos, self.sin = cos.numpy(), sin.numpy()
+            half = c.d_head // 2
+            self.cos = cos.numpy()
+            self.signed_sin = np.concatenate([-sin[:, :half].numpy(), sin[:, half:].numpy()], axis=1)
+            self.quarter_turn = np.r_[half : c.d_head, 0:half]  # (a, b) -> (b, a); the sign is in signed_sin
 
     @staticmethod
     def _norm(norm) -> tuple:
@@ -139,24 +142,20 @@ class NumpyDecoder:
         W, b = Wb
         return x @ W if b is None else x @ W + b
 
-    def rotate(self, x_KD: np.ndarray, position: int) -> np.ndarray:
-        """Turn each (first-half, second-half) pair: (a, b) -> (a cos - b sin, b cos + a sin)."""
-        half = x_KD.shape[-1] // 2
-        a, b = x_KD[:, :half], x_KD[:, half:]
-        cos, sin = self.cos[position, :half], self.sin[position, :half]
-        out = np.empty_like(x_KD)
-        out[:, :half] = a * cos - b * sin
-        out[:, half:] = b * cos + a * sin
-        return out
+    def rotate(self, x_ND: np.ndarray, position: int) -> np.ndarray:
+        """Turn each (first-half, second-half) pair of every row: (a, b) -> (a cos - b sin,
+        b cos + a sin), as x·cos + (b, a)·(-sin, sin): attention.rotate's formula."""
+        return x_ND * self.cos[position] + x_ND[:, self.quarter_turn] * self.signed_sin[position]
 
     def attend(self, i: int, L: dict, h: np.ndarray, position: int) -> np.ndarray:
         """This position's ΔE for layer i: its query against every cached key."""
         c = self.config
         H, K, D = c.n_heads, c.n_kv_heads, c.d_head
         qkv = self.linear(h, L["qkv"])  # Q = E·W_Q, K = E·W_K, V = E·W_V in one product
-        q, k, v = qkv[: H * D].reshape(H, D), qkv[H * D : (H + K) * D].reshape(K, D), qkv[(H + K) * D :].reshape(K, D)
+        qk = qkv[: (H + K) * D].reshape(H + K, D)  # the H query rows, then the K key rows
         if c.positions == "rotary":
-            q, k = self.rotate(q, position), self.rotate(k, position)
+            qk = self.rotate(qk, position)  # queries and keys turned together
+        q, k, v = qk[:H], qk[H:], qkv[(H + K) * D :].reshape(K, D)
         self.K[i][:, position], self.V[i][:, position] = k, v
         keys, values = self.K[i][:, : position + 1], self.V[i][:, : position + 1]  # [K, S, D]
         q_KGD = q.reshape(K, H // K, D)  # each key/value head answers a group of query heads
@@ -169,7 +168,8 @@ class NumpyDecoder:
     def mlp(self, L: dict, h: np.ndarray) -> np.ndarray:
         up = self.linear(h, L["up"])
         if self.config.mlp == "gated":  # act(x·W_gate) * x·W_up, both halves from one product
-            gate, up = np.split(up, 2)
+            half = up.shape[0] // 2
+            gate, up = up[:half], up[half:]
             post = self.act(torch.from_numpy(gate)).numpy() * up
         else:
             post = self.act(torch.from_numpy(up)).numpy()
