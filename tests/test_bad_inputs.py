@@ -30,6 +30,7 @@ def cases(tmp: Path) -> list[tuple[list[str], list[str]]]:
         (["explain", "hi", "--model", ""], ["model name is empty"]),
         (["lens", "hi", "--model", TINY, "-k", "-1"], ["at least 1"]),
         (["lens", "hi", "--model", TINY, "-k", "1000000"], ["more guesses than the 256 tokens"]),
+        (["lens", "hi", "--model", TINY, "--position", "2"], ["--position 2 is out of range for 2 tokens"]),
         (["neurons", "hi", "--model", TINY, "-k", "-1"], ["at least 1"]),
         (["neurons", "hi", "--model", TINY, "-k", "1000000"], ["MLP neurons"]),
         (["generate", "--model", TINY, "--temperature", "nan"], ["finite number"]),

@@ -148,10 +148,12 @@ def test_explorer_loads_clean_and_stays_local(page, server):
     assert page.errors == [], page.errors
     leaving = [u for u in page.requests if not u.startswith(server) and not u.startswith("data:")]
     assert leaving == [], f"requests left localhost: {leaving}"
-    # it starts on the showcase head, says why, and the query is the last token
+    # it starts on the showcase head, says why, and follows the query /api/head suggests
+    # (the one `explain` follows)
     s = httpx.post(f"{server}/api/showcase", json={"model": "tiny", "text": DEFAULT}).json()
+    suggested = api_head(server, "tiny", DEFAULT, s["layer"], s["head"])["query"]
     drawn = story(page)
-    assert (drawn["layer"], drawn["head"], drawn["query"]) == (s["layer"], s["head"], len(DEFAULT) - 1)
+    assert (drawn["layer"], drawn["head"], drawn["query"]) == (s["layer"], s["head"], suggested)
     assert s["why"] in page.text_content("#showcase")
 
 

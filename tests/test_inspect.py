@@ -250,9 +250,13 @@ def test_cli_heads_lens_neurons(capsys, tmp_path):
     out = capsys.readouterr().out
     for kind in ("previous-token", "duplicate-token", "induction", "first-token"):
         assert f"\n{kind}: " in out  # its table
-    assert "a head is named when its score reaches 0.4" in out
+    assert "the heads whose score reaches 0.4, strongest first:" in out
     assert main(["lens", "hello", "--model", str(tmp_path / "m"), "-k", "2"]) == 0
-    assert "embed:" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "embed:" in out and out.count("after [") == 5
+    assert main(["lens", "hello", "--model", str(tmp_path / "m"), "--position", "-1"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("after [") == 1 and "after [o] (position 4)" in out
     assert main(["neurons", "hello", "--model", str(tmp_path / "m"), "-k", "3"]) == 0
     assert capsys.readouterr().out.count("neuron ") == 3
     assert main(["neurons", "--model", str(tmp_path / "m"), "--neuron", "x"]) == 2
@@ -265,3 +269,13 @@ def test_readme_documents_every_name():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for name, shape, fires_on, what in HOOK_TABLE:
         assert f"| `{name}` | {shape} | {fires_on} | {what} |" in readme, name
+
+
+def test_every_head_over_the_threshold_is_named_strongest_first():
+    from glassformer.inspect.heads import Detection
+
+    table = torch.tensor([[0.10, 0.456, 0.398], [0.975, 0.20, 0.428]])
+    (line,) = Detection({"adjective-noun": table}).summary()
+    assert line == "adjective-noun heads: layer 1, head 0 (0.975); layer 0, head 1 (0.456); layer 1, head 2 (0.428)"
+    (line,) = Detection({"induction": table * 0.4}).summary()
+    assert line == "induction: no head reaches 0.4 (best: layer 1, head 0, 0.390)"

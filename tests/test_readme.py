@@ -77,3 +77,13 @@ def test_the_python_example_runs(folder):
     done = subprocess.run([sys.executable, "-c", python_block()], cwd=folder, env=env, capture_output=True, text=True,
                           timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_the_quoted_explain_ending_is_what_explain_prints(capsys):
+    """The README quotes how `explain`'s default walk ends; the quote is held to the output."""
+    from glassformer.cli import main
+
+    quoted = re.search(r"attends to \(`([^`]*→[^`]*)`", README.replace("\n  ", " "))
+    assert quoted, "the README no longer quotes explain's ending"
+    assert main(["explain"]) == 0
+    assert quoted.group(1) in capsys.readouterr().out

@@ -108,6 +108,30 @@ def test_unknown_words_are_marked_and_the_vocabulary_listed():
     assert models[0]["example"] == gf.lessons.adjectives.EXAMPLE
 
 
+def test_the_explorer_starts_on_the_query_explain_follows(capsys):
+    """/api/head suggests the query a first look follows, the same one `explain` follows;
+    ΔE's length is set against the residual stream it is added to."""
+    from glassformer.cli import main
+    from glassformer.inputs import encode_batch
+    from glassformer.inspect.explain import walk_head
+    from glassformer.inspect.heads import choose_head, query_to_follow
+
+    model = gf.load("lesson:adjectives")
+    text = gf.lessons.adjectives.EXAMPLE
+    chosen = choose_head(model, encode_batch(model, text))
+    with running({"adjectives": model}) as url:
+        h = post(url, "/api/head", {"model": "adjectives", "text": text, "layer": chosen.layer, "head": chosen.head})
+    h = h.json()
+    walk = walk_head(model, text, chosen.layer, chosen.head)
+    assert h["query"] == query_to_follow(model, encode_batch(model, text), walk)
+    assert h["tokens"][h["query"]] == "creature"  # the noun with the most adjectives in front of it
+    assert main(["explain", text]) == 0
+    assert f"following the query [creature] (position {h['query']})" in capsys.readouterr().out
+    stream = walk.stream.norm(dim=-1)
+    assert np.allclose(h["stream_norm"], stream.tolist(), atol=1e-3)
+    assert not np.allclose(h["stream_norm"], h["e_norm"], atol=1e-2)  # pre-norm: E read ≠ the stream
+
+
 def test_showcase_head_is_named_and_then_cached(base):
     r = post(base, "/api/showcase", {"model": "tiny", "text": TEXT})
     assert r.status_code == 200

@@ -60,3 +60,14 @@ def test_bad_json():
         tokenizer_from_json("{not json")
     with pytest.raises(gf.GlassformerError):
         train_bpe(["x"], 100)
+
+
+def test_token_texts_name_special_tokens_and_show_split_characters_as_bytes(bpe):
+    """A special token by its name, not as ''; a token holding part of a character by its
+    bytes, not as '��'."""
+    special = bpe.token_id("<|endoftext|>")
+    assert bpe.token_texts([special]) == ["<|endoftext|>"]
+    ids = bpe.encode("☃")  # three bytes the small vocabulary has not merged
+    texts = bpe.token_texts(ids)
+    assert "".join(texts) == "\\xe2\\x98\\x83" and all("\ufffd" not in t for t in texts)
+    assert bpe.token_texts(bpe.encode(" fluffy")) == [" fluffy"]

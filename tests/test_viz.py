@@ -125,3 +125,20 @@ def test_show_cli_bad_input(capsys, tmp_path):
             )
             == 0
         )
+
+
+def test_show_opens_on_the_head_explain_starts_on(tmp_path, capsys):
+    from glassformer.inputs import encode_batch
+    from glassformer.inspect.heads import choose_head
+
+    model = gf.load("lesson:adjectives")
+    text = gf.lessons.adjectives.EXAMPLE
+    chosen = choose_head(model, encode_batch(model, text))
+    assert (chosen.layer, chosen.head) != (0, 0)  # else this test could not tell
+    out = tmp_path / "r.html"
+    assert main(["show", text, "--out", str(out)]) == 0
+    data = re.search(r'<script id="glassformer-data" type="application/json">(.*?)</script>', out.read_text(), re.S)
+    assert json.loads(data.group(1))["start"] == [chosen.layer, chosen.head]
+    assert main(["show", text, "--out", str(out), "--layer", "0", "--head", "2"]) == 0
+    data = re.search(r'<script id="glassformer-data" type="application/json">(.*?)</script>', out.read_text(), re.S)
+    assert json.loads(data.group(1))["start"] == [0, 2]

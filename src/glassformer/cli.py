@@ -91,7 +91,13 @@ def model_flag(p: argparse.ArgumentParser, **kwargs) -> None:
     """--model, and --dtype: the precision the model's matrices are held and multiplied in."""
     from .pretrained import DTYPES, NAMES_HELP
 
-    p.add_argument("--model", "-m", help=f"{NAMES_HELP} (default: {DEFAULT_MODEL})", **kwargs)
+    if kwargs.get("required"):
+        note = ""
+    elif kwargs.get("action") == "append":
+        note = f" (repeat to serve several; default: {DEFAULT_MODEL})"
+    else:
+        note = f" (default: {DEFAULT_MODEL})"
+    p.add_argument("--model", "-m", help=NAMES_HELP + note, **kwargs)
     p.add_argument(
         "--dtype",
         choices=DTYPES,
@@ -160,11 +166,12 @@ def explain(args) -> int:
     and ΔE for one head, with what each means, fitted to the terminal."""
     from .inputs import encode_batch, unknown_note
     from .inspect.explain import walk_head
-    from .inspect.heads import choose_head
+    from .inspect.heads import choose_head, query_to_follow
     from .viz.text import render_walk
 
     model = load_model(args)
-    chosen = choose_head(model, encode_batch(model, args.text), args.layer, args.head)
+    ids = encode_batch(model, args.text)
+    chosen = choose_head(model, ids, args.layer, args.head)
     walk = walk_head(model, args.text, chosen.layer, chosen.head)
     if args.query is not None and not -len(walk.tokens) <= args.query < len(walk.tokens):
         raise GlassformerError(f"--query {args.query} is out of range for {len(walk.tokens)} tokens")
@@ -173,7 +180,7 @@ def explain(args) -> int:
         render_walk(
             walk,
             terminal_style(not args.usual),
-            query=args.query if args.query is not None else chosen.query,
+            query=args.query if args.query is not None else query_to_follow(model, ids, walk),
             why=chosen.why,
             questions=chosen.questions,
             notes=[note] if note else None,
@@ -260,7 +267,9 @@ def train(args) -> int:
 def generate_arguments(p: argparse.ArgumentParser) -> None:
     model_flag(p, required=True)
     p.add_argument("--prompt", "-p", default="\n", help="text to continue")
-    p.add_argument("--max-new-tokens", "-n", type=at_least(0), default=100)
+    p.add_argument(
+        "--max-new-tokens", "-n", type=at_least(0), default=100, help="how many tokens to add (default: 100)"
+    )
     p.add_argument("--temperature", "-t", type=finite, default=1.0, help="0 = always the likeliest token")
     p.add_argument("--top-k", type=at_least(1), help="sample only among the k likeliest tokens")
     p.add_argument("--top-p", type=finite, help="sample only among the likeliest tokens covering p")
@@ -318,7 +327,10 @@ def heads(args) -> int:
 def lens_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("text", help="the text to read")
     model_flag(p)
-    p.add_argument("-k", type=at_least(1), default=5, help="guesses per position")
+    p.add_argument("-k", type=at_least(1), default=5, help="guesses per position (default: 5)")
+    p.add_argument(
+        "--position", type=whole, help="only this token position (negative counts from the end; default: every one)"
+    )
 
 
 @command(lens_arguments, "the logit lens: what the stream predicts after each layer")
@@ -334,7 +346,11 @@ def lens(args) -> int:
         raise GlassformerError(
             f"-k {args.k} is more guesses than the {model.config.vocab_size} tokens this model knows"
         )
-    print(render_lens(logit_lens(model, ids, k=args.k), token_texts(model, ids), args.k))
+    T = ids.shape[1]
+    if args.position is not None and not -T <= args.position < T:
+        raise GlassformerError(f"--position {args.position} is out of range for {T} tokens")
+    positions = None if args.position is None else [args.position % T]
+    print(render_lens(logit_lens(model, ids, k=args.k), token_texts(model, ids), args.k, positions))
     return 0
 
 
@@ -343,7 +359,7 @@ def neurons_arguments(p: argparse.ArgumentParser) -> None:
     model_flag(p)
     p.add_argument("--position", type=whole, default=-1, help="token position (default: the last)")
     p.add_argument("--neuron", help="LAYER.INDEX: show what one neuron writes instead")
-    p.add_argument("-k", type=at_least(1), default=10, help="how many neurons")
+    p.add_argument("-k", type=at_least(1), default=10, help="how many neurons (default: 10)")
 
 
 @command(neurons_arguments, "the MLP as a store of facts: neurons that fire, tokens they push")
@@ -383,9 +399,16 @@ def show_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("text", help="the sentence")
     model_flag(p)
     p.add_argument("--out", "-o", required=True, help="FILE.html, FILE.png or FILE.svg")
-    p.add_argument("--layer", "-l", type=at_least(0), default=0)
-    p.add_argument("--head", type=at_least(0), default=0)
-    p.add_argument("--kind", choices=["head", "all", "next"], default="head", help="what a picture shows")
+    p.add_argument(
+        "--layer", "-l", type=at_least(0), help="layer index, from 0 (default: the head explain would start on)"
+    )
+    p.add_argument("--head", type=at_least(0), help="head index, from 0 (default: as for --layer)")
+    p.add_argument(
+        "--kind",
+        choices=["head", "all", "next"],
+        default="head",
+        help="what a picture shows: one head (default), every head, or the next-token distribution",
+    )
     p.add_argument("--temperature", "-t", type=finite, default=1.0, help="for --kind next")
     p.add_argument("--usual", action="store_true", help="rows are queries (default: the video's orientation)")
 
@@ -397,7 +420,8 @@ def show(args) -> int:
     next-token distribution."""
     from . import sampling
     from .checkpoint import write_file_atomically
-    from .inputs import check_layer_head
+    from .inputs import encode_batch
+    from .inspect.heads import choose_head
 
     out = Path(args.out)
     if out.suffix.lower() not in (".html", ".png", ".svg"):
@@ -408,11 +432,14 @@ def show(args) -> int:
         raise GlassformerError(f"{out} is a directory; give a file name")
     sampling.check(args.temperature)
     model = load_model(args)
-    check_layer_head(model, args.layer, args.head)
+    layer, head = args.layer or 0, args.head or 0
+    if out.suffix.lower() == ".html" or args.kind == "head":
+        chosen = choose_head(model, encode_batch(model, args.text), args.layer, args.head)
+        layer, head = chosen.layer, chosen.head
     if out.suffix.lower() == ".html":
         from .viz.page import report_html
 
-        page = report_html(model, args.text, title=f"glassformer: {args.text[:60]}", layer=args.layer, head=args.head)
+        page = report_html(model, args.text, title=f"glassformer: {args.text[:60]}", layer=layer, head=head)
         write_file_atomically(out, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     else:
         from .viz.plots import picture
@@ -423,8 +450,8 @@ def show(args) -> int:
             args.text,
             args.kind,
             name,
-            layer=args.layer,
-            head=args.head,
+            layer=layer,
+            head=head,
             video=not args.usual,
             temperature=args.temperature,
         ).save(out)

@@ -21,6 +21,24 @@ from .config import GlassformerError
 _MARK = "glassformer_tokenizer"  # key that tells our own formats from Hugging Face's
 
 
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, reversed: the printable character that stands for each
+    byte in a byte-level vocabulary (bytes that print as themselves keep their own
+    character; the rest are moved to 256 onwards)."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in kept:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+BYTE_OF_CHAR = _byte_level_alphabet()
+
+
 class CharTokenizer:
     kind = "char"
 
@@ -102,8 +120,20 @@ class HFTokenizer:
         """Each token's own text: ' fluffy' for GPT-2's 'Ġfluffy', '##ing' for BERT."""
         ids = list(ids)
         if self.tok.decoder is not None and type(self.tok.decoder).__name__ == "ByteLevel":
-            return [self.tok.decode([i]) for i in ids]
+            return [self._byte_level_text(i) for i in ids]
         return [self.tok.id_to_token(i) or f"<{i}>" for i in ids]
+
+    def _byte_level_text(self, i: int) -> str:
+        """A byte-level token's text; a special token by its name ('<|endoftext|>'); a
+        token holding part of a character by its bytes ('\\xe2\\x80'), not as '��'."""
+        text = self.tok.decode([i], skip_special_tokens=False)
+        if "\ufffd" not in text:
+            return text
+        piece = self.tok.id_to_token(i) or ""
+        if any(ch not in BYTE_OF_CHAR for ch in piece):
+            return text
+        raw = bytes(BYTE_OF_CHAR[ch] for ch in piece)
+        return raw.decode("utf-8", errors="backslashreplace")
 
     def token_id(self, token: str) -> int | None:
         return self.tok.token_to_id(token)

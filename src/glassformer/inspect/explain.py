@@ -68,6 +68,18 @@ class HeadWalk:
         ]
 
 
+def sharpest_query(walk: HeadWalk) -> int:
+    """The position whose query looks most sharply at one other token (the first token
+    left out, where heads park attention they have no use for); the last if none does."""
+    P = walk.pattern.tensor.clone()
+    T = P.shape[0]
+    if T < 3:
+        return T - 1
+    P.fill_diagonal_(0)
+    P[:, 0] = 0
+    return int(P.amax(-1).argmax())
+
+
 def _cpu(t: torch.Tensor) -> torch.Tensor:
     return t.detach().float().cpu()
 

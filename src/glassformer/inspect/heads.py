@@ -16,6 +16,7 @@ from .. import lessons
 from ..config import GlassformerError
 from ..inputs import check_layer_head, token_texts
 from ..model import Transformer
+from .explain import HeadWalk, sharpest_query
 
 STRONG = 0.4  # a head "does" a job when at least this share of its attention goes where the job says
 
@@ -191,14 +192,20 @@ class Detection:
     skipped: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> list[str]:
-        """One line per kind: the strongest head if it reaches STRONG, else that none does."""
+        """One line per kind: every head that reaches STRONG, strongest first, else the best
+        one and that it falls short (to three places, so 0.398 does not read as 0.40)."""
         lines = []
         for kind, table in self.tables.items():
             layer, head, score = strongest(table)
             if score >= STRONG:
-                lines.append(f"{kind} head: layer {layer}, head {head} ({score:.2f})")
+                found = sorted(
+                    ((float(v), divmod(i, table.shape[1])) for i, v in enumerate(table.flatten())), reverse=True
+                )
+                named = [f"layer {lh[0]}, head {lh[1]} ({v:.3f})" for v, lh in found if v >= STRONG]
+                more = f"; and {len(named) - 4} more" if len(named) > 4 else ""
+                lines.append(f"{kind} head{'s' if len(named) > 1 else ''}: " + "; ".join(named[:4]) + more)
             else:
-                lines.append(f"{kind}: no head reaches {STRONG} (best: layer {layer}, head {head}, {score:.2f})")
+                lines.append(f"{kind}: no head reaches {STRONG} (best: layer {layer}, head {head}, {score:.3f})")
         lines += [f"{kind}: not scored ({why})" for kind, why in self.skipped.items()]
         return lines
 
@@ -233,7 +240,6 @@ class Showcase:
     head: int
     why: str
     questions: tuple[str, str] | None = None
-    query: int | None = None  # the position that shows it best (the adjectives lesson: a noun)
 
 
 def choose_head(model: Transformer, ids: torch.Tensor, layer: int | None = None, head: int | None = None) -> Showcase:
@@ -241,15 +247,24 @@ def choose_head(model: Transformer, ids: torch.Tensor, layer: int | None = None,
     the lesson's questions only when the two are the same head)."""
     shown = showcase_head(model, ids)
     if layer is None and head is None:
-        return Showcase(
-            shown.layer, shown.head, shown.why + "; --layer/--head show another", shown.questions, shown.query
-        )
+        return Showcase(shown.layer, shown.head, shown.why + "; --layer/--head show another", shown.questions)
     layer = shown.layer if layer is None else layer
     head = shown.head if head is None else head
     check_layer_head(model, layer, head)
     if (layer, head) == (shown.layer, shown.head):
         return shown
     return Showcase(layer, head, "the head you asked for")
+
+
+def query_to_follow(model: Transformer, ids: torch.Tensor, walk: HeadWalk) -> int:
+    """The position a first look at a head follows, the same in the terminal and the
+    explorer: on the adjectives lesson, the noun with the most adjectives in front of it;
+    otherwise the position whose query looks most sharply at another token."""
+    if speaks_adjectives(model):
+        noun = noun_with_most_adjectives(model, ids)
+        if noun is not None:
+            return noun
+    return sharpest_query(walk)
 
 
 def noun_with_most_adjectives(model: Transformer, ids: torch.Tensor) -> int | None:
@@ -276,7 +291,7 @@ def showcase_head(model: Transformer, ids: torch.Tensor) -> Showcase:
         layer, head, score = strongest(adjective_noun(model))
         why = f"the adjective head (nouns put {score:.0%} of their attention on their own adjectives)"
         questions = ("is there an adjective in front of me?", "I am an adjective!")
-        return Showcase(layer, head, why, questions, query=noun_with_most_adjectives(model, ids))
+        return Showcase(layer, head, why, questions)
     if _token_id(model, f"t{lessons.induction.VOCAB - 1}") is not None:
         layer, head, score = strongest(induction(model))
         why = f"the induction head ({score:.0%} of its attention goes to what came next last time)"

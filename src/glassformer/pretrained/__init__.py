@@ -171,6 +171,11 @@ def load_path(path: Path) -> Transformer:
     if run is not None:
         return checkpoint.load(run)
     if not (path / "config.json").is_file():
+        if (path / "log.jsonl").exists() or (path / ".lock").exists():  # a run's files (train/state.py)
+            raise GlassformerError(
+                f"{path} is a training run with no checkpoint yet: the first is saved at its first "
+                f"evaluation (--eval-every); wait for it, or continue it: glassformer train --resume {path}"
+            )
         raise GlassformerError(
             f"{path} holds no model: expected config.json with model.safetensors "
             "(a glassformer checkpoint or a Hugging Face directory)"

@@ -90,7 +90,9 @@ def head_walk(walk: HeadWalk) -> dict:
         "dots": rounded(walk.dots.tensor),  # before the mask: what each query and key make of each other
         "mask": torch.isinf(walk.mask.tensor).tolist(),  # True: −∞, the key comes after the query
         "pattern": rounded(walk.pattern.tensor),
-        "e_norm": rounded(walk.E.tensor.norm(dim=-1)),
+        "e_norm": rounded(walk.E.tensor.norm(dim=-1)),  # the vector the head reads (normed first in pre-norm models)
+        # the residual stream ΔE is added to: the length ΔE is measured against
+        "stream_norm": rounded((walk.stream if walk.stream is not None else walk.E.tensor).norm(dim=-1)),
         "delta_e_norm": rounded(walk.dE.tensor.norm(dim=-1)),
         "steps": [
             {"symbol": s.symbol, "title": s.title, "meaning": s.meaning, "shape": list(s.tensor.shape)}
@@ -127,7 +129,9 @@ def detection(found: heads.Detection) -> dict:
         "kinds": {
             kind: {
                 "definition": heads.DETECTORS.get(kind, ""),
-                "scores": rounded(table, 3),
+                # to 8 places: rounded to 3 first, 0.97500002 would then show as 0.97 beside the
+                # terminal's 0.98 (its 3-place value 0.975 is 0.97499… in binary)
+                "scores": rounded(table, 8),
                 "strongest": list(heads.strongest(table)),
             }
             for kind, table in found.tables.items()

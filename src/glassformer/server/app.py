@@ -434,8 +434,12 @@ def create_app(
 
     @app.post("/api/head", summary="one head step by step: Q, K, dot products, mask, pattern, V, ΔE")
     async def head(req: HeadRequest) -> Response:
-        walk = await on_model(req.model, lambda m: walk_head(m, req.text, req.layer, req.head))
-        return as_json({"model": req.model, **answers.head_walk(walk)})
+        def job(model) -> dict:
+            walk = walk_head(model, req.text, req.layer, req.head)
+            follow = heads.query_to_follow(model, encode_batch(model, req.text), walk)
+            return {"model": req.model, **answers.head_walk(walk), "query": follow}
+
+        return as_json(await on_model(req.model, job))
 
     @app.post("/api/next", summary="the next-token distribution under temperature, top-k and top-p, and a sample")
     async def next_token(req: SamplingRequest) -> Response:

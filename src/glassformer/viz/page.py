@@ -39,15 +39,15 @@ PAGE = """<!doctype html>
 <h2 id="which"></h2>
 <p class="muted" id="orientation"></p>
 <div class="grids">
-  <figure>
-    <figcaption>pattern = softmax — the weights</figcaption>
-    <div class="scroll"><div id="grid"></div></div>
-    <div id="grid-legend"></div>
-  </figure>
   <figure id="scores-section">
     <figcaption>Q·Kᵀ/√d — the dot products, then the mask</figcaption>
     <div class="scroll"><div id="scores"></div></div>
     <div id="scores-legend"></div>
+  </figure>
+  <figure>
+    <figcaption>pattern = softmax — the weights each query gives</figcaption>
+    <div class="scroll"><div id="grid"></div></div>
+    <div id="grid-legend"></div>
   </figure>
 </div>
 <p id="hover" class="hover"></p>

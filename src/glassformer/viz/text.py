@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..inspect.explain import HeadWalk, Step
+from ..inspect.explain import HeadWalk, Step, sharpest_query
 from ..inspect.heads import DETECTORS, STRONG, Detection
 from ..inspect.lens import LensRow
 
@@ -65,6 +65,13 @@ def label(token: str, width: int = 8) -> str:
             break
         out += ch
     return out + "…"
+
+
+def bracketed(token: str, width: int = 8) -> str:
+    """A token to print between brackets, where its spaces show ([ Paris], [ ]): control
+    characters drawn, long cut."""
+    shown = "".join(ch if ch == " " or not ch.isspace() else ascii(ch)[1:-1] for ch in visible(token))
+    return shown if display_width(shown) <= width else label(shown, width)
 
 
 def pad(text: str, width: int, *, right: bool = True) -> str:
@@ -212,18 +219,6 @@ def render_step(step: Step, walk: HeadWalk, style: Style, query: int, caption: s
     return lines
 
 
-def pick_query(walk: HeadWalk) -> int:
-    """The position whose query looks most sharply at one other token (the first token
-    left out, where heads park attention they have no use for); the last if none does."""
-    P = walk.pattern.tensor.clone()
-    T = P.shape[0]
-    if T < 3:
-        return T - 1
-    P.fill_diagonal_(0)
-    P[:, 0] = 0
-    return int(P.amax(-1).argmax())
-
-
 def render_walk(
     walk: HeadWalk,
     style: Style | None = None,
@@ -234,12 +229,13 @@ def render_walk(
     notes: list[str] | None = None,
 ) -> str:
     """The whole walk as text. `query`: the position the summary follows (default: the
-    sharpest); `why`: why this head was chosen; `questions`: what this head's queries ask
-    and its keys answer, when known (the adjective head's "is there an adjective in front
-    of me?"); `notes`: lines to show first (unknown words)."""
+    one whose query looks most sharply at another token); `why`: why this head was
+    chosen; `questions`: what this head's queries ask and its keys answer, when known (the
+    adjective head's "is there an adjective in front of me?"); `notes`: lines to show
+    first (unknown words)."""
     style = style or Style()
     T = len(walk.tokens)
-    q = pick_query(walk) if query is None else query % T
+    q = sharpest_query(walk) if query is None else query % T
     W = style.width
     out = wrap(f"layer {walk.layer}, head {walk.head}" + (f": {visible(why)}" if why else ""), W)
     for line in notes or []:
@@ -278,27 +274,36 @@ def summary(walk: HeadWalk, q: int, style: Style) -> list[str]:
 def render_detection(found: Detection, name: str, config, on: str) -> str:
     """Every detector's [layer, head] table, then which heads qualify."""
     out = [
-        f"{name}: {config.n_layers} layers x {config.n_heads} heads, scored on {on}; "
+        f"{name}: {config.n_layers} layers × {config.n_heads} heads, scored on {on}; "
         "scores are attention weights in [0, 1]"
     ]
     for kind, table in found.tables.items():
         out += ["", f"{kind}: {DETECTORS[kind]}", "layer " + " ".join(f"{f'h{h}':>5}" for h in range(table.shape[1]))]
         out += [f"{layer:>5} " + " ".join(f"{v:5.2f}" for v in row) for layer, row in enumerate(table.tolist())]
-    out += ["", f"a head is named when its score reaches {STRONG}:", *(f"  {line}" for line in found.summary())]
+    out += ["", f"the heads whose score reaches {STRONG}, strongest first:", *(f"  {line}" for line in found.summary())]
     return "\n".join(out)
 
 
-def render_lens(rows: list[LensRow], tokens: list[str], k: int) -> str:
-    """The logit lens: each position's top-k guesses after the embedding and every layer."""
-    out = [
+def render_lens(rows: list[LensRow], tokens: list[str], k: int, positions: list[int] | None = None) -> str:
+    """The logit lens: each position's (or those in `positions`) top-k guesses after the
+    embedding and every layer."""
+    out = wrap(
         f"the residual stream read through the final norm and W_U after each layer "
-        f"(top {k} next-token guesses, probability in brackets)"
-    ]
+        f"(top {k} next-token guesses, each token in brackets, its probability after it)",
+        80,
+    )
     for pos, tok in enumerate(tokens):
+        if positions is not None and pos not in positions:
+            continue
         out += ["", f"after [{label(tok, 16)}] (position {pos})"]
-        for row in rows:
-            guesses = "  ".join(f"{label(t, 10)}({p:.2f})" for t, p in zip(row.tokens[pos], row.probs[pos].tolist()))
-            out.append(f"  {row.layer:>5}: {guesses}")
+        cells = [
+            [f"[{bracketed(t, 10)}] {p:.2f}" for t, p in zip(row.tokens[pos], row.probs[pos].tolist())] for row in rows
+        ]
+        widths = [max(display_width(r[i]) for r in cells) for i in range(len(cells[0]))]
+        for row, guesses in zip(rows, cells):
+            out.append(
+                f"  {row.layer:>5}: " + "  ".join(pad(g, w, right=False) for g, w in zip(guesses, widths)).rstrip()
+            )
     return "\n".join(out)
 
 
@@ -306,7 +311,7 @@ def render_neurons(found: list[tuple[int, int, float | None, list[str] | None]])
     """(layer, index, activation or None, tokens it pushes up or None) per neuron."""
     lines = []
     for layer, index, act, pushes in found:
-        line = f"  neuron {layer}.{index}" + (f"  activation {act:+.2f}" if act is not None else "")
+        line = f"  layer {layer:>2}, neuron {index:<5}" + (f"  activation {act:+.2f}" if act is not None else "")
         if pushes is not None:
             line += "  pushes up: " + ", ".join(label(t, 12) for t in pushes)
         lines.append(line)

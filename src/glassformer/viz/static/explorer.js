@@ -13,6 +13,7 @@
     layer: 0,
     head: 0,
     query: 0,
+    autoQuery: true, // no token picked on this sentence yet: follow the one /api/head suggests
     video: true, // the video's orientation: keys down the side, queries across the top
     pickedHead: false, // the learner chose a head: a late showcase answer must not move it
     showcase: null,
@@ -273,7 +274,9 @@
     const z = new Array(w.d_head).fill(0);
     w.pattern[q].forEach((p, k) => w.v[k].forEach((v, i) => { z[i] += p * v; }));
     $("z-strip").replaceChildren(Grid.strip(z, Grid.maxAbsOf(w.v), "the weighted sum of the values"));
-    const e = w.e_norm[q], d = w.delta_e_norm[q];
+    // ΔE is added to the residual stream, so that is what its length is measured against
+    // (in a pre-norm model the head read a normalised copy of it: the E of the story above)
+    const e = w.stream_norm[q], d = w.delta_e_norm[q];
     const top = Math.max(e, d, 1e-9);
     const name = shown(w.tokens[q]);
     Grid.bars($("delta"), [
@@ -281,14 +284,15 @@
       { token: "|ΔE| this head", prob: d / top, label: d.toFixed(2) },
     ]);
     const p = $("delta").appendChild(el("p", "muted small",
-      `this head adds a vector ${(100 * d / Math.max(e, 1e-9)).toFixed(1)}% as long as “${name}”'s embedding ` +
-      "(E ← E + ΣΔE over every head of the layer)"));
+      `this head adds a vector ${(100 * d / Math.max(e, 1e-9)).toFixed(1)}% as long as “${name}”'s vector ` +
+      "in the residual stream (E ← E + ΣΔE over every head of the layer)"));
     p.id = "delta-note";
     const e0 = w.steps.find((st) => st.symbol === "E");
-    if (e0) $("delta").appendChild(el("p", "muted small", `E here: ${e0.meaning}`));
+    if (e0) $("delta").appendChild(el("p", "muted small", `the E this head read: ${e0.meaning}`));
     const dMax = Math.max(1e-9, ...w.delta_e_norm);
     Grid.bars($("delta-all"), w.tokens.map((tok, t) => ({
-      token: tok, prob: w.delta_e_norm[t] / dMax, label: `${w.delta_e_norm[t].toFixed(2)} / ${w.e_norm[t].toFixed(1)}`,
+      token: tok, prob: w.delta_e_norm[t] / dMax,
+      label: `${w.delta_e_norm[t].toFixed(2)} / ${w.stream_norm[t].toFixed(1)}`,
     })));
   }
 
@@ -407,9 +411,10 @@
       }
       box.appendChild(row);
     }
+    const whose = `the ${m.neurons.length} neurons, of ${m.d_mlp} in each layer's MLP, that fire hardest at this token, from any layer`;
     box.appendChild(el("p", "muted small", m.decoder
-      ? `${m.neurons.length} of ${m.d_mlp} neurons per layer; “pushes up”: the tokens each neuron's output raises directly through W_U`
-      : `${m.neurons.length} of ${m.d_mlp} neurons per layer (an encoder has no W_U to read them through)`));
+      ? `${whose}; “pushes up”: the tokens each neuron's output raises directly through W_U`
+      : `${whose} (an encoder has no W_U to read them through)`));
   }
 
   // --- 7: head detectors, on demand ----------------------------------------------------------
@@ -477,7 +482,9 @@
 
   // --- choosing -------------------------------------------------------------------------------
   function pickQuery(i) {
-    if (!state.walk || i === state.query) return;
+    if (!state.walk) return;
+    state.autoQuery = false;
+    if (i === state.query) return;
     state.query = i;
     drawStory();
     drawGrids();
@@ -547,6 +554,7 @@
       const w = await asked;
       if (id !== state.seq.head) return; // a newer request is on its way
       state.walk = w;
+      if (state.autoQuery && Number.isInteger(w.query) && w.query < w.tokens.length) state.query = w.query;
       drawHead();
       if (state.showcase) showcaseNote(state.showcase);
     } catch (err) {
@@ -585,6 +593,7 @@
     state.head = Math.min(state.head, a.n_heads - 1);
     fillSelect($("layer"), a.n_layers, "layer", state.layer);
     fillSelect($("head"), a.n_heads, "head", state.head);
+    if (!sameSentence) state.autoQuery = true;
     if (!sameSentence || state.query >= a.tokens.length) state.query = a.tokens.length - 1;
     state.walk = null;
     const head = loadHead(); // asked first: the drawing below happens while the server works
