@@ -8,7 +8,13 @@ import torch
 import glassformer as gf
 from glassformer.hooks import HOOK_TABLE
 from glassformer.inspect import heads
-from glassformer.inspect.edit import ablate_head, final_norm_direction, head_logit_attribution, patch
+from glassformer.inspect.edit import (
+    ablate_head,
+    final_norm_direction,
+    head_logit_attribution,
+    neuron_logit_attribution,
+    patch,
+)
 from glassformer.inspect.lens import logit_lens, neuron_tokens, top_neurons
 
 from conftest import FAMILIES, build, tiny_decoder
@@ -170,6 +176,26 @@ def test_head_attribution_adds_up_to_the_logit(family):
     assert abs(dla.sum().item() + rest - logits[0, -1, token].item()) < 1e-4
 
 
+@pytest.mark.parametrize("family", ["gpt", "llama"])
+def test_neuron_attributions_add_up_to_each_mlps_share_of_the_logit(family):
+    """Summed over a layer's neurons, the attributions are that MLP's ΔE (less its output
+    bias) read through the same frozen final norm."""
+    model = build(FAMILIES[family]())
+    ids = torch.randint(0, 97, (1, T))
+    token, L = 11, model.config.n_layers
+    per_neuron = neuron_logit_attribution(model, ids, token)  # [L, d_mlp]
+    assert per_neuron.shape == (L, model.config.d_mlp)
+    names = [f"blocks.{L - 1}.resid_post"] + [f"blocks.{i}.mlp.out" for i in range(L)]
+    _, c = model.run_with_cache(ids, names=names)
+    direction, centre = final_norm_direction(model, c[f"blocks.{L - 1}.resid_post"][0, -1], token)
+    for i in range(L):
+        out = c[f"blocks.{i}.mlp.out"][0, -1]
+        bias = model.block(i).mlp.down.bias
+        out = out - (bias if bias is not None else 0)
+        share = float(((out - out.mean()) if centre else out) @ direction)
+        assert abs(per_neuron[i].sum().item() - share) < 1e-4
+
+
 def test_detectors_find_planted_heads():
     model = build(tiny_decoder(n_layers=1, n_heads=3))
     ids = heads.random_repeats(model, n_each=2, lengths=(5, 9))
@@ -258,7 +284,9 @@ def test_cli_heads_lens_neurons(capsys, tmp_path):
     out = capsys.readouterr().out
     assert out.count("after [") == 1 and "after [o] (position 4)" in out
     assert main(["neurons", "hello", "--model", str(tmp_path / "m"), "-k", "3"]) == 0
-    assert capsys.readouterr().out.count("neuron ") == 3
+    out = capsys.readouterr().out
+    assert out.count(", neuron ") == 6  # the 3 firing hardest, then the 3 pushing hardest toward the guess
+    assert "the model's own next-token guess here: [" in out and "push hardest toward [" in out
     assert main(["neurons", "--model", str(tmp_path / "m"), "--neuron", "x"]) == 2
     assert "LAYER.INDEX" in capsys.readouterr().err
 

@@ -81,6 +81,26 @@ def head_logit_attribution(model: Transformer, ids, token: int, *, position: int
     return torch.stack(rows)
 
 
+@torch.inference_mode()
+def neuron_logit_attribution(model: Transformer, ids, token: int, *, position: int = -1) -> torch.Tensor:
+    """ "Which neurons push toward this token?": [layer, neuron], each MLP neuron's
+    activation at `position` times what its down-projection row adds to `token`'s logit,
+    through the final norm linearised as in head_logit_attribution."""
+    if not model.config.causal:
+        raise GlassformerError("direct logit attribution needs a decoder (a model with W_U)")
+    L = model.config.n_layers
+    names = [f"blocks.{i}.mlp.post" for i in range(L)] + [f"blocks.{L - 1}.resid_post"]
+    _, cache = model.run_with_cache(ids, names=names)
+    direction, centre = final_norm_direction(model, cache[f"blocks.{L - 1}.resid_post"][0, position], token)
+    rows = []
+    for i in range(L):
+        writes: torch.Tensor = model.block(i).mlp.down.weight  # [d_mlp, C]: what each neuron adds per unit
+        if centre:
+            writes = writes - writes.mean(-1, keepdim=True)
+        rows.append(cache[f"blocks.{i}.mlp.post"][0, position] * (writes @ direction))
+    return torch.stack(rows)
+
+
 def final_norm_direction(model: Transformer, final_C: torch.Tensor, token: int) -> tuple[torch.Tensor, bool]:
     """(direction [C], whether to centre first): x·direction is what x adds to `token`'s
     logit through the final norm, with the norm's scale frozen at its value for `final_C`."""

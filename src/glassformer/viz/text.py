@@ -307,11 +307,12 @@ def render_lens(rows: list[LensRow], tokens: list[str], k: int, positions: list[
     return "\n".join(out)
 
 
-def render_neurons(found: list[tuple[int, int, float | None, list[str] | None]]) -> str:
-    """(layer, index, activation or None, tokens it pushes up or None) per neuron."""
+def render_neurons(found: list[tuple[int, int, float | None, list[str] | None]], measure: str = "activation") -> str:
+    """(layer, index, value or None, tokens it pushes up or None) per neuron; `measure`
+    names the value."""
     lines = []
     for layer, index, act, pushes in found:
-        line = f"  layer {layer:>2}, neuron {index:<5}" + (f"  activation {act:+.2f}" if act is not None else "")
+        line = f"  layer {layer:>2}, neuron {index:<5}" + (f"  {measure} {act:+.2f}" if act is not None else "")
         if pushes is not None:
             line += "  pushes up: " + ", ".join(label(t, 12) for t in pushes)
         lines.append(line)

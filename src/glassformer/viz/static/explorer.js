@@ -173,7 +173,8 @@
 
     const masked = w.mask[q];
     const dots = w.dots[q];
-    const dotMax = Grid.maxAbsOf([dots.filter((_, k) => !masked[k])]);
+    // the same scale as the whole grid below (every unmasked cell), so a colour means one number
+    const dotMax = Grid.maxAbsOf(w.dots.map((row, i) => row.filter((_, k) => !w.mask[i][k])));
     const box = $("attend");
     box.replaceChildren();
     box.style.gridTemplateRows = `auto repeat(${n}, var(--row))`;
