@@ -58,11 +58,20 @@ def cases(tmp: Path) -> list[tuple[list[str], list[str]]]:
         ([*TRAIN, "--out", str(tmp / "r9"), "--d-model", str(10**7)], ["GiB of memory"]),
         ([*TRAIN, "--out", str(tmp / "r10"), "--preset", "gpt3-175b"], ["GiB of memory"]),
         ([*TRAIN, "--out", str(tmp / "r11"), "--lr", "0.1", "--min-lr", "0.5"], ["above lr"]),
+        ([*TRAIN, "--out", str(tmp / "r12"), "--lr", "1e308"], ["training diverged at step"]),
+        (["train", "--resume", str(tmp / "a-dir.png")], ["no resumable checkpoint"]),  # and no .lock left
         (["params", "/no/such/dir"], ["no such file or directory"]),
     ]
 
 
-@pytest.mark.parametrize("case", range(32))
+N_CASES = 35
+
+
+def test_every_case_is_run(tmp_path):
+    assert len(cases(tmp_path)) == N_CASES
+
+
+@pytest.mark.parametrize("case", range(N_CASES))
 def test_cli_mistake_is_one_line_and_leaves_nothing(capsys, tmp_path, case):
     argv, words = cases(tmp_path)[case]
     before = tree_digest(tmp_path)
@@ -113,6 +122,16 @@ def edit_json(file: Path, change) -> None:
     file.write_text(json.dumps(change(data)))
 
 
+def _a_nan_weight(path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(path / "model.safetensors"))
+    name = sorted(state)[0]
+    state[name] = state[name].clone()
+    state[name].view(-1)[0] = float("nan")
+    save_file(state, str(path / "model.safetensors"))
+
+
 def _weights_as_int(path: Path) -> None:
     from safetensors.torch import load_file, save_file
 
@@ -133,6 +152,7 @@ MALFORMED = {
     "a billion layers": (good_checkpoint, lambda p: edit_json(
         p / "config.json", lambda d: d | {"model": d["model"] | {"n_layers": 10**9}}), "weights hold 2"),
     "int32 weights": (good_checkpoint, _weights_as_int, "weights must be floats"),
+    "a NaN weight": (good_checkpoint, _a_nan_weight, "NaN or infinite"),
     "truncated weights": (good_checkpoint, lambda p: (p / "model.safetensors").write_bytes(b"\x08\x00\x00"),
                           "corrupt or truncated"),
     "binary tokenizer": (good_checkpoint, lambda p: (p / "tokenizer.json").write_bytes(bytes(range(256))),

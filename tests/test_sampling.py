@@ -48,7 +48,7 @@ def test_top_k_and_top_p_cut_the_distribution():
     logits=st.lists(st.floats(-30, 30), min_size=2, max_size=40),
     temperature=st.sampled_from([0.0, 0.1, 0.7, 1.0, 2.5]),
     top_k=st.one_of(st.none(), st.integers(1, 50)),
-    top_p=st.one_of(st.none(), st.floats(0.01, 1.0)),
+    top_p=st.one_of(st.none(), st.floats(0.01, 1.0), st.sampled_from([5e-324, 1e-46, 1e-300, 1e-8])),
 )
 def test_always_a_distribution(logits, temperature, top_k, top_p):
     p = probabilities(torch.tensor(logits), temperature, top_k, top_p)
@@ -75,3 +75,9 @@ def test_always_a_distribution(logits, temperature, top_k, top_p):
 def test_bad_settings_are_refused(settings_, words):
     with pytest.raises(gf.GlassformerError, match=words):
         check(**settings_)
+
+
+@pytest.mark.parametrize("top_p", [5e-324, 1e-46, 1e-300])
+def test_a_top_p_below_float32s_smallest_keeps_the_likeliest_token(top_p):
+    p = probabilities(torch.tensor([[0.5, 2.0, 1.0]]), top_p=top_p)
+    assert p.tolist() == [[0.0, 1.0, 0.0]]

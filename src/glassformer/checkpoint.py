@@ -313,6 +313,8 @@ def build_with_weights(config: ModelConfig, state: dict[str, torch.Tensor]) -> T
     for key, shape in expected.items():
         if tuple(state[key].shape) != tuple(shape):
             raise GlassformerError(f"tensor {key!r} has shape {list(state[key].shape)}, expected {list(shape)}")
+        if state[key].is_floating_point() and not bool(torch.isfinite(state[key]).all()):
+            raise GlassformerError(f"tensor {key!r} holds NaN or infinite numbers: these weights cannot be run")
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False, assign=True)
     if config.causal and config.tied_unembedding:
         model.unembed.weight = model.embed.W_E.weight

@@ -53,7 +53,9 @@ def probabilities(
         order = torch.sort(scaled, dim=-1, descending=True, stable=True).indices
         sorted_p = probs.gather(-1, order)
         before = sorted_p.cumsum(-1) - sorted_p  # mass of the tokens ranked above each one
-        sorted_p = sorted_p.masked_fill(before >= top_p, 0.0)  # always keeps the first
+        cut = before >= top_p  # in float32 a top_p under ~1e-45 is 0, and would cut even the first
+        cut[..., 0] = False  # the likeliest token always stays
+        sorted_p = sorted_p.masked_fill(cut, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
         probs = probs / probs.sum(-1, keepdim=True)
     return probs

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 from contextlib import nullcontext
@@ -173,8 +174,17 @@ class Trainer:
         self.model.train()
         return sum(losses) / len(losses)
 
+    def _diverged(self, what: str, value: float, step: int) -> None:
+        """Stop before a model of NaNs is saved: the last checkpoint stays the last good one."""
+        raise GlassformerError(
+            f"training diverged at step {step}: the {what} is {value}; "
+            f"try a lower --lr (this run used {self.settings.lr:g})"
+        )
+
     def _evaluate_and_save(self, lr: float, speed: float) -> dict:
         val = self.evaluate() if self.dist.main else float("nan")
+        if self.dist.main and not math.isfinite(val):
+            self._diverged("validation loss", val, self.step)
         # train_loss: the mean of every optimizer step's loss since the last evaluation
         train_loss = self.loss_sum / max(1, self.loss_count)
         self.loss_sum, self.loss_count = 0.0, 0
@@ -236,6 +246,8 @@ class Trainer:
                     loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / s.grad_accum
                 loss.backward()
                 step_loss += loss.item()
+            if not math.isfinite(step_loss):
+                self._diverged("loss", step_loss, self.step + 1)
             if s.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip)
             self.opt.step()

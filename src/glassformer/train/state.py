@@ -10,6 +10,7 @@ Nothing here is pickled: tensors go to safetensors, everything else to JSON.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -43,6 +44,7 @@ class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock_fd: int | None = None
+        self._made: list[Path] = []  # what claim() created: removed again if the run leaves nothing
 
     # --- ownership ---------------------------------------------------------------------
     def claim(self, *, new: bool) -> None:
@@ -50,12 +52,16 @@ class RunDir:
         resumed one needs it to hold a run; either way no other process may hold it."""
         if new:
             self.check_new()
+            if not self.path.exists():
+                self._made.append(self.path)
             try:
                 self.path.mkdir(parents=True, exist_ok=True)
             except OSError as err:
                 raise GlassformerError(f"cannot create the run directory {self.path}: {err.strerror or err}") from None
         elif not self.path.is_dir():
             raise GlassformerError(f"{self.path} has no resumable checkpoint (no such directory)")
+        if not (self.path / LOCK).exists():
+            self._made.insert(0, self.path / LOCK)
         try:
             fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
@@ -89,9 +95,16 @@ class RunDir:
         return self.path.exists() and (not self.path.is_dir() or any(p.name != LOCK for p in self.path.iterdir()))
 
     def release(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing the descriptor drops the flock
-            self._lock_fd = None
+        """Let go of the directory; where this process left no run in it (a refused
+        resume, a run stopped before its first record) it goes back to how it was."""
+        if self._lock_fd is None:
+            return
+        if not any((self.path / name).exists() for name in (LATEST, BEST, LOG)):
+            for made in self._made:
+                with contextlib.suppress(OSError):
+                    made.rmdir() if made == self.path else made.unlink()
+        os.close(self._lock_fd)  # closing the descriptor drops the flock
+        self._lock_fd = None
 
     # --- the log -----------------------------------------------------------------------
     def append_log(self, record: dict) -> None:
