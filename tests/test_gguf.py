@@ -73,11 +73,20 @@ def gguf_name(hf_name: str) -> str:
 
 
 def write_gguf(
-    path: Path, model, bpe, *, kind: str = "F32", arch: str = "llama", tokenizer: str = "gpt2", odd: str = ""
+    path: Path,
+    model,
+    bpe,
+    *,
+    kind: str = "F32",
+    arch: str = "llama",
+    tokenizer: str = "gpt2",
+    odd: str = "",
+    meta: dict | None = None,
 ) -> dict:
     """Write `model` as llama.cpp would; returns the dequantized weights actually stored,
     by Hugging Face name (what the file's model computes with). `odd`: a tensor to store
-    in IQ4_NL, a type glassformer does not read."""
+    in IQ4_NL, a type glassformer does not read; `meta`: metadata fields to set instead,
+    key -> (value, GGUFValueType, sub_type or None)."""
     c = model.config
     w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(c.num_hidden_layers)
@@ -116,6 +125,8 @@ def write_gguf(
         elif name.endswith("k_proj.weight"):
             data = _unpermute(data, c.num_key_value_heads)
         stored[name] = torch.from_numpy(np.array(data, dtype=np.float32))
+    for key, (value, kind_, sub) in (meta or {}).items():
+        w.kv_data[0][key] = gguf.GGUFValue(value, kind_, sub)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -184,7 +195,23 @@ def damaged(tmp_path, hf_llama, bpe, how: str) -> Path:
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     elif how == "not gguf":
         path.write_bytes(b"GGML" + bytes(100))
+    else:
+        write_gguf(path, hf_llama, bpe, meta=CRAFTED[how])
     return path
+
+
+T = gguf.GGUFValueType
+CRAFTED = {  # metadata a crafted file might carry
+    "no heads": {"llama.attention.head_count": (0, T.UINT32, None)},
+    "width as text": {"llama.embedding_length": ("sixteen", T.STRING, None)},
+    "bos out of range": {
+        "tokenizer.ggml.bos_token_id": (99999, T.UINT32, None),
+        "tokenizer.ggml.add_bos_token": (True, T.BOOL, None),
+    },
+    "merge without a space": {"tokenizer.ggml.merges": (["hello"], T.ARRAY, T.STRING)},
+    "merge of unknown tokens": {"tokenizer.ggml.merges": (["qqq zzz"], T.ARRAY, T.STRING)},
+    "scaling factor as text": {"llama.rope.scaling.factor": ("x", T.STRING, None)},
+}
 
 
 @pytest.mark.parametrize(
@@ -195,6 +222,12 @@ def damaged(tmp_path, hf_llama, bpe, how: str) -> Path:
         ("quantization", ["stored as IQ4_NL", "supported: F32, F16, BF16, Q8_0"]),
         ("truncated", ["damaged or truncated"]),
         ("not gguf", ["not a GGUF file"]),
+        ("no heads", ["head_count 0 must be at least 1"]),
+        ("width as text", ["does not describe a model", "sixteen"]),
+        ("bos out of range", ["bos_token_id 99999 is not one of its"]),
+        ("merge without a space", ["merges holds an entry that is not two tokens"]),
+        ("merge of unknown tokens", ["tokenizer cannot be built"]),
+        ("scaling factor as text", ["factor 'x' is not supported"]),
     ],
 )
 def test_a_bad_gguf_is_one_line(capsys, tmp_path, hf_llama, bpe, how, words):

@@ -106,8 +106,11 @@ def config_of(reader, path: Path) -> ModelConfig:
             f"{path} holds a {arch!r} model; supported GGUF architectures: {', '.join(ARCHITECTURES)}"
         )
     scaling = _field(reader, f"{arch}.rope.scaling.type", "none")
-    if scaling not in ("none", "linear") or _field(reader, f"{arch}.rope.scaling.factor", 1.0) != 1.0:
-        raise GlassformerError(f"{path}: rope scaling {scaling!r} is not supported (only plain rotary positions)")
+    factor = _field(reader, f"{arch}.rope.scaling.factor", 1.0)
+    if scaling not in ("none", "linear") or factor != 1.0:
+        raise GlassformerError(
+            f"{path}: rope scaling {scaling!r} with factor {factor!r} is not supported (only plain rotary positions)"
+        )
 
     def need(key: str):
         value = _field(reader, f"{arch}.{key}")
@@ -118,13 +121,19 @@ def config_of(reader, path: Path) -> ModelConfig:
     embedding = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
     if embedding is None:
         raise GlassformerError(f"{path} has no token_embd.weight tensor")
-    d_model, heads = int(need("embedding_length")), int(need("attention.head_count"))
-    d_head = int(_field(reader, f"{arch}.attention.key_length", d_model // heads))
-    rotary_dims = _field(reader, f"{arch}.rope.dimension_count", d_head)
-    if rotary_dims != d_head:
-        raise GlassformerError(f"{path}: rotary positions on {rotary_dims} of {d_head} dimensions are not supported")
+    if len(embedding.shape) != 2:
+        raise GlassformerError(f"{path}: token_embd.weight has shape {[int(n) for n in embedding.shape]}, not two axes")
     names = {t.name for t in reader.tensors}
     try:
+        d_model, heads = int(need("embedding_length")), int(need("attention.head_count"))
+        if d_model < 1 or heads < 1:
+            raise ValueError(f"embedding_length {d_model} and head_count {heads} must be at least 1")
+        d_head = int(_field(reader, f"{arch}.attention.key_length", d_model // heads))
+        rotary_dims = int(_field(reader, f"{arch}.rope.dimension_count", d_head))
+        if rotary_dims != d_head:
+            raise GlassformerError(
+                f"{path}: rotary positions on {rotary_dims} of {d_head} dimensions are not supported"
+            )
         return ModelConfig(
             vocab_size=int(embedding.shape[1]),  # GGUF lists shapes fastest axis first: [C, V]
             context_length=int(need("context_length")),
@@ -228,9 +237,14 @@ def tokenizer_of(reader, path: Path) -> HFTokenizer:
     if not isinstance(tokens, list) or not isinstance(merges, list):
         raise GlassformerError(f"{path} lacks tokenizer.ggml.tokens or tokenizer.ggml.merges")
     kinds = _field(reader, "tokenizer.ggml.token_type") or []
-    tok = Tokenizer(
-        models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=[tuple(m.split(" ", 1)) for m in merges])
-    )
+    if not all(isinstance(m, str) and m.count(" ") == 1 and " " not in (m[0], m[-1]) for m in merges):
+        raise GlassformerError(f"{path}: tokenizer.ggml.merges holds an entry that is not two tokens and a space")
+    try:
+        tok = Tokenizer(
+            models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=[tuple(m.split(" ", 1)) for m in merges])
+        )
+    except Exception as err:  # the tokenizers library's own errors are plain Exceptions
+        raise GlassformerError(f"{path}: its tokenizer cannot be built ({err})") from None
     digits, split = PRE_TOKENIZERS[pre]
     pieces = [
         pre_tokenizers.Split(Regex(split), behavior="isolated"),
@@ -244,6 +258,8 @@ def tokenizer_of(reader, path: Path) -> HFTokenizer:
     control = [t for t, k in zip(tokens, kinds) if k == 3]
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
     bos = _field(reader, "tokenizer.ggml.bos_token_id")
+    if bos is not None and not (isinstance(bos, int) and 0 <= bos < len(tokens)):
+        raise GlassformerError(f"{path}: tokenizer.ggml.bos_token_id {bos!r} is not one of its {len(tokens)} tokens")
     if _field(reader, "tokenizer.ggml.add_bos_token", False) and bos is not None:
         tok.post_processor = processors.TemplateProcessing(
             single=f"{tokens[bos]} $A", pair=f"{tokens[bos]} $A $B", special_tokens=[(tokens[bos], bos)]
