@@ -60,11 +60,18 @@ def cases(tmp: Path) -> list[tuple[list[str], list[str]]]:
         ([*TRAIN, "--out", str(tmp / "r11"), "--lr", "0.1", "--min-lr", "0.5"], ["above lr"]),
         ([*TRAIN, "--out", str(tmp / "r12"), "--lr", "1e308"], ["training diverged at step"]),
         (["train", "--resume", str(tmp / "a-dir.png")], ["no resumable checkpoint"]),  # and no .lock left
+        (["train", "--data", "/dev/zero", "--out", str(tmp / "r13")], ["not a regular file"]),
+        ([*TRAIN, "--out", str(tmp / "r14"), "--eval-batches", str(10**8)], ["GiB of memory"]),
+        (
+            ["train", "--data", str(tmp / "a-file"), "--out", str(tmp / "r15"), "--tokenizer", "bpe:100000000"],
+            ["bpe vocabulary must hold"],
+        ),
+        ([*TRAIN, "--out", str(tmp / "r16"), "--preset", "bert-base-uncased"], ["is an encoder"]),
         (["params", "/no/such/dir"], ["no such file or directory"]),
     ]
 
 
-N_CASES = 35
+N_CASES = 39
 
 
 def test_every_case_is_run(tmp_path):
@@ -79,6 +86,13 @@ def test_cli_mistake_is_one_line_and_leaves_nothing(capsys, tmp_path, case):
     assert_one_line_error(code, err, *words)
     assert tree_digest(tmp_path) == before, "a refused command changed the disk"
     assert not [p for p in tmp_path.rglob(".*tmp*")], "a temp file was left behind"
+
+
+def test_a_fifo_as_data_is_refused_not_waited_on(capsys, tmp_path):
+    os.mkfifo(tmp_path / "fifo")
+    code, _, err = run_cli(capsys, "train", "--data", str(tmp_path / "fifo"), "--out", str(tmp_path / "r"))
+    assert_one_line_error(code, err, "not a regular file")
+    assert not (tmp_path / "r").exists()
 
 
 def test_invalid_utf8_and_a_full_stdout_through_a_real_process():

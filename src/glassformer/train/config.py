@@ -106,8 +106,16 @@ class TrainConfig:
         spec = self.tokenizer
         if not (spec == "char" or (spec.startswith("bpe:") and spec[4:].isdigit())):
             raise GlassformerError(f"unknown tokenizer {spec!r}; use char or bpe:VOCAB_SIZE")
-        if self.preset is not None:
-            preset(self.preset)
+        if spec.startswith("bpe:") and not 257 <= int(spec[4:]) <= MAX_BPE_VOCAB:
+            raise GlassformerError(
+                f"a bpe vocabulary must hold 257 to {MAX_BPE_VOCAB:,} tokens (256 bytes and an end-of-text), "
+                f"not {int(spec[4:]):,}"
+            )
+        if self.preset is not None and not preset(self.preset).causal:
+            raise GlassformerError(
+                f"{self.preset} is an encoder; glassformer trains decoders (next-token prediction): "
+                "choose a decoder preset"
+            )
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         """The model this run trains: the preset (lesson-small by default) with the
@@ -127,6 +135,9 @@ class TrainConfig:
         if not isinstance(data, dict) or not set(data) <= names:
             raise GlassformerError("the saved training settings are not a TrainConfig")
         return cls(**data)
+
+
+MAX_BPE_VOCAB = 1_000_000  # the tokenizers library tries to allocate for the size asked
 
 
 def _whole(name: str, value, low: int) -> None:

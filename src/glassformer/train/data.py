@@ -16,6 +16,7 @@ import torch
 
 from .. import lessons
 from ..config import GlassformerError
+from ..params import available_memory
 from ..tokenizer import CharTokenizer, Tokenizer, train_bpe
 
 
@@ -25,6 +26,14 @@ def read_text_file(path: str | Path) -> str:
         raise GlassformerError(f"no such file: {path}")
     if path.is_dir():
         raise GlassformerError(f"{path} is a directory; give a UTF-8 text file")
+    if not path.is_file():  # a FIFO would block forever, /dev/zero would fill the memory
+        raise GlassformerError(f"{path} is not a regular file; give a UTF-8 text file")
+    size, have = path.stat().st_size, available_memory()
+    if have is not None and 10 * size > have:  # the bytes, the text and 8-byte token ids
+        raise GlassformerError(
+            f"{path} is {size / 2**30:,.1f} GiB; reading and tokenizing it would take about "
+            f"{10 * size / 2**30:,.1f} GiB of memory, more than the {have / 2**30:,.1f} GiB free"
+        )
     raw = path.read_bytes()
     if not raw.strip():
         raise GlassformerError(f"{path} is empty; give a file with some text in it")

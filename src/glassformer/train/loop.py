@@ -45,6 +45,7 @@ def check_memory(config: ModelConfig, settings: TrainConfig) -> None:
         config.n_layers * (16 * config.d_model + 4 * config.d_mlp + 2 * config.n_heads * T) + 3 * config.vocab_size
     )
     need = 4 * (4 * params + B * T * per_token)  # weights, gradients, two AdamW moments; activations
+    need += settings.eval_batches * B * T * 2 * 8  # the fixed validation batches, inputs and targets
     have = available_memory()
     if have is not None and need > have:
         raise GlassformerError(
