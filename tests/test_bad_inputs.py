@@ -61,6 +61,8 @@ def cases(tmp: Path) -> list[tuple[list[str], list[str]]]:
         ([*TRAIN, "--out", str(tmp / "r12"), "--lr", "1e308"], ["training diverged at step"]),
         (["train", "--resume", str(tmp / "a-dir.png")], ["no resumable checkpoint"]),  # and no .lock left
         (["train", "--data", "/dev/zero", "--out", str(tmp / "r13")], ["not a regular file"]),
+        (["heads", "--model", TINY, "--text", ""], ["text is empty"]),
+        (["neurons", "--model", "random:minilm-l6", "--neuron", "999.9"], ["out of range"]),  # an encoder
         ([*TRAIN, "--out", str(tmp / "r14"), "--eval-batches", str(10**8)], ["GiB of memory"]),
         (
             ["train", "--data", str(tmp / "a-file"), "--out", str(tmp / "r15"), "--tokenizer", "bpe:100000000"],
@@ -71,7 +73,7 @@ def cases(tmp: Path) -> list[tuple[list[str], list[str]]]:
     ]
 
 
-N_CASES = 39
+N_CASES = 41
 
 
 def test_every_case_is_run(tmp_path):
@@ -86,6 +88,20 @@ def test_cli_mistake_is_one_line_and_leaves_nothing(capsys, tmp_path, case):
     assert_one_line_error(code, err, *words)
     assert tree_digest(tmp_path) == before, "a refused command changed the disk"
     assert not [p for p in tmp_path.rglob(".*tmp*")], "a temp file was left behind"
+
+
+def test_a_resume_that_would_train_nothing_is_refused(capsys, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli(capsys, *TRAIN, "--out", out)[0] == 0  # finished at step 2
+    before = tree_digest(out)
+    for extra, words in [
+        (["--steps", "1"], "already at step 2; --steps 1 would train nothing"),
+        (["--steps", "9", "--stop-at", "2"], "--stop-at 2 would train nothing"),
+        ([], "finished at step 2; give --steps N"),
+    ]:
+        code, _, err = run_cli(capsys, "train", "--resume", out, *extra)
+        assert_one_line_error(code, err, words)
+    assert tree_digest(out) == before
 
 
 def test_a_fifo_as_data_is_refused_not_waited_on(capsys, tmp_path):

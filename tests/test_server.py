@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
 
 import glassformer as gf
 from glassformer.cli import build_parser
@@ -401,6 +402,10 @@ def test_static_files_stay_in_their_folder(base, path):
         "0.0.0.0",
         "[::2]:80",
         "",
+        "127.0.0.1:8765@evil.com",  # malformed: only a name and a port are a Host
+        "localhost:evil",
+        "[::1]evil",
+        "localhost:80:80",
     ],
 )
 def test_a_foreign_host_header_is_refused(base, host):
@@ -415,6 +420,13 @@ def test_a_foreign_host_header_is_refused(base, host):
 )
 def test_loopback_host_headers_are_served(base, host):
     assert httpx.get(f"{base}/api/models", headers={"host": host}).status_code == 200
+
+
+def test_headers_over_16_kib_are_refused_even_in_one_packet(base):
+    r = httpx.get(f"{base}/api/models", headers={"x-a": "a" * 20_000})
+    assert r.status_code == 431 and "headers are over" in r.json()["detail"]
+    r = httpx.get(f"{base}/api/models", headers=[(f"x-{i}", "b") for i in range(3000)])
+    assert r.status_code == 431
 
 
 def test_the_host_it_listens_on_can_be_allowed():
@@ -765,3 +777,24 @@ def test_200_requests_from_20_clients_gpt2_shape():
         f"\n200 requests, 20 clients, gpt2 shape, 32 tokens: median {statistics.median(times) * 1e3:.0f} ms, "
         f"p95 {p95 * 1e3:.0f} ms, {200 / wall:.1f} requests/s"
     )
+
+
+def test_a_model_whose_numbers_overflow_gets_4xx_never_a_500_or_bare_nan():
+    """Finite weights so large that every sum overflows: NaN and infinity reach the answers,
+    which JSON cannot carry; each route says so in a 4xx instead of a 500 or invalid JSON."""
+    model = gf.load("random:lesson-tiny")
+    with torch.no_grad():
+        model.W_E.fill_(3e38)
+    with running({"huge": model}) as url:
+        for path, body in [
+            ("/api/analyze", {"model": "huge", "text": "ab"}),
+            ("/api/next", {"model": "huge", "text": "ab"}),
+            ("/api/mlp", {"model": "huge", "text": "ab", "position": 0}),
+        ]:
+            r = post(url, path, body)
+            assert 400 <= r.status_code < 500, (path, r.status_code, r.text[:200])
+            assert "NaN" in r.json()["detail"]
+        r = post(url, "/api/head", {"model": "huge", "text": "ab"})  # its grids carry non-numbers as null
+        assert r.status_code == 200 and json.loads(r.text)["q"][0][0] is None
+        r = httpx.get(f"{url}/api/heads", params={"model": "huge"}, timeout=120)
+        assert r.status_code < 500 and json.loads(r.text) is not None

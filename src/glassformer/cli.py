@@ -318,8 +318,9 @@ def heads(args) -> int:
     from .viz.text import render_detection
 
     model = load_model(args)
-    found = detect_all(model, encode_batch(model, args.text) if args.text else None)
-    on = "this text" if args.text else "repeated random segments of 5, 9, 13 and 17 tokens"
+    given = args.text is not None  # "" is a text too: encode_batch refuses it in one line
+    found = detect_all(model, encode_batch(model, args.text) if given else None)
+    on = "this text" if given else "repeated random segments of 5, 9, 13 and 17 tokens"
     print(render_detection(found, args.model or DEFAULT_MODEL, model.config, on))
     return 0
 
@@ -379,6 +380,11 @@ def neurons(args) -> int:
             layer, index = (int(x) for x in args.neuron.split("."))
         except ValueError:
             raise GlassformerError(f"--neuron wants LAYER.INDEX, e.g. 3.1024, got {args.neuron!r}") from None
+        c = model.config
+        if not (0 <= layer < c.n_layers and 0 <= index < c.d_mlp):
+            raise GlassformerError(
+                f"neuron {layer}.{index} is out of range: layers 0..{c.n_layers - 1}, neurons 0..{c.d_mlp - 1}"
+            )
         found: list[tuple[int, int, float | None]] = [(layer, index, None)]
     else:
         if not args.text:
@@ -500,12 +506,15 @@ def serve(args) -> int:
     step of attention. The JSON API is documented at /docs."""
     import webbrowser
 
+    from .pretrained import config_of
     from .server.app import create_app, default_registry, run
 
     registry = default_registry(args.model or [DEFAULT_MODEL], dtype=args.dtype)
     first = next(iter(registry.slots))
     print(f"loading {first} ...", flush=True)
     registry[first].get()  # fail now, with one line, rather than on the first request
+    for name in list(registry.slots)[1:]:  # the others load on first use; their files must be there now
+        config_of(name)
 
     def ready(url: str) -> None:  # called only once the port is ours
         print(f"glassformer explorer on {url}  (models: {', '.join(registry.slots)}; Ctrl-C stops)", flush=True)

@@ -38,6 +38,8 @@ def probabilities(
     """The distribution over the last axis, in float32."""
     check(temperature, top_k, top_p)
     logits = logits.float()
+    if bool(torch.isnan(logits).any()):
+        raise GlassformerError("the model's logits hold NaN (its numbers overflowed); there is no distribution")
     if temperature == 0:
         return torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
     # subtracting the maximum first keeps a tiny temperature finite (the best token scores 0,

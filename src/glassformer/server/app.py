@@ -34,7 +34,7 @@ import torch
 
 from .. import lessons, sampling
 from ..config import GlassformerError
-from ..inputs import EXAMPLE, encode_batch
+from ..inputs import EXAMPLE, encode, encode_batch
 from ..inspect import heads
 from ..inspect.explain import analyze, walk_head
 from . import answers
@@ -293,9 +293,14 @@ def create_app(
     def as_json(data: dict) -> Response:
         # big nested lists of floats: json.dumps is many times faster than FastAPI's encoder
         try:
-            body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
-        except UnicodeEncodeError:  # a token text holding a lone surrogate
-            body = json.dumps(data, separators=(",", ":")).encode()
+            try:
+                body = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+            except UnicodeEncodeError:  # a token text holding a lone surrogate
+                body = json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
+        except ValueError:  # NaN or infinity, which JSON cannot carry
+            raise GlassformerError(
+                "this model's numbers overflowed to NaN or infinity on this text; nothing can be shown"
+            ) from None
         return Response(body, media_type="application/json")
 
     def refusal(status: int, detail: str, headers=None) -> Response:
@@ -466,6 +471,8 @@ def create_app(
     async def showcase(req: TextRequest) -> dict:
         slot = slot_for(req.model)
         found = slot.showcase_for(req.text)
+        if found is not None and slot.model is not None:
+            encode(slot.model, req.text)  # a cached answer still needs a text this model can read
         if found is None:
             found = await asyncio.shield(start_showcase(slot, req.text))
         return {"model": req.model, **(found or {})}
@@ -483,9 +490,8 @@ def create_app(
                     slot.detection = found
             return slot.detection
 
-        if slot.detection is None:
-            await background.result(slot, ("detect",), detect)
-        return SafeJSON(slot.detection)
+        found = slot.detection if slot.detection is not None else await background.result(slot, ("detect",), detect)
+        return as_json(found)
 
     return app
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import Iterable
 
 log = logging.getLogger(__name__)
@@ -49,14 +50,18 @@ SECURITY_HEADERS = [
 ]
 
 
+# a Host header as a browser writes it: a name or an IPv4 address, or an IPv6 address in
+# brackets, then at most a port
+HOST = re.compile(r"(?P<name>\[[0-9a-f:.]+\]|[a-z0-9._-]+)(?::[0-9]{1,5})?")
+MAX_HEADER_BYTES = 16 * 1024  # the request's headers together; uvicorn's own limit holds only across packets
+
+
 def host_name(value: str) -> str:
     """The name part of a Host header, lower-case: 'LocalHost:8000' -> 'localhost',
-    '[::1]:8000' -> '[::1]'."""
-    value = value.strip().lower()
-    if value.startswith("["):
-        end = value.find("]")
-        return value[: end + 1] if end > 0 else value
-    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+    '[::1]:8000' -> '[::1]'; '' for anything that is not a well-formed Host
+    ('localhost:evil', '127.0.0.1:80@evil.com')."""
+    found = HOST.fullmatch(value.strip().lower())
+    return found.group("name") if found else ""
 
 
 def hosts_allowed(extra: Iterable[str] = ()) -> frozenset[str]:
@@ -107,7 +112,11 @@ class Guard:
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 
-        headers = dict(scope.get("headers") or [])
+        raw_headers = scope.get("headers") or []
+        if sum(len(k) + len(v) + 4 for k, v in raw_headers) > MAX_HEADER_BYTES:
+            await self.refuse(send_secured, 431, f"the request's headers are over {MAX_HEADER_BYTES} bytes")
+            return
+        headers = dict(raw_headers)
         host = headers.get(b"host", b"").decode("latin-1")
         if host_name(host).rstrip(".") not in self.hosts:
             await self.refuse(send_secured, 421, "this server answers only to the names of this machine")

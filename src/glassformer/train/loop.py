@@ -317,6 +317,12 @@ def resume(
                 )
         if data is not None and data != saved.settings.data:
             raise GlassformerError(f"{out} was trained on {saved.settings.data}, not {data}; resume refused")
+        done = saved.loop["step"]
+        for flag, value in (("--steps", steps), ("--stop-at", stop_at)):
+            if value is not None and value <= done:
+                raise GlassformerError(f"{out} is already at step {done}; {flag} {value} would train nothing")
+        if steps is None and done >= saved.settings.steps:
+            raise GlassformerError(f"{out} finished at step {done}; give --steps N (above {done}) to train it longer")
         settings = dataclasses.replace(
             saved.settings, out=str(out), stop_at=stop_at, steps=steps or saved.settings.steps
         )

@@ -13,6 +13,7 @@ from importlib import resources
 
 import torch
 
+from ..config import GlassformerError
 from ..inputs import check_layer_head
 from ..inspect.explain import Analysis, analyze
 from ..model import Transformer
@@ -70,7 +71,10 @@ def static_text(name: str) -> str:
 
 def json_for_script(value) -> str:
     """JSON that cannot end its <script> element early: <, > and & become \\u escapes."""
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # NaN or infinity, which JSON cannot carry
+        raise GlassformerError("this model's numbers overflowed to NaN or infinity on this text") from None
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
