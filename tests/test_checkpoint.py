@@ -82,3 +82,19 @@ def test_wrong_shape_in_checkpoint_names_the_key(tmp_path):
 def test_no_pickle_anywhere(tmp_path):
     gf.save(build(tiny_decoder()), tmp_path / "c")
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_a_rewritten_file_keeps_its_permissions(tmp_path):
+    import os
+
+    from glassformer.checkpoint import write_file_atomically
+
+    private = tmp_path / "private.html"
+    private.write_text("old")
+    os.chmod(private, 0o600)
+    write_file_atomically(private, lambda tmp: tmp.write_text("new"))
+    assert private.read_text() == "new" and private.stat().st_mode & 0o777 == 0o600
+    fresh = write_file_atomically(tmp_path / "fresh.html", lambda tmp: tmp.write_text("x"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert fresh.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -86,12 +86,16 @@ def test_control_characters_in_the_text_are_shown_not_obeyed(capsys):
     from glassformer.viz.text import label, visible
 
     assert visible("a\x1b[2Jb\x07\n\t") == "a\\x1b[2Jb\\x07⏎⇥" and label("\x9b") == "\\x9b"
+    assert visible("\u202eabc\u200b") == "\\u202eabc\\u200b"  # right-to-left override, zero-width space
+    assert visible("👨\u200d👩") == "👨\u200d👩"  # the joiner inside an emoji sequence stays
     code, out, err = run(capsys, "explain", "a fluffy \x1b[2J\x07 creature", "--model", "lesson:adjectives")
     assert code == 0 and "\\x1b" in out
     code, _, err = run(capsys, "params", "no\x1bsuch")
     assert code == 2 and "no\\x1bsuch" in err
-    for text in (out, err):
-        assert not any(ch in text for ch in "\x1b\x07\x9b"), "a control character reached the terminal"
+    code, out2, _ = run(capsys, "explain", "\u202ea fluffy creature", "--model", "lesson:adjectives")
+    assert code == 0 and "\\u202e" in out2
+    for text in (out, err, out2):
+        assert not any(ch in text for ch in "\x1b\x07\x9b\u202e"), "a control character reached the terminal"
 
 
 def test_explain_on_another_head_drops_the_lesson_caption(capsys):

@@ -168,7 +168,7 @@ def test_smollm2_knows_paris(smollm2):
 
 @smollm2_installed
 def test_lens_shows_paris_on_top_at_the_last_layer(smollm2, capsys):
-    assert main(["lens", "The capital of France is", "--model", "smollm2", "-k", "3"]) == 0
+    assert main(["lens", "The capital of France is", "--model", "smollm2", "-k", "3", "--position", "-1"]) == 0
     out = capsys.readouterr().out
-    last_position = out.split("after [ is]")[-1]
-    assert last_position.strip().splitlines()[-1].split(":")[1].split()[0].startswith("Paris("), last_position
+    assert out.count("after [") == 1 and "after [ is]" in out
+    assert out.strip().splitlines()[-1].split(":", 1)[1].strip().startswith("[ Paris] "), out

@@ -71,7 +71,7 @@ def write_file_atomically(target: str | Path, write: Callable[[Path], object]) -
     try:
         write(tmp)
         _fsync(tmp)
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, _mode_for(target))
         os.replace(tmp, target)
     except OSError as err:
         _remove_quietly(tmp)
@@ -80,6 +80,21 @@ def write_file_atomically(target: str | Path, write: Callable[[Path], object]) -
         _remove_quietly(tmp)
         raise
     return target
+
+
+def _mode_for(target: Path) -> int:
+    """The permissions the file gets: those of the file it replaces (a private 0600 file
+    stays private), else what the umask gives a new file."""
+    try:
+        return target.stat().st_mode & 0o777
+    except OSError:
+        pass
+    try:  # the umask, read without changing it (os.umask would, for every thread at once)
+        with open("/proc/self/status") as status:
+            umask = next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        umask = 0o022
+    return 0o666 & ~umask
 
 
 def _remove_quietly(path: Path) -> None:

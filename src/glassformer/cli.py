@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import sys
 import threading
 import typing
@@ -545,6 +546,10 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
+        previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    except ValueError:  # not the main thread (main() called from a test's thread): leave it be
+        previous = None
+    try:
         code = args.run(args)
         sys.stdout.flush()  # a full or closed stdout fails here, inside the boundary
         return code
@@ -553,6 +558,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("glassformer: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("glassformer: stopped (SIGTERM)", file=sys.stderr)
+        return 143
     except BrokenPipeError:  # the reader went away (| head): nothing more to say
         _silence_broken_stdout()
         return 0
@@ -566,6 +574,17 @@ def main(argv: list[str] | None = None) -> int:
         if "alloc" in str(err).lower() or "out of memory" in str(err).lower():
             return fail(f"not enough memory: {str(err).strip().splitlines()[0][:200]}")
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwound like Ctrl-C, so runs release their folders and say so."""
+
+
+def _stop_on_sigterm(_signum, _frame) -> None:
+    raise Terminated()
 
 
 def _silence_broken_stdout() -> None:

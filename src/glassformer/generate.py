@@ -111,7 +111,17 @@ def generate(model: Transformer, tokens, *, max_new_tokens: int = 50, **kwargs):
     Keyword arguments: temperature (0 = greedy), top_k, top_p, seed, use_cache, stop_token.
     """
     as_list = isinstance(tokens, (list, tuple))
-    ids = torch.as_tensor(tokens, dtype=torch.long, device=model.device)
+    if isinstance(tokens, str):
+        raise GlassformerError("generate takes token ids; for text use model.tokenizer.encode(text) first")
+    try:
+        given = torch.as_tensor(tokens)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise GlassformerError(f"tokens must be a list of whole-number ids or a tensor of them ({err})") from None
+    if given.is_floating_point() or given.is_complex() or given.dtype == torch.bool or given.dim() not in (1, 2):
+        raise GlassformerError(
+            f"tokens must be whole-number ids in a [T] or [B, T] form, not {given.dtype} {list(given.shape)}"
+        )
+    ids = given.to(dtype=torch.long, device=model.device)
     flat = ids.dim() == 1
     ids_BT = ids[None] if flat else ids
     new = [n[:, None] for n in stream(model, ids_BT, max_new_tokens=max_new_tokens, **kwargs)]

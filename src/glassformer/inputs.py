@@ -25,13 +25,15 @@ def encode(model: Transformer, text: str, *, crop: bool = False, blank_ok: bool 
     except UnicodeEncodeError as err:
         raise GlassformerError(
             f"the text holds a character that is not valid Unicode text at position {err.start} "
-            "(a lone surrogate); give UTF-8 text"
+            "(a lone surrogate, or a byte that is not UTF-8 on the command line); give UTF-8 text"
         ) from None
     if model.tokenizer is None:
         raise GlassformerError("this model has no tokenizer attached")
     ids = model.tokenizer.encode(text)
     if not ids:
-        raise GlassformerError("the text has no tokens")
+        raise GlassformerError(
+            f"the text {text!r} has no tokens in this model's vocabulary; give a sentence (generate: --prompt)"
+        )
     limit = model.config.context_length
     if len(ids) > limit:
         if not crop:

@@ -188,7 +188,10 @@ def tokenizer_from_json(text: str) -> Tokenizer:
     from tokenizers import Tokenizer as _HF
 
     try:
-        return HFTokenizer(_HF.from_str(text))
+        tok = _HF.from_str(text)
+        tok.no_padding()  # a saved padding or truncation setting would change every text's length
+        tok.no_truncation()
+        return HFTokenizer(tok)
     except Exception as err:  # the Rust library raises plain Exceptions
         raise GlassformerError(f"tokenizer.json could not be read: {err}") from None
 

@@ -53,6 +53,8 @@ def load(name_or_path: str | os.PathLike, *, dtype: str = "fp32") -> Transformer
     residual stream, norms, softmax and attention pattern stay float32; "auto" is bf16
     where the CPU (AVX512-BF16 or AMX) or GPU computes bf16 natively, else fp32.
     """
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise GlassformerError(f"give a model name or path as text, not {type(name_or_path).__name__}; {NAMES_HELP}")
     precision = resolve_dtype(dtype)
     model = _load(str(name_or_path))
     return model.set_precision(precision) if precision != "fp32" else model
@@ -87,6 +89,8 @@ def _load(name: str) -> Transformer:
 
 def config_of(name: str) -> ModelConfig:
     """The shape of the model `name` (a preset name too), reading no weights where it can."""
+    if not name.strip():
+        raise GlassformerError(f"the model name is empty; give {NAMES_HELP}")
     if name in PRESETS:
         return PRESETS[name]
     if name.startswith("random:"):
@@ -101,6 +105,8 @@ def config_of(name: str) -> ModelConfig:
         if run is not None:
             return checkpoint.read_config(run)[0]
         return hf.config_of(path)
+    if path.exists():
+        raise GlassformerError(f"{name} is neither a regular file nor a directory; give a model file or folder")
     if _looks_like_path(name):
         raise GlassformerError(f"no such file or directory: {name}")
     known = ", ".join(PRESETS)

@@ -86,6 +86,8 @@ class RunDir:
 
     def check_new(self) -> None:
         """Refuse a directory that already holds anything (a run, or other files)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise GlassformerError(f"{self.path} is a file, not a folder for a run; choose a new --out")
         if self._holds_files():
             raise GlassformerError(
                 f"{self.path} already holds files; continue it with --resume {self.path} or choose a new --out"

@@ -44,13 +44,26 @@ def display_width(text: str) -> int:
 
 
 def visible(text: str) -> str:
-    """`text` with newlines and tabs drawn (⏎, ⇥) and every other control character
-    written out (\\x1b): a token or a word from the user's text can hold an escape or a
-    bell, which a terminal would obey rather than show."""
+    """`text` with newlines and tabs drawn (⏎, ⇥) and every other control or invisible
+    format character written out (\\x1b, \\u202e): a token or a word from the user's text
+    can hold an escape, a bell or a right-to-left override, which a terminal would obey
+    rather than show."""
     text = text.replace("\n", "⏎").replace("\t", "⇥")
     if all(ch.isprintable() or ch == " " for ch in text):
         return text
-    return "".join(f"\\x{ord(ch):02x}" if unicodedata.category(ch) == "Cc" else ch for ch in text)
+    return "".join(_written_out(ch) for ch in text)
+
+
+def _written_out(ch: str) -> str:
+    """A control character as \\x1b; an invisible format character (a right-to-left
+    override, a zero-width space) as \\u202e, so it can neither reorder nor hide the text
+    around it. The zero-width joiner stays: emoji sequences are built with it."""
+    kind = unicodedata.category(ch)
+    if kind == "Cc":
+        return f"\\x{ord(ch):02x}"
+    if kind == "Cf" and ch != "\u200d":
+        return f"\\u{ord(ch):04x}"
+    return ch
 
 
 def label(token: str, width: int = 8) -> str:
