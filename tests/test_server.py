@@ -350,6 +350,11 @@ def test_refusals_say_what_is_wrong(base):
     assert r.json()["detail"] == "temperature: Input should be a finite number"
     r = raw(base, "/api/analyze", "nope")
     assert r.json()["detail"] == "the body is not valid JSON"
+    for body, kind in [('{"model": "tiny", "text": "hi"}', "text/plain"), ("[1]", "application/json")]:
+        r = raw(base, "/api/analyze", body, content_type=kind)
+        assert r.status_code == 422 and "send a JSON object (content-type: application/json)" in r.json()["detail"]
+    r = post(base, "/api/analyze", {"model": "tiny"})
+    assert r.json()["detail"] == "text: Field required"
 
 
 @pytest.mark.parametrize(

@@ -209,6 +209,9 @@ def one_line_errors(errors) -> str:
             parts.append("the body is not valid JSON")
             continue
         where = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query"))
+        if not where and e.get("loc", ())[:1] == ("body",):  # the body as a whole: missing, or not an object
+            parts.append("send a JSON object (content-type: application/json) with the fields /docs lists")
+            continue
         parts.append(f"{where}: {e.get('msg', 'invalid')}" if where else str(e.get("msg", "invalid")))
     more = f" (and {len(errors) - 4} more)" if len(errors) > 4 else ""
     return "; ".join(parts) + more
