@@ -172,7 +172,7 @@ def test_head_attribution_adds_up_to_the_logit(family):
         rest += through(c[f"blocks.{i}.mlp.out"][0, -1] + (b_O if b_O is not None else 0))
     bias = getattr(model.ln_final, "bias", None)
     if bias is not None:
-        rest += float(bias @ model.W_U[:, token])
+        rest += float((bias @ model.W_U[:, token]).detach())
     assert abs(dla.sum().item() + rest - logits[0, -1, token].item()) < 1e-4
 
 
