@@ -192,7 +192,7 @@ def test_neuron_attributions_add_up_to_each_mlps_share_of_the_logit(family):
         out = c[f"blocks.{i}.mlp.out"][0, -1]
         bias = model.block(i).mlp.down.bias
         out = out - (bias if bias is not None else 0)
-        share = float(((out - out.mean()) if centre else out) @ direction)
+        share = float((((out - out.mean()) if centre else out) @ direction).detach())
         assert abs(per_neuron[i].sum().item() - share) < 1e-4
 
 
