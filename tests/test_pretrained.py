@@ -189,6 +189,7 @@ class Exploit:
         return (os.system, (f"touch {Exploit.marker}",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # the crafted pickles use protocol 4 on purpose
 def test_pickle_with_code_is_refused_and_nothing_runs(tmp_path, bpe):
     path = hf_dir(tmp_path, bpe)
     (path / "model.safetensors").unlink()
