@@ -193,3 +193,10 @@ def test_console_script_and_module_entry_points():
             timeout=120,
         )
         assert h.returncode == 0 and "usage" in h.stdout
+
+
+def test_lens_and_neurons_name_unknown_words_and_bracket_tokens(capsys):
+    for command in (["lens", "a zzz", "-k", "2"], ["neurons", "a zzz", "-k", "2"]):
+        code, out, _ = run(capsys, *command)
+        assert code == 0 and "(read as [UNK]): zzz" in out.splitlines()[0]
+    assert "pushes up: [" in out  # every pushed token in brackets, so "," and "." can be told apart

@@ -149,8 +149,10 @@ def test_numpy_decoder_equals_the_modules(changes):
         assert generate(model, prompt[0].tolist(), max_new_tokens=30, temperature=0) == greedy
 
 
-@pytest.mark.parametrize("tokens", [[[1.5]], "abc", [[1, 2], [3]], [True, False], [[[1]]]])
+@pytest.mark.parametrize(
+    "tokens", [[[1.5]], "abc", [[1, 2], [3]], [True, False], [[[1]]], [], torch.zeros(0, 3, dtype=torch.long)]
+)
 def test_generate_refuses_what_is_not_token_ids(tokens):
     model = gf.load("random:lesson-tiny")
-    with pytest.raises(gf.GlassformerError, match=r"token ids|whole-number ids"):
+    with pytest.raises(gf.GlassformerError, match=r"token ids|whole-number ids|prompt is empty"):
         gf.generate(model, tokens, max_new_tokens=1)

@@ -114,6 +114,16 @@ def load_model(args):
     return load(DEFAULT_MODEL if args.model is None else args.model, dtype=args.dtype)
 
 
+def say_unknown_words(model, text: str) -> None:
+    """The one line naming the words a lesson's vocabulary does not know, if any."""
+    from .inputs import unknown_note
+    from .viz.text import visible
+
+    note = unknown_note(model, text)
+    if note:
+        print(visible(note))
+
+
 def terminal_style(video: bool = True):
     """The width of this terminal ($COLUMNS, else the terminal's, else 80) and colour when
     stdout is a terminal and NO_COLOR is unset (https://no-color.org)."""
@@ -352,6 +362,7 @@ def lens(args) -> int:
     if args.position is not None and not -T <= args.position < T:
         raise GlassformerError(f"--position {args.position} is out of range for {T} tokens")
     positions = None if args.position is None else [args.position % T]
+    say_unknown_words(model, args.text)
     print(render_lens(logit_lens(model, ids, k=args.k), token_texts(model, ids), args.k, positions))
     return 0
 
@@ -397,6 +408,7 @@ def neurons(args) -> int:
         if args.k > every:
             raise GlassformerError(f"-k {args.k} is more than the {every} MLP neurons this model has")
         token = token_texts(model, [int(ids[0, args.position])])[0]
+        say_unknown_words(model, args.text)
         print(f"MLP neurons firing hardest at [{label(token, 16)}] (position {args.position % T})")
         found = list(top_neurons(model, ids, args.position, k=args.k))
     pushes = [[t for t, _ in neuron_tokens(model, L, i, k=6)] if model.config.causal else None for L, i, _ in found]

@@ -117,6 +117,8 @@ def generate(model: Transformer, tokens, *, max_new_tokens: int = 50, **kwargs):
         given = torch.as_tensor(tokens)
     except (TypeError, ValueError, RuntimeError) as err:
         raise GlassformerError(f"tokens must be a list of whole-number ids or a tensor of them ({err})") from None
+    if given.numel() == 0:
+        raise GlassformerError("the prompt is empty; give at least one token id (in each of at least one row)")
     if given.is_floating_point() or given.is_complex() or given.dtype == torch.bool or given.dim() not in (1, 2):
         raise GlassformerError(
             f"tokens must be whole-number ids in a [T] or [B, T] form, not {given.dtype} {list(given.shape)}"

@@ -327,6 +327,6 @@ def render_neurons(found: list[tuple[int, int, float | None, list[str] | None]],
     for layer, index, act, pushes in found:
         line = f"  layer {layer:>2}, neuron {index:<5}" + (f"  {measure} {act:+.2f}" if act is not None else "")
         if pushes is not None:
-            line += "  pushes up: " + ", ".join(label(t, 12) for t in pushes)
+            line += "  pushes up: " + " ".join(f"[{bracketed(t, 12)}]" for t in pushes)
         lines.append(line)
     return "\n".join(lines)
