@@ -124,7 +124,7 @@ def test_the_explorer_starts_on_the_query_explain_follows(capsys):
         h = post(url, "/api/head", {"model": "adjectives", "text": text, "layer": chosen.layer, "head": chosen.head})
     h = h.json()
     walk = walk_head(model, text, chosen.layer, chosen.head)
-    assert h["query"] == query_to_follow(model, encode_batch(model, text), walk)
+    assert h["query"] == query_to_follow(model, walk)
     assert h["tokens"][h["query"]] == "creature"  # the noun with the most adjectives in front of it
     assert main(["explain", text]) == 0
     assert f"following the query [creature] (position {h['query']})" in capsys.readouterr().out

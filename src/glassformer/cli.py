@@ -191,7 +191,7 @@ def explain(args) -> int:
         render_walk(
             walk,
             terminal_style(not args.usual),
-            query=args.query if args.query is not None else query_to_follow(model, ids, walk),
+            query=args.query if args.query is not None else query_to_follow(model, walk),
             why=chosen.why,
             questions=chosen.questions,
             notes=[note] if note else None,

@@ -14,7 +14,7 @@ import torch
 
 from .. import lessons
 from ..config import GlassformerError
-from ..inputs import check_layer_head, token_texts
+from ..inputs import check_layer_head
 from ..model import Transformer
 from .explain import HeadWalk, sharpest_query
 
@@ -256,21 +256,20 @@ def choose_head(model: Transformer, ids: torch.Tensor, layer: int | None = None,
     return Showcase(layer, head, "the head you asked for")
 
 
-def query_to_follow(model: Transformer, ids: torch.Tensor, walk: HeadWalk) -> int:
+def query_to_follow(model: Transformer, walk: HeadWalk) -> int:
     """The position a first look at a head follows, the same in the terminal and the
     explorer: on the adjectives lesson, the noun with the most adjectives in front of it;
     otherwise the position whose query looks most sharply at another token."""
     if speaks_adjectives(model):
-        noun = noun_with_most_adjectives(model, ids)
+        noun = noun_with_most_adjectives(walk.tokens)
         if noun is not None:
             return noun
     return sharpest_query(walk)
 
 
-def noun_with_most_adjectives(model: Transformer, ids: torch.Tensor) -> int | None:
+def noun_with_most_adjectives(tokens: list[str]) -> int | None:
     """The position of the lesson noun with the most adjectives right in front of it."""
     words = lessons.adjectives
-    tokens = token_texts(model, ids[0])
     best, most = None, 0
     for i, token in enumerate(tokens):
         if token in words.NOUNS:

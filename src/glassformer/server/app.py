@@ -444,7 +444,7 @@ def create_app(
     async def head(req: HeadRequest) -> Response:
         def job(model) -> dict:
             walk = walk_head(model, req.text, req.layer, req.head)
-            follow = heads.query_to_follow(model, encode_batch(model, req.text), walk)
+            follow = heads.query_to_follow(model, walk)
             return {"model": req.model, **answers.head_walk(walk), "query": follow}
 
         return as_json(await on_model(req.model, job))
