@@ -25,6 +25,8 @@ from .tokenizer import Tokenizer, tokenizer_from_json
 
 FORMAT = "glassformer"
 VERSION = 2  # 2: separate query/key/value matrices and a `positions` field (1: fused qkv)
+# a training run's folder (train/state.py writes it; the loader reads a run by these names)
+RUN_LOCK, RUN_LOG, LATEST, BEST = ".lock", "log.jsonl", "latest", "best"
 CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
 
 

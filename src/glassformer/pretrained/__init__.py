@@ -156,7 +156,7 @@ def builtin_path(name: str) -> Path:
 
 def _checkpoint_in(path: Path) -> Path | None:
     """A glassformer checkpoint at `path`, or a training run's best (else latest) one."""
-    for candidate in (path, path / "best", path / "latest"):
+    for candidate in (path, path / checkpoint.BEST, path / checkpoint.LATEST):
         if checkpoint.is_checkpoint(candidate):
             return candidate
     return None
@@ -177,7 +177,7 @@ def load_path(path: Path) -> Transformer:
     if run is not None:
         return checkpoint.load(run)
     if not (path / "config.json").is_file():
-        if (path / "log.jsonl").exists() or (path / ".lock").exists():  # a run's files (train/state.py)
+        if (path / checkpoint.RUN_LOG).exists() or (path / checkpoint.RUN_LOCK).exists():
             raise GlassformerError(
                 f"{path} is a training run with no checkpoint yet: the first is saved at its first "
                 f"evaluation (--eval-every); wait for it, or continue it: glassformer train --resume {path}"

@@ -24,7 +24,7 @@ from ..config import GlassformerError, ModelConfig
 from ..tokenizer import Tokenizer, tokenizer_from_json
 from .config import TrainConfig
 
-LOCK, LOG, LATEST, BEST = ".lock", "log.jsonl", "latest", "best"
+LOCK, LOG, LATEST, BEST = checkpoint.RUN_LOCK, checkpoint.RUN_LOG, checkpoint.LATEST, checkpoint.BEST
 STATE_JSON, STATE_TENSORS = "train_state.json", "train_state.safetensors"
 
 
