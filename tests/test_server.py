@@ -103,10 +103,18 @@ def test_sampling_settings_shape_the_distribution(base):
 def test_unknown_words_are_marked_and_the_vocabulary_listed():
     with running({"adjectives": gf.load("lesson:adjectives")}) as url:
         a = post(url, "/api/analyze", {"model": "adjectives", "text": "a fluffy zebra roamed the forest"}).json()
+        twice = post(url, "/api/analyze", {"model": "adjectives", "text": "the zorp saw the zorp"}).json()
         models = httpx.get(f"{url}/api/models").json()
     assert a["tokens"][2] == "[UNK]" and a["unknown"] == [{"position": 2, "word": "zebra"}]
     assert "zebra" in a["unknown_note"] and "fluffy" in a["vocabulary"] and "zebra" not in a["vocabulary"]
     assert models[0]["example"] == gf.lessons.adjectives.EXAMPLE
+    # an unknown word seen twice is named at both places
+    assert twice["unknown"] == [
+        {"position": 1, "word": "zorp"},
+        {"position": 2, "word": "saw"},
+        {"position": 4, "word": "zorp"},
+    ]
+    assert twice["unknown_note"].endswith("(read as [UNK]): zorp, saw")
 
 
 def test_the_explorer_starts_on_the_query_explain_follows(capsys):

@@ -68,11 +68,17 @@ def token_texts(model: Transformer, ids) -> list[str]:
     return model.tokenizer.token_texts(ids)
 
 
-def unknown_words(model: Transformer, text: str) -> list[str]:
-    """The pieces of `text` the model's vocabulary does not know (they became [UNK]): a
-    lesson's word list is small, and a learner should be told which words it skipped."""
-    finder = getattr(model.tokenizer, "unknown_words", None)
+def unknown_pieces(model: Transformer, text: str) -> list[tuple[int, str]]:
+    """(token position, word) for each piece of `text` the model's vocabulary does not know
+    (it became [UNK]): a lesson's word list is small, and a learner should be told which
+    words it skipped, and where."""
+    finder = getattr(model.tokenizer, "unknown_pieces", None)
     return finder(text) if finder is not None else []
+
+
+def unknown_words(model: Transformer, text: str) -> list[str]:
+    """The unknown pieces of `text`, in order, once each."""
+    return list(dict.fromkeys(word for _, word in unknown_pieces(model, text)))
 
 
 def vocabulary(model: Transformer) -> list[str] | None:
@@ -81,9 +87,10 @@ def vocabulary(model: Transformer) -> list[str] | None:
     return words() if words is not None else None
 
 
-def unknown_note(model: Transformer, text: str) -> str | None:
-    """One line naming the unknown words of `text`, or None when every word is known."""
-    unknown = unknown_words(model, text)
+def unknown_note(model: Transformer, text: str, unknown: list[str] | None = None) -> str | None:
+    """One line naming the unknown words of `text` (or `unknown`, when already found), or
+    None when every word is known."""
+    unknown = unknown_words(model, text) if unknown is None else unknown
     if not unknown:
         return None
     words = vocabulary(model)

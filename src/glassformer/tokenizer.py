@@ -138,18 +138,19 @@ class HFTokenizer:
     def token_id(self, token: str) -> int | None:
         return self.tok.token_to_id(token)
 
-    def unknown_words(self, text: str) -> list[str]:
-        """The pieces of `text` this vocabulary does not know (each became the unknown token),
-        in order, once each: empty for byte-level vocabularies, which know every string."""
+    def unknown_pieces(self, text: str) -> list[tuple[int, str]]:
+        """(position, piece of `text`) for each token that became the unknown token, at its
+        position in `encode(text)` (special tokens counted): empty for byte-level
+        vocabularies, which know every string."""
         unk = self._unknown_token()
         if unk is None:
             return []
-        enc = self.tok.encode(text, add_special_tokens=False)
-        found: list[str] = []
-        for token, (start, end) in zip(enc.tokens, enc.offsets):
-            if token == unk and text[start:end] not in found:
-                found.append(text[start:end])
-        return found
+        enc = self.tok.encode(text)
+        return [(i, text[s:e]) for i, (token, (s, e)) in enumerate(zip(enc.tokens, enc.offsets)) if token == unk]
+
+    def unknown_words(self, text: str) -> list[str]:
+        """The pieces of `text` this vocabulary does not know, in order, once each."""
+        return list(dict.fromkeys(piece for _, piece in self.unknown_pieces(text)))
 
     def words(self) -> list[str] | None:
         """A word-level vocabulary's words in id order (the unknown token left out), else None."""

@@ -74,7 +74,7 @@ def head_logit_attribution(model: Transformer, ids, token: int, *, position: int
     rows = []
     for i in range(L):
         z_HD = cache[f"blocks.{i}.attn.z"][0, :, position]  # [H, D] at the position
-        per_head = torch.einsum("hd,hdc->hc", z_HD, model.block(i).attn.W_O)  # each head's ΔE, [H, C]
+        per_head = torch.einsum("hd,hdc->hc", z_HD.float(), model.block(i).attn.W_O.float())  # each head's ΔE, [H, C]
         if centre:
             per_head = per_head - per_head.mean(-1, keepdim=True)  # LayerNorm centres first
         rows.append(per_head @ direction)
@@ -94,10 +94,10 @@ def neuron_logit_attribution(model: Transformer, ids, token: int, *, position: i
     direction, centre = final_norm_direction(model, cache[f"blocks.{L - 1}.resid_post"][0, position], token)
     rows = []
     for i in range(L):
-        writes: torch.Tensor = model.block(i).mlp.down.weight  # [d_mlp, C]: what each neuron adds per unit
+        writes = model.block(i).mlp.down.weight.float()  # [d_mlp, C]: what each neuron adds per unit
         if centre:
             writes = writes - writes.mean(-1, keepdim=True)
-        rows.append(cache[f"blocks.{i}.mlp.post"][0, position] * (writes @ direction))
+        rows.append(cache[f"blocks.{i}.mlp.post"][0, position].float() * (writes @ direction))
     return torch.stack(rows)
 
 
@@ -111,4 +111,4 @@ def final_norm_direction(model: Transformer, final_C: torch.Tensor, token: int) 
     else:
         scale = (final_C.var(unbiased=False) + norm.eps).sqrt()
         centre = True
-    return norm.weight * model.W_U[:, token] / scale, centre
+    return norm.weight.float() * model.W_U[:, token].float() / scale.float(), centre

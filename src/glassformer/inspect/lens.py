@@ -38,9 +38,10 @@ def logit_lens(model: Transformer, ids: torch.Tensor, k: int = 5) -> list[LensRo
     L = model.config.n_layers
     names = ["blocks.0.resid_pre"] + [f"blocks.{i}.resid_post" for i in range(L)]
     _, cache = model.run_with_cache(ids, names=names)
+    W_U = model.W_U.float()  # the stream is fp32 also when the matrices are held in bf16
     rows = []
     for label, name in zip(["embed"] + [str(i) for i in range(L)], names):
-        logits = model.ln_final(cache[name][0]) @ model.W_U  # [T, V]
+        logits = model.ln_final(cache[name][0]).float() @ W_U  # [T, V]
         probs, top = torch.softmax(logits.float(), -1).topk(k, dim=-1)
         tokens = (
             [model.tokenizer.token_texts(row.tolist()) for row in top]
@@ -71,8 +72,10 @@ def neuron_tokens(model: Transformer, layer: int, neuron: int, k: int = 10) -> l
             f"neuron {layer}.{neuron} is out of range: layers 0..{model.config.n_layers - 1}, "
             f"neurons 0..{model.config.d_mlp - 1}"
         )
-    writes = model.block(layer).mlp.down.weight[neuron]  # [C]: what the neuron adds per unit
-    scores = (writes * model.ln_final.weight) @ model.W_U  # [V]
+    writes = model.block(layer).mlp.down.weight[neuron].float()  # [C]: what the neuron adds per unit
+    if model.config.normalization != "rmsnorm":
+        writes = writes - writes.mean()  # a LayerNorm centres it first (as edit.final_norm_direction says)
+    scores = (writes * model.ln_final.weight.float()) @ model.W_U.float()  # [V]
     values, top = scores.topk(k)
     names = model.tokenizer.token_texts(top.tolist()) if model.tokenizer else [str(i) for i in top.tolist()]
     return list(zip(names, values.tolist()))

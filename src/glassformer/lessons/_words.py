@@ -2,7 +2,7 @@
 
 Text is lower-cased and punctuation is split off ("The dragon." reads as `the dragon .`),
 so a capital or a full stop never turns a known word into [UNK]. What is still unknown
-becomes [UNK], and `HFTokenizer.unknown_words` names it so the learner is told.
+becomes [UNK], and `HFTokenizer.unknown_pieces` names it (and where) so the learner is told.
 """
 
 from __future__ import annotations

@@ -9,12 +9,10 @@ import torch
 
 from .. import sampling
 from ..config import GlassformerError
-from ..inputs import encode_batch, token_texts, unknown_note, unknown_words, vocabulary
+from ..inputs import encode_batch, token_texts, unknown_note, unknown_pieces, vocabulary
 from ..inspect import heads, lens
 from ..inspect.explain import Analysis, HeadWalk
 from ..viz.page import rounded
-
-UNKNOWN_TOKENS = ("[UNK]", "<unk>")
 
 
 def analysis(a: Analysis) -> dict:
@@ -37,16 +35,13 @@ def packed(weights: torch.Tensor) -> dict:
     return {"shape": list(weights.shape), "scale": 65535, "uint16_base64": base64.b64encode(codes.tobytes()).decode()}
 
 
-def unknowns(model, text: str, tokens: list[str]) -> dict:
-    """Which tokens are the unknown token, the word each stands for (when that can be told:
-    the tokenizer names each unknown word once), the one-line note, and a word-level
-    model's vocabulary, so the page can show what the model does know."""
-    positions = [i for i, t in enumerate(tokens) if t in UNKNOWN_TOKENS]
-    words = unknown_words(model, text) if positions else []
-    named = len(words) == len(positions)
+def unknowns(model, text: str) -> dict:
+    """Which tokens are the unknown token and the word each stands for, the one-line note,
+    and a word-level model's vocabulary, so the page can show what the model does know."""
+    pieces = unknown_pieces(model, text)
     return {
-        "unknown": [{"position": p, "word": words[n] if named else None} for n, p in enumerate(positions)],
-        "unknown_note": unknown_note(model, text) if positions else None,
+        "unknown": [{"position": p, "word": word} for p, word in pieces],
+        "unknown_note": unknown_note(model, text, list(dict.fromkeys(w for _, w in pieces))) if pieces else None,
         "vocabulary": vocabulary(model),
     }
 

@@ -428,7 +428,7 @@ def create_app(
 
         def job(model) -> dict:
             a = analyze(model, req.text)
-            out = {"model": req.model, **answers.analysis(a), **answers.unknowns(model, req.text, a.tokens)}
+            out = {"model": req.model, **answers.analysis(a), **answers.unknowns(model, req.text)}
             if a.last_logits is not None:
                 slot.remember_logits(req.text, a.last_logits)
                 out |= answers.next_tokens(model, a.last_logits, **how)
