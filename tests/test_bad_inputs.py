@@ -45,6 +45,7 @@ def cases(tmp: Path) -> list[tuple[list[str], list[str]]]:
         (["show", "hi", "--model", TINY, "--out", "/proc/glassformer.png"], ["cannot write /proc/glassformer.png"]),
         (["show", "hi", "--model", TINY, "-t", "nan", "--kind", "next", "--out", str(tmp / "n.png")], ["finite"]),
         (["show", "hi", "--model", TINY, "--out", str(tmp / "x.gif")], [".html, .png or .svg"]),
+        (["show", "hi", "--model", TINY, "--kind", "all", "--layer", "9", "--out", str(tmp / "a.png")], ["layer 9"]),
         ([*TRAIN, "--out", str(tmp / "a-file" / "run")], ["cannot create the run directory"]),
         ([*TRAIN, "--out", "/proc/glassformer-run"], ["/proc/glassformer-run"]),
         ([*TRAIN, "--out", str(tmp / "r1"), "--lr", "inf"], ["finite number"]),
@@ -73,7 +74,7 @@ def cases(tmp: Path) -> list[tuple[list[str], list[str]]]:
     ]
 
 
-N_CASES = 41
+N_CASES = 42
 
 
 def test_every_case_is_run(tmp_path):

@@ -207,8 +207,9 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly where it stopped")
     readers: dict[type, Callable[[str], object]] = {int: whole, float: finite, bool: yes_no, str: str}
+    hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
-        flag, kind = "--" + f.name.replace("_", "-"), typing.get_type_hints(TrainConfig)[f.name]
+        flag, kind = "--" + f.name.replace("_", "-"), hints[f.name]
         if kind is bool:
             p.add_argument(flag, dest=f.name, action="store_true", help=f.metadata["help"])
             continue
@@ -461,7 +462,7 @@ def show(args) -> int:
     next-token distribution."""
     from . import sampling
     from .checkpoint import write_file_atomically
-    from .inputs import encode_batch
+    from .inputs import check_layer_head, encode_batch
     from .inspect.heads import choose_head
 
     out = Path(args.out)
@@ -473,10 +474,12 @@ def show(args) -> int:
         raise GlassformerError(f"{out} is a directory; give a file name")
     sampling.check(args.temperature)
     model = load_model(args)
-    layer, head = args.layer or 0, args.head or 0
     if out.suffix.lower() == ".html" or args.kind == "head":
         chosen = choose_head(model, encode_batch(model, args.text), args.layer, args.head)
         layer, head = chosen.layer, chosen.head
+    else:  # every head, or the next token: no head is drawn, but a given one must exist
+        layer, head = args.layer or 0, args.head or 0
+        check_layer_head(model, layer, head)
     if out.suffix.lower() == ".html":
         from .viz.page import report_html
 

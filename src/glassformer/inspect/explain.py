@@ -47,9 +47,9 @@ class HeadWalk:
     pattern: Step  # softmax, each row sums to 1 [query, key]
     V: Step  # [token, d_head]
     dE: Step  # this head's ΔE [token, d_model]
+    stream: torch.Tensor  # [token, d_model] the residual stream ΔE is added to
     rotated: bool = False  # Q and K were turned by position (rotary models) before the grid
     precision: str = "fp32"  # what computed these numbers (model.precision)
-    stream: torch.Tensor | None = None  # [token, d_model] the residual stream ΔE is added to
 
     @property
     def steps(self) -> list[Step]:

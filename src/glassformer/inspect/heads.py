@@ -240,6 +240,7 @@ class Showcase:
     head: int
     why: str
     questions: tuple[str, str] | None = None
+    per_text: bool = True  # False: found on the lesson's own texts, the same for any sentence
 
 
 def choose_head(model: Transformer, ids: torch.Tensor, layer: int | None = None, head: int | None = None) -> Showcase:
@@ -290,11 +291,12 @@ def showcase_head(model: Transformer, ids: torch.Tensor) -> Showcase:
         layer, head, score = strongest(adjective_noun(model))
         why = f"the adjective head (nouns put {score:.0%} of their attention on their own adjectives)"
         questions = ("is there an adjective in front of me?", "I am an adjective!")
-        return Showcase(layer, head, why, questions)
+        return Showcase(layer, head, why, questions, per_text=False)
     if _token_id(model, f"t{lessons.induction.VOCAB - 1}") is not None:
         layer, head, score = strongest(induction(model))
         why = f"the induction head ({score:.0%} of its attention goes to what came next last time)"
-        return Showcase(layer, head, why, ("where was my token before?", "the token just before me was this one"))
+        questions = ("where was my token before?", "the token just before me was this one")
+        return Showcase(layer, head, why, questions, per_text=False)
     P = _patterns(model, ids)[:, 0, :, -1]  # [L, H, S]: every head's last query
     offset = 1 if P.shape[-1] > 2 else 0
     if offset:

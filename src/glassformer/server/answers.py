@@ -87,7 +87,7 @@ def head_walk(walk: HeadWalk) -> dict:
         "pattern": rounded(walk.pattern.tensor),
         "e_norm": rounded(walk.E.tensor.norm(dim=-1)),  # the vector the head reads (normed first in pre-norm models)
         # the residual stream ΔE is added to: the length ΔE is measured against
-        "stream_norm": rounded((walk.stream if walk.stream is not None else walk.E.tensor).norm(dim=-1)),
+        "stream_norm": rounded(walk.stream.norm(dim=-1)),
         "delta_e_norm": rounded(walk.dE.tensor.norm(dim=-1)),
         "steps": [
             {"symbol": s.symbol, "title": s.title, "meaning": s.meaning, "shape": list(s.tensor.shape)}

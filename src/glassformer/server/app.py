@@ -38,7 +38,7 @@ from ..inputs import EXAMPLE, encode, encode_batch
 from ..inspect import heads
 from ..inspect.explain import analyze, walk_head
 from . import answers
-from .guard import Guard, guarded_h11, hosts_allowed
+from .guard import MAX_HEADER_BYTES, Guard, guarded_h11, hosts_allowed
 from .lanes import Busy, Lane, Traffic, shadow
 
 log = logging.getLogger(__name__)
@@ -62,9 +62,6 @@ class ModelSlot:
     example: str = EXAMPLE
     model: Any = None
     lock: threading.RLock = field(default_factory=threading.RLock)  # loading, the shadow, the caches
-    # one forward pass at a time per model: torch already spreads each one over every
-    # core, so running twenty at once only makes them fight (and use twenty times the memory)
-    busy: threading.Lock = field(default_factory=threading.Lock)
     lane: Lane = field(init=False)  # the learner's requests
     background: Lane = field(init=False)  # detectors and the showcase head, on the shadow
     shadow_model: Any = None  # same weights, own hook points: for the background lane
@@ -128,15 +125,11 @@ def default_registry(names: list[str], dtype: str = "fp32") -> Registry:
     return reg
 
 
-def showcase_fields(found) -> dict:
-    """heads.showcase_head's answer as JSON: (layer, head, why) or an object with those
-    fields and, for a lesson's head, the question its queries ask and its keys answer."""
-    if isinstance(found, tuple):
-        layer, head, why, questions = *found[:3], None
-    else:
-        layer, head, why = found.layer, found.head, found.why
-        questions = getattr(found, "questions", None)
-    return {"layer": int(layer), "head": int(head), "why": str(why), "questions": questions and list(questions)}
+def showcase_fields(found: heads.Showcase) -> dict:
+    """heads.showcase_head's answer as JSON; for a lesson's head, with the question its
+    queries ask and its keys answer."""
+    questions = list(found.questions) if found.questions else None
+    return {"layer": found.layer, "head": found.head, "why": found.why, "questions": questions}
 
 
 class LoadFailed(Exception):
@@ -251,13 +244,15 @@ def create_app(
             model = slot.get_shadow(traffic)
             found = slot.showcase_for(text)
             if found is None:
-                found = showcase_fields(heads.showcase_head(model, encode_batch(model, text)))
+                shown = heads.showcase_head(model, encode_batch(model, text))
+                found = showcase_fields(shown)
                 with slot.lock:
-                    if heads.speaks_adjectives(model):  # the lesson's head, found on the lesson's sentences
+                    if not shown.per_text:  # a lesson's head, found on the lesson's own texts
                         slot.showcase_any = found
-                    slot.showcases[text] = found
-                    while len(slot.showcases) > 32:
-                        slot.showcases.pop(next(iter(slot.showcases)))
+                    else:
+                        slot.showcases[text] = found
+                        while len(slot.showcases) > 32:
+                            slot.showcases.pop(next(iter(slot.showcases)))
             return found
 
         return background.start(slot, ("showcase", text), find)
@@ -348,7 +343,7 @@ def create_app(
 
         def job():
             model = loaded(slot)
-            with slot.busy, traffic.learner():
+            with traffic.learner():
                 return fn(model)
 
         return await slot.lane.call(job)
@@ -542,7 +537,7 @@ def make_server(
         ws="none",
         lifespan="on",
         timeout_keep_alive=int(keep_alive),
-        h11_max_incomplete_event_size=16 * 1024,  # request line and headers; 400 beyond
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,  # request line and headers; 400 beyond
         limit_concurrency=max_connections,
         timeout_graceful_shutdown=1,
         log_level=log_level,

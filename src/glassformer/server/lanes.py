@@ -63,9 +63,6 @@ class Lane:
             raise Busy(self.name) from None
         return await future
 
-    def waiting(self) -> int:
-        return self.jobs.qsize()
-
 
 def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
     if future.cancelled():  # the client went away while its job ran

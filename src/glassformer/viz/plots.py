@@ -21,7 +21,7 @@ from ..config import GlassformerError
 from ..inputs import token_texts
 from ..inspect.explain import analyze
 from ..sampling import probabilities
-from .text import visible
+from .text import label
 
 VIDEO = "video orientation: keys down the side, queries across the top; each column sums to 1"
 USUAL = "usual orientation: queries down the side, keys across the top; each row sums to 1"
@@ -60,9 +60,7 @@ class Picture:
 
 
 def _clean(tok: str, width: int = 12) -> str:
-    shown = visible(tok).replace("$", r"\$")  # matplotlib would read $...$ as maths
-    shown = shown if shown.strip() else repr(tok)
-    return shown if len(shown) <= width else shown[: width - 1] + "…"
+    return label(tok, width).replace("$", r"\$")  # matplotlib would read $...$ as maths
 
 
 def _grid(ax, data: np.ndarray, tokens: list[str], *, video: bool, cmap: str, limits, masked=None, title: str = ""):

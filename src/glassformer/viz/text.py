@@ -272,8 +272,7 @@ def summary(walk: HeadWalk, q: int, style: Style) -> list[str]:
     weights = walk.pattern.tensor[q]
     top = weights.topk(min(3, weights.numel()))
     looks = ", ".join(f"{label(walk.tokens[k], 12)} {w:.2f}" for w, k in zip(top.values.tolist(), top.indices.tolist()))
-    stream = walk.stream if walk.stream is not None else walk.E.tensor
-    moved = (walk.dE.tensor[q].norm() / stream[q].norm().clamp(min=1e-9)).item()
+    moved = (walk.dE.tensor[q].norm() / walk.stream[q].norm().clamp(min=1e-9)).item()
     return [
         *wrap(f"{label(walk.tokens[q], 12)} → {looks}", style.width),
         *wrap(

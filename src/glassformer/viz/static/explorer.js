@@ -452,8 +452,8 @@
       fig.appendChild(el("h3", "", kind));
       fig.appendChild(el("p", "muted small", info.definition));
       fig.appendChild(el("p", "small", s >= d.strong
-        ? `strongest: layer ${l}, head ${h} (${s.toFixed(2)})`
-        : `no head reaches ${d.strong} (best: layer ${l}, head ${h}, ${s.toFixed(2)})`));
+        ? `strongest: layer ${l}, head ${h} (${s.toFixed(3)})` // 3 places, as the terminal: 0.398 is not 0.40
+        : `no head reaches ${d.strong} (best: layer ${l}, head ${h}, ${s.toFixed(3)})`));
       const table = el("table", "scores");
       const head = el("tr");
       head.appendChild(el("th", "", ""));
