@@ -175,17 +175,16 @@ class Trainer:
         self.model.train()
         return sum(losses) / len(losses)
 
-    def _diverged(self, what: str, value: float, step: int) -> None:
+    def _stop_diverged(self, what: str, step: int) -> None:
         """Stop before a model of NaNs is saved: the last checkpoint stays the last good one."""
         raise GlassformerError(
-            f"training diverged at step {step}: the {what} is {value}; "
-            f"try a lower --lr (this run used {self.settings.lr:g})"
+            f"training diverged at step {step}: {what}; try a lower --lr (this run used {self.settings.lr:g})"
         )
 
     def _evaluate_and_save(self, lr: float, speed: float) -> dict:
         val = self.evaluate() if self.dist.main else float("nan")
-        if self.dist.main and not math.isfinite(val):
-            self._diverged("validation loss", val, self.step)
+        if self.dist.world == 1 and not math.isfinite(val):  # under torchrun the next step's check stops all
+            self._stop_diverged(f"the validation loss is {val}", self.step)
         # train_loss: the mean of every optimizer step's loss since the last evaluation
         train_loss = self.loss_sum / max(1, self.loss_count)
         self.loss_sum, self.loss_count = 0.0, 0
@@ -196,7 +195,7 @@ class Trainer:
             "lr": lr,
             "tokens_per_s": speed,
         }
-        if self.dist.main:
+        if self.dist.main and math.isfinite(val):  # (a NaN model is never saved)
             # the record goes down before the checkpoint it belongs to: a kill in between
             # leaves a record past the last checkpoint, which resume trims and re-makes
             self.run_dir.append_log(record)
@@ -247,10 +246,12 @@ class Trainer:
                     loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / s.grad_accum
                 loss.backward()
                 step_loss += loss.item()
-            if not math.isfinite(step_loss):
-                self._diverged("loss", step_loss, self.step + 1)
-            if s.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip)
+            # the gradients' norm is the same on every rank (they are averaged by now), so
+            # under torchrun every process stops together; a NaN loss makes it NaN too
+            max_norm = s.grad_clip if s.grad_clip > 0 else math.inf  # inf: measured, not clipped
+            norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+            if not math.isfinite(norm):
+                self._stop_diverged(f"the loss is {step_loss} and the gradients' norm {norm}", self.step + 1)
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
             self.step += 1
