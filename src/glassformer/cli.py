@@ -382,7 +382,7 @@ def neurons(args) -> int:
     pushes up through W_U (3Blue1Brown's chapter 7)."""
     import torch
 
-    from .inputs import encode_batch, token_texts
+    from .inputs import check_neuron, encode_batch, token_texts
     from .inspect.edit import neuron_logit_attribution
     from .inspect.lens import neuron_tokens, top_neurons
     from .viz.text import label, render_neurons
@@ -393,11 +393,7 @@ def neurons(args) -> int:
             layer, index = (int(x) for x in args.neuron.split("."))
         except ValueError:
             raise GlassformerError(f"--neuron wants LAYER.INDEX, e.g. 3.1024, got {args.neuron!r}") from None
-        c = model.config
-        if not (0 <= layer < c.n_layers and 0 <= index < c.d_mlp):
-            raise GlassformerError(
-                f"neuron {layer}.{index} is out of range: layers 0..{c.n_layers - 1}, neurons 0..{c.d_mlp - 1}"
-            )
+        check_neuron(model, layer, index)  # an encoder's never reaches neuron_tokens
         found: list[tuple[int, int, float | None]] = [(layer, index, None)]
     else:
         if not args.text:

@@ -37,6 +37,25 @@ def check(model: Transformer, prompt_len: int, max_new_tokens: int, seed: int | 
         raise GlassformerError(f"seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
 
 
+def as_ids(model: Transformer, tokens) -> torch.Tensor:
+    """`tokens` (a list of ids, a [T] or [B, T] tensor) as [B, T] int64 ids on the model's
+    device; anything else (text, floats, ragged rows, nothing) refused in one line."""
+    if isinstance(tokens, str):
+        raise GlassformerError("generation takes token ids; for text use model.tokenizer.encode(text) first")
+    try:
+        given = torch.as_tensor(tokens)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise GlassformerError(f"tokens must be a list of whole-number ids or a tensor of them ({err})") from None
+    if given.numel() == 0:
+        raise GlassformerError("the prompt is empty; give at least one token id (in each of at least one row)")
+    if given.is_floating_point() or given.is_complex() or given.dtype == torch.bool or given.dim() not in (1, 2):
+        raise GlassformerError(
+            f"tokens must be whole-number ids in a [T] or [B, T] form, not {given.dtype} {list(given.shape)}"
+        )
+    ids = given.to(dtype=torch.long, device=model.device)
+    return ids[None] if ids.dim() == 1 else ids
+
+
 @torch.inference_mode()
 def stream(
     model,
@@ -55,9 +74,7 @@ def stream(
     On a CPU at batch 1, once the prompt is cached, each step runs through the numpy
     decoder (decode.py) with PyTorch held at one thread until the stream ends or is closed.
     """
-    ids = torch.as_tensor(tokens, dtype=torch.long, device=model.device)
-    if ids.dim() == 1:
-        ids = ids[None]
+    ids = as_ids(model, tokens)
     sampling.check(temperature, top_k, top_p)
     check(model, ids.shape[1], max_new_tokens, seed)
     greedy = temperature == 0
@@ -93,11 +110,11 @@ def stream(
 def stream_text(model: Transformer, ids: list[int], **kwargs) -> Iterator[str]:
     """The continuation of `ids` as text, piece by piece as `stream` chooses tokens; a
     piece that would end in half of a multi-byte character waits for the rest."""
-    decode = model.tokenizer.decode
-    every, shown = list(ids), decode(ids)
+    text_of = model.tokenizer.decode
+    every, shown = list(ids), text_of(ids)
     for new in stream(model, ids, **kwargs):
         every.append(int(new[0]))
-        text = decode(every)
+        text = text_of(every)
         if text.endswith("\ufffd"):
             continue
         yield text[len(shown) :] if text.startswith(shown) else ""
@@ -111,21 +128,8 @@ def generate(model: Transformer, tokens, *, max_new_tokens: int = 50, **kwargs):
     Keyword arguments: temperature (0 = greedy), top_k, top_p, seed, use_cache, stop_token.
     """
     as_list = isinstance(tokens, (list, tuple))
-    if isinstance(tokens, str):
-        raise GlassformerError("generate takes token ids; for text use model.tokenizer.encode(text) first")
-    try:
-        given = torch.as_tensor(tokens)
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise GlassformerError(f"tokens must be a list of whole-number ids or a tensor of them ({err})") from None
-    if given.numel() == 0:
-        raise GlassformerError("the prompt is empty; give at least one token id (in each of at least one row)")
-    if given.is_floating_point() or given.is_complex() or given.dtype == torch.bool or given.dim() not in (1, 2):
-        raise GlassformerError(
-            f"tokens must be whole-number ids in a [T] or [B, T] form, not {given.dtype} {list(given.shape)}"
-        )
-    ids = given.to(dtype=torch.long, device=model.device)
-    flat = ids.dim() == 1
-    ids_BT = ids[None] if flat else ids
+    ids_BT = as_ids(model, tokens)
+    flat = torch.as_tensor(tokens).dim() == 1
     new = [n[:, None] for n in stream(model, ids_BT, max_new_tokens=max_new_tokens, **kwargs)]
     out = torch.cat([ids_BT, *new], dim=1)
     if flat:

@@ -60,6 +60,14 @@ def check_layer_head(model: Transformer, layer: int, head: int) -> None:
         raise GlassformerError(f"head {head} is out of range: this model has heads 0..{H - 1}")
 
 
+def check_neuron(model: Transformer, layer: int, neuron: int) -> None:
+    c = model.config
+    if not (0 <= layer < c.n_layers and 0 <= neuron < c.d_mlp):
+        raise GlassformerError(
+            f"neuron {layer}.{neuron} is out of range: layers 0..{c.n_layers - 1}, neurons 0..{c.d_mlp - 1}"
+        )
+
+
 def token_texts(model: Transformer, ids) -> list[str]:
     """Each token's own text ('fluffy', ' Paris', '##ing'), or its id if there is no tokenizer."""
     ids = ids.flatten().tolist() if isinstance(ids, torch.Tensor) else list(ids)

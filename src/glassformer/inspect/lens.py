@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import GlassformerError
+from ..inputs import check_neuron
 from ..model import Transformer
 
 
@@ -67,11 +68,7 @@ def neuron_tokens(model: Transformer, layer: int, neuron: int, k: int = 10) -> l
     """Tokens whose logits this neuron's down-projection row raises most, read directly
     through W_U (the direct path; later layers may change it)."""
     _need_decoder(model)
-    if not 0 <= layer < model.config.n_layers or not 0 <= neuron < model.config.d_mlp:
-        raise GlassformerError(
-            f"neuron {layer}.{neuron} is out of range: layers 0..{model.config.n_layers - 1}, "
-            f"neurons 0..{model.config.d_mlp - 1}"
-        )
+    check_neuron(model, layer, neuron)
     writes = model.block(layer).mlp.down.weight[neuron].float()  # [C]: what the neuron adds per unit
     if model.config.normalization != "rmsnorm":
         writes = writes - writes.mean()  # a LayerNorm centres it first (as edit.final_norm_direction says)

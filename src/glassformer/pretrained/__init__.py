@@ -68,9 +68,13 @@ def resolve_dtype(dtype: str, device: str = "cpu") -> str:
     return dtype
 
 
-def _load(name: str) -> Transformer:
+def _check_name(name: str) -> None:
     if not name.strip():
         raise GlassformerError(f"the model name is empty; give {NAMES_HELP}")
+
+
+def _load(name: str) -> Transformer:
+    _check_name(name)
     if name.startswith("random:"):
         return random_model(name.removeprefix("random:"))
     if name.startswith("lesson:"):
@@ -89,8 +93,7 @@ def _load(name: str) -> Transformer:
 
 def config_of(name: str) -> ModelConfig:
     """The shape of the model `name` (a preset name too), reading no weights where it can."""
-    if not name.strip():
-        raise GlassformerError(f"the model name is empty; give {NAMES_HELP}")
+    _check_name(name)
     if name in PRESETS:
         return PRESETS[name]
     if name.startswith("random:"):
