@@ -97,6 +97,12 @@ class NumpyDecoder:
     def __init__(self, model: Transformer, cache: KVCache) -> None:
         c = self.config = model.config
         self.act = ACTIVATION_FNS[c.activation]
+        # decided once, not on every layer of every token
+        self.rms = c.normalization == "rmsnorm"
+        self.rotary = c.positions == "rotary"
+        self.gated = c.mlp == "gated"
+        self.silu = c.activation == "silu"
+        self.scale = np.float32(1 / np.sqrt(c.d_head))  # on the query (H·D numbers), not on every score
         self.W_E = _np(model.W_E)  # [V, C]
         self.W_pos = _np(model.embed.W_pos.weight) if model.embed.W_pos is not None else None
         self.W_U = _np(model.unembed.weight)  # [V, C]: logits = W_U_rows @ x streams the stored rows
@@ -131,7 +137,7 @@ class NumpyDecoder:
 
     def normed(self, x: np.ndarray, norm: tuple) -> np.ndarray:
         weight, bias, eps = norm
-        if self.config.normalization == "rmsnorm":
+        if self.rms:
             return x * (weight / np.sqrt(np.dot(x, x) / x.shape[0] + eps))
         centred = x - x.mean()
         out = centred * (weight / np.sqrt(np.dot(centred, centred) / x.shape[0] + eps))
@@ -153,13 +159,13 @@ class NumpyDecoder:
         H, K, D = c.n_heads, c.n_kv_heads, c.d_head
         qkv = self.linear(h, L["qkv"])  # Q = E·W_Q, K = E·W_K, V = E·W_V in one product
         qk = qkv[: (H + K) * D].reshape(H + K, D)  # the H query rows, then the K key rows
-        if c.positions == "rotary":
+        if self.rotary:
             qk = self.rotate(qk, position)  # queries and keys turned together
         q, k, v = qk[:H], qk[H:], qkv[(H + K) * D :].reshape(K, D)
         self.K[i][:, position], self.V[i][:, position] = k, v
         keys, values = self.K[i][:, : position + 1], self.V[i][:, : position + 1]  # [K, S, D]
         q_KGD = q.reshape(K, H // K, D)  # each key/value head answers a group of query heads
-        scores = q_KGD @ keys.transpose(0, 2, 1) / np.float32(np.sqrt(D))  # [K, G, S]
+        scores = (q_KGD * self.scale) @ keys.transpose(0, 2, 1)  # [K, G, S]: Q·Kᵀ/√d
         pattern = np.exp(scores - scores.max(-1, keepdims=True))
         pattern /= pattern.sum(-1, keepdims=True)
         z = (pattern @ values).reshape(H * D)
@@ -167,10 +173,10 @@ class NumpyDecoder:
 
     def mlp(self, L: dict, h: np.ndarray) -> np.ndarray:
         up = self.linear(h, L["up"])
-        if self.config.mlp == "gated":  # act(x·W_gate) * x·W_up, both halves from one product
+        if self.gated:  # act(x·W_gate) * x·W_up, both halves from one product
             half = up.shape[0] // 2
             gate, up = up[:half], up[half:]
-            if self.config.activation == "silu":  # gate·σ(gate) in numpy: the torch call cost 35 µs a layer
+            if self.silu:  # gate·σ(gate) in numpy: the torch call cost 35 µs a layer
                 with np.errstate(over="ignore"):  # exp(88+) is inf, and σ then 0, as it should be
                     post = gate / (1 + np.exp(-gate)) * up
             else:
