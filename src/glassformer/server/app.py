@@ -288,7 +288,7 @@ def create_app(
         def render(self, content) -> bytes:
             return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
 
-    def as_json(data: dict) -> Response:
+    def json_body(data: dict) -> bytes:
         # big nested lists of floats: json.dumps is many times faster than FastAPI's encoder
         try:
             try:
@@ -299,7 +299,7 @@ def create_app(
             raise GlassformerError(
                 "this model's numbers overflowed to NaN or infinity on this text; nothing can be shown"
             ) from None
-        return Response(body, media_type="application/json")
+        return body
 
     def refusal(status: int, detail: str, headers=None) -> Response:
         return SafeJSON({"detail": detail}, status_code=status, headers=headers)
@@ -347,6 +347,11 @@ def create_app(
                 return fn(model)
 
         return await slot.lane.call(job)
+
+    async def answer(name: str, fn: Callable[[Any], dict]) -> Response:
+        """fn(model)'s answer as JSON, written out in the model's lane too: a big grid of
+        floats is never serialised on the event loop, where it would hold up every request."""
+        return Response(await on_model(name, lambda model: json_body(fn(model))), media_type="application/json")
 
     # --- what a request may hold ------------------------------------------------------------
     class Strict(BaseModel):
@@ -427,13 +432,11 @@ def create_app(
             if a.last_logits is not None:
                 slot.remember_logits(req.text, a.last_logits)
                 out |= answers.next_tokens(model, a.last_logits, **how)
+            if req.showcase:
+                out["showcase"] = slot.showcase_for(req.text)
             return out
 
-        result = await on_model(req.model, job)
-        if req.showcase:
-            found = slot.showcase_for(req.text)
-            result["showcase"] = found
-        return as_json(result)
+        return await answer(req.model, job)
 
     @app.post("/api/head", summary="one head step by step: Q, K, dot products, mask, pattern, V, ΔE")
     async def head(req: HeadRequest) -> Response:
@@ -442,7 +445,7 @@ def create_app(
             follow = heads.query_to_follow(model, walk)
             return {"model": req.model, **answers.head_walk(walk), "query": follow}
 
-        return as_json(await on_model(req.model, job))
+        return await answer(req.model, job)
 
     @app.post("/api/next", summary="the next-token distribution under temperature, top-k and top-p, and a sample")
     async def next_token(req: SamplingRequest) -> Response:
@@ -459,11 +462,11 @@ def create_app(
                 slot.remember_logits(req.text, logits)
             return answers.next_tokens(model, logits, **how)
 
-        return as_json(await on_model(req.model, job))
+        return await answer(req.model, job)
 
     @app.post("/api/mlp", summary="the MLP step at one token: the neurons that fire hardest, what they push towards")
     async def mlp(req: MLPRequest) -> Response:
-        return as_json(await on_model(req.model, lambda m: answers.mlp_step(m, req.text, req.position, req.k)))
+        return await answer(req.model, lambda m: answers.mlp_step(m, req.text, req.position, req.k))
 
     @app.post("/api/showcase", summary="the head that best shows what the model does on this text, and why")
     async def showcase(req: TextRequest) -> dict:
@@ -489,7 +492,7 @@ def create_app(
             return slot.detection
 
         found = slot.detection if slot.detection is not None else await background.result(slot, ("detect",), detect)
-        return as_json(found)
+        return Response(json_body(found), media_type="application/json")
 
     return app
 
