@@ -13,6 +13,7 @@ from glassformer.inspect.edit import (
     final_norm_direction,
     head_logit_attribution,
     neuron_logit_attribution,
+    neurons_toward_guess,
     patch,
 )
 from glassformer.inspect.lens import logit_lens, neuron_tokens, top_neurons
@@ -194,6 +195,18 @@ def test_neuron_attributions_add_up_to_each_mlps_share_of_the_logit(family):
         out = out - (bias if bias is not None else 0)
         share = float((((out - out.mean()) if centre else out) @ direction).detach())
         assert abs(per_neuron[i].sum().item() - share) < 1e-4
+
+
+def test_the_neurons_toward_the_guess_are_the_top_attributions_to_the_likeliest_token():
+    model = build(FAMILIES["llama"]())
+    ids = torch.randint(0, 97, (1, T))
+    best, toward = neurons_toward_guess(model, ids, k=4)
+    with torch.no_grad():
+        probs = model(ids)[0, -1].softmax(-1)
+    assert best[0][0] == int(probs.argmax()) and abs(best[0][1] - float(probs.max())) < 1e-6
+    shares = neuron_logit_attribution(model, ids, best[0][0])
+    assert [round(v, 5) for _, _, v in toward] == [round(v, 5) for v in shares.flatten().topk(4).values.tolist()]
+    assert all(abs(shares[layer, n].item() - v) < 1e-6 for layer, n, v in toward)
 
 
 def test_detectors_find_planted_heads():

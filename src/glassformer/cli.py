@@ -380,10 +380,8 @@ def neurons_arguments(p: argparse.ArgumentParser) -> None:
 def neurons(args) -> int:
     """The MLP neurons that fire hardest at a position, and the tokens each one's output
     pushes up through W_U (3Blue1Brown's chapter 7)."""
-    import torch
-
     from .inputs import check_neuron, encode_batch, token_texts
-    from .inspect.edit import neuron_logit_attribution
+    from .inspect.edit import neurons_toward_guess
     from .inspect.lens import neuron_tokens, top_neurons
     from .viz.text import label, render_neurons
 
@@ -411,22 +409,14 @@ def neurons(args) -> int:
     pushes = [[t for t, _ in neuron_tokens(model, L, i, k=6)] if model.config.causal else None for L, i, _ in found]
     print(render_neurons([(L, i, act, push) for (L, i, act), push in zip(found, pushes)]))
     if model.config.causal and not args.neuron:  # what all of them, and everything else, add up to
-        with torch.inference_mode():
-            probs = model(ids)[0, args.position].float().softmax(-1)
-        top = probs.topk(min(3, probs.numel()))
-        guesses = ", ".join(
-            f"[{label(t, 16)}] {p:.2f}" for t, p in zip(token_texts(model, top.indices.tolist()), top.values.tolist())
-        )
+        best, toward = neurons_toward_guess(model, ids, position=args.position, k=args.k)
+        names = token_texts(model, [i for i, _ in best])
+        guesses = ", ".join(f"[{label(t, 16)}] {p:.2f}" for t, (_, p) in zip(names, best))
         print(f"the model's own next-token guess here: {guesses}")
-        best = int(top.indices[0])
-        pushes_toward = neuron_logit_attribution(model, ids, best, position=args.position)
-        values, flat = pushes_toward.flatten().topk(min(args.k, pushes_toward.numel()))
-        d_mlp = pushes_toward.shape[1]
         print(
-            f"the neurons that push hardest toward [{label(token_texts(model, [best])[0], 16)}] "
+            f"the neurons that push hardest toward [{label(names[0], 16)}] "
             "(activation × what the neuron writes, read through the final norm and W_U):"
         )
-        toward = [(int(f) // d_mlp, int(f) % d_mlp, float(v)) for v, f in zip(values, flat)]
         pushes = [[t for t, _ in neuron_tokens(model, L, i, k=6)] for L, i, _ in toward]
         print(render_neurons([(L, i, v, push) for (L, i, v), push in zip(toward, pushes)], "logit"))
     return 0

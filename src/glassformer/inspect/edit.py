@@ -86,11 +86,34 @@ def neuron_logit_attribution(model: Transformer, ids, token: int, *, position: i
     """ "Which neurons push toward this token?": [layer, neuron], each MLP neuron's
     activation at `position` times what its down-projection row adds to `token`'s logit,
     through the final norm linearised as in head_logit_attribution."""
+    _, cache = _neuron_run(model, ids)
+    return _neuron_shares(model, cache, token, position)
+
+
+@torch.inference_mode()
+def neurons_toward_guess(model: Transformer, ids, *, position: int = -1, k: int = 10, guesses: int = 3):
+    """The model's own likeliest next tokens at `position` [(id, probability)], and the k
+    neurons that push hardest toward the first of them [(layer, neuron, logit)], from one
+    forward pass."""
+    logits, cache = _neuron_run(model, ids)
+    probs = logits[0, position].float().softmax(-1)
+    top = probs.topk(min(guesses, probs.numel()))
+    best = [(int(i), float(p)) for i, p in zip(top.indices, top.values)]
+    shares = _neuron_shares(model, cache, best[0][0], position)
+    values, flat = shares.flatten().topk(min(k, shares.numel()))
+    d_mlp = shares.shape[1]
+    return best, [(int(f) // d_mlp, int(f) % d_mlp, float(v)) for v, f in zip(values, flat)]
+
+
+def _neuron_run(model: Transformer, ids):
     if not model.config.causal:
         raise GlassformerError("direct logit attribution needs a decoder (a model with W_U)")
     L = model.config.n_layers
-    names = [f"blocks.{i}.mlp.post" for i in range(L)] + [f"blocks.{L - 1}.resid_post"]
-    _, cache = model.run_with_cache(ids, names=names)
+    return model.run_with_cache(ids, names=[f"blocks.{i}.mlp.post" for i in range(L)] + [f"blocks.{L - 1}.resid_post"])
+
+
+def _neuron_shares(model: Transformer, cache, token: int, position: int) -> torch.Tensor:
+    L = model.config.n_layers
     direction, centre = final_norm_direction(model, cache[f"blocks.{L - 1}.resid_post"][0, position], token)
     rows = []
     for i in range(L):
