@@ -25,9 +25,10 @@ import torch
 import torch.nn.functional as F
 
 import glassformer as gf
+from glassformer.hardware import resolve_precision
 from glassformer.train import TrainConfig, train
 from glassformer.train.data import Batcher, prepare
-from glassformer.train.devices import autocast_for, resolve_precision
+from glassformer.train.devices import autocast_for
 
 from _common import env_line
 

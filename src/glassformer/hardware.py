@@ -34,6 +34,22 @@ def bf16_native(device: str | torch.device) -> bool:
     return device.type == "cpu" and cpu_has_bf16_units()
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(name: str, device: str | torch.device = "cpu", what: str = "precision") -> str:
+    """ "auto" is bf16 where `device` multiplies bf16 natively, else fp32 (emulated bf16 is
+    slower); "fp32" and "bf16" stay as asked, except bf16 on a GPU that has none."""
+    if name not in PRECISIONS:
+        raise GlassformerError(f"unknown {what} {name!r}; use {', '.join(PRECISIONS)}")
+    native = bf16_native(device)
+    if name == "auto":
+        return "bf16" if native else "fp32"
+    if name == "bf16" and torch.device(device).type == "cuda" and not native:
+        raise GlassformerError(f"this GPU has no bf16 support; use {what} fp32")
+    return name
+
+
 def resolve_device(name: str = "auto") -> str:
     """ "auto" (CUDA when present, else the CPU), "cpu", "cuda" or "cuda:N", checked."""
     if name == "auto":

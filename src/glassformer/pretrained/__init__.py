@@ -25,7 +25,7 @@ import torch
 
 from .. import checkpoint, lessons
 from ..config import PRESETS, SHAPE_ONLY, GlassformerError, ModelConfig, preset
-from ..hardware import bf16_native
+from ..hardware import PRECISIONS, resolve_precision
 from ..model import Transformer
 from ..params import check_fits
 from ..tokenizer import ByteTokenizer
@@ -42,7 +42,7 @@ NAMES_HELP = (
 )
 
 
-DTYPES = ("auto", "fp32", "bf16")
+DTYPES = PRECISIONS  # what gf.load(dtype=) and --dtype accept
 
 
 def load(name_or_path: str | os.PathLike, *, dtype: str = "fp32") -> Transformer:
@@ -51,7 +51,7 @@ def load(name_or_path: str | os.PathLike, *, dtype: str = "fp32") -> Transformer
 
     `dtype`: "fp32"; "bf16" holds the matrices in bf16 and multiplies in bf16, while the
     residual stream, norms, softmax and attention pattern stay float32; "auto" is bf16
-    where the CPU (AVX512-BF16 or AMX) or GPU computes bf16 natively, else fp32.
+    where this CPU computes bf16 natively (AVX512-BF16 or AMX), else fp32.
     """
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise GlassformerError(f"give a model name or path as text, not {type(name_or_path).__name__}; {NAMES_HELP}")
@@ -60,12 +60,9 @@ def load(name_or_path: str | os.PathLike, *, dtype: str = "fp32") -> Transformer
     return model.set_precision(precision) if precision != "fp32" else model
 
 
-def resolve_dtype(dtype: str, device: str = "cpu") -> str:
-    if dtype not in DTYPES:
-        raise GlassformerError(f"unknown dtype {dtype!r}; use {', '.join(DTYPES)}")
-    if dtype == "auto":
-        return "bf16" if bf16_native(device) else "fp32"
-    return dtype
+def resolve_dtype(dtype: str) -> str:
+    """The precision a model loaded here (on the CPU) is held in: see hardware.resolve_precision."""
+    return resolve_precision(dtype, "cpu", what="dtype")
 
 
 def _check_name(name: str) -> None:

@@ -11,8 +11,8 @@ import math
 from dataclasses import dataclass, field
 
 from ..config import PRESETS, GlassformerError, ModelConfig, preset
+from ..hardware import PRECISIONS
 
-PRECISIONS = ("auto", "fp32", "bf16")
 MAX_SEED = 2**63 - 1
 # the model-shape fields a run may set; a resume must not change them
 MODEL_FIELDS = (

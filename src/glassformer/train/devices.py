@@ -8,8 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import GlassformerError
-from ..hardware import bf16_native, resolve_device
+from ..hardware import resolve_device
 
 
 @dataclass
@@ -44,17 +43,6 @@ def pick_device(name: str, d: Dist) -> str:
             device = f"cuda:{d.local_rank}"
         torch.cuda.set_device(device)
     return device
-
-
-def resolve_precision(name: str, device: str) -> str:
-    """`auto` is whatever trains fastest here: bf16 autocast on CUDA GPUs that support it
-    and on CPUs with bf16 units (benchmarks/bench_train.py races both), else fp32."""
-    native = bf16_native(device)
-    if name == "auto":
-        return "bf16" if native else "fp32"
-    if name == "bf16" and device.startswith("cuda") and not native:
-        raise GlassformerError("this GPU has no bf16 support; use --precision fp32")
-    return name
 
 
 def autocast_for(precision: str, device: str):

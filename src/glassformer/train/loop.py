@@ -17,11 +17,12 @@ import torch
 import torch.nn.functional as F
 
 from ..config import GlassformerError, ModelConfig
+from ..hardware import resolve_precision
 from ..model import Transformer
 from ..params import available_memory, count_params
 from .config import MODEL_FIELDS, TrainConfig
 from .data import Batcher, Dataset, fixed_batches, prepare
-from .devices import autocast_for, pick_device, resolve_precision, setup_distributed
+from .devices import autocast_for, pick_device, setup_distributed
 from .state import RunDir, Saved, load_optimizer, optimizer_tensors
 
 log = logging.getLogger(__name__)
