@@ -10,10 +10,13 @@ import pytest
 
 import glassformer as gf
 from glassformer import lessons
+from glassformer.inputs import encode_batch
+from glassformer.inspect import heads
+from glassformer.server.app import create_app
 from glassformer.tokenizer import CharTokenizer
 from glassformer.viz.page import report_html
 
-from servers import running
+from servers import registry_of, running, serving
 
 pytestmark = pytest.mark.browser
 CHROMIUM = os.environ.get("GLASSFORMER_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -175,6 +178,28 @@ def test_picking_a_query_token_redraws_the_story_for_it(page, server):
     page.click('#grid .cell[data-q="2"][data-k="0"]')
     page.wait_for_selector('#story[data-query="2"]')
     assert [w for _, w, _, _ in story(page)["rows"]] == api["pattern"][2]
+
+
+def test_the_mlp_card_follows_the_query_when_a_late_showcase_moves_it(browser):
+    """The showcase head found after the first story (not warmed at start): the story moves
+    to that head and to the query /api/head suggests for it, and the MLP card must follow.
+    On the induction lesson layer 0 head 0 and the induction head suggest different queries."""
+    model = gf.load("lesson:induction")
+    text = gf.lessons.induction.EXAMPLE
+    app = create_app(registry_of({"lesson:induction": model}), warm=False)
+    s = heads.showcase_head(model, encode_batch(model, text))  # asked here: the server must find it late
+    with serving(app) as url:  # the page opens on the lesson's example
+        queries = [api_head(url, "lesson:induction", text, *lh)["query"] for lh in [(0, 0), (s.layer, s.head)]]
+        assert queries[0] != queries[1], "the showcase head does not move the query; the test cannot tell"
+        pg = open_page(browser)
+        pg.goto(url + "/")
+        pg.wait_for_selector(f'#story[data-layer="{s.layer}"][data-head="{s.head}"][data-query="{queries[1]}"]')
+        query = queries[1]
+        token = pg.eval_on_selector(f'#chips .chip[data-position="{query}"] .chip-text', "e => e.textContent")
+        pg.wait_for_function(
+            "([t]) => document.getElementById('mlp-title').textContent.includes(t)", arg=[f"“{token}”"]
+        )
+        pg.close()
 
 
 def test_switching_layer_and_head_draws_what_the_api_returns(page, server):

@@ -555,8 +555,10 @@
       const w = await asked;
       if (id !== state.seq.head) return; // a newer request is on its way
       state.walk = w;
-      if (state.autoQuery && Number.isInteger(w.query) && w.query < w.tokens.length) state.query = w.query;
+      const moved = state.autoQuery && Number.isInteger(w.query) && w.query < w.tokens.length && w.query !== state.query;
+      if (moved) state.query = w.query;
       drawHead();
+      if (moved) loadMLP(); // the MLP card follows the query too (a late showcase head can move it)
       if (state.showcase) showcaseNote(state.showcase);
     } catch (err) {
       if (id === state.seq.head) status(err.message, true);
