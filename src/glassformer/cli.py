@@ -28,6 +28,7 @@ import signal
 import sys
 import threading
 import typing
+import warnings
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
@@ -234,7 +235,7 @@ def train(args) -> int:
     from . import lessons
     from .train import TrainConfig, resume
     from .train import train as start
-    from .train.config import MODEL_FIELDS
+    from .train.loop import RESUME_MAY_CHANGE
 
     names = {f.name for f in dataclasses.fields(TrainConfig)} - {"data", "out"}
     given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
@@ -251,11 +252,14 @@ def train(args) -> int:
     if args.resume:
         if args.out and Path(args.out) != Path(args.resume):
             raise GlassformerError("--resume continues a run in its own directory; drop --out")
-        expect = {f: given[f] for f in (*MODEL_FIELDS, "preset") if f in given}
+        # any other setting given must be the run's own: refused, never silently ignored
+        expect = {f: v for f, v in given.items() if f not in RESUME_MAY_CHANGE}
         result = resume(
             args.resume,
             steps=given.get("steps"),
             stop_at=given.get("stop_at"),
+            device=given.get("device"),
+            compile=args.compile or None,
             expect=expect,
             data=args.data,
             progress=not args.quiet,
@@ -531,7 +535,7 @@ def serve(args) -> int:
 def build_parser() -> Parser:
     p = Parser(prog="glassformer", description="A transformer you can see through.")
     p.add_argument("--version", action="version", version=f"glassformer {version('glassformer')}")
-    p.add_argument("--verbose", "-v", action="store_true", help="log what happens")
+    p.add_argument("--verbose", "-v", action="store_true", help="log what happens, and show other libraries' warnings")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     for name, (help, arguments, run) in COMMANDS.items():
@@ -542,10 +546,23 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if sys.stdout is None:  # started with stdout closed (>&-): Python leaves sys.stdout None
+        return fail("standard output is closed; give the command somewhere to write, e.g. > FILE or > /dev/null")
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    with warnings.catch_warnings():
+        # other libraries' warnings (torch, tokenizers, ...) are for developers: shown with
+        # --verbose, through logging; otherwise each failure is our one line and nothing else
+        if args.verbose:
+            logging.captureWarnings(True)
+        else:
+            warnings.simplefilter("ignore")
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     except ValueError:  # not the main thread (main() called from a test's thread): leave it be
@@ -605,6 +622,8 @@ def _silence_broken_stdout() -> None:
 def fail(message: str) -> int:
     from .viz.text import visible  # the message may quote the user's text, escapes and all
 
+    if sys.stderr is None:  # started with stderr closed: the exit status is all we can say
+        return 2
     try:
         print(f"glassformer: error: {visible(message)}", file=sys.stderr)
     except OSError:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import GlassformerError, ModelConfig
-from ..hardware import resolve_precision
+from ..hardware import resolve_device, resolve_precision
 from ..model import Transformer
 from ..params import available_memory, count_params
 from .config import MODEL_FIELDS, TrainConfig
@@ -136,7 +136,9 @@ class Trainer:
             raise GlassformerError(f"the saved weights do not match this model (missing {sorted(missing)[0]})")
         self.model.load_state_dict(weights, strict=False)
         opt = {k.removeprefix("opt."): v for k, v in saved.tensors.items() if k.startswith("opt.")}
-        load_optimizer(self.opt, opt, saved.loop["optimizer"])
+        load_optimizer(
+            self.opt, opt, saved.loop["optimizer"], where=str(self.run_dir.path / "latest" / "train_state.safetensors")
+        )
         self.batcher.set_state(saved.tensors["rng.data"])
         torch.set_rng_state(saved.tensors["rng.torch"])
         if self.device.startswith("cuda") and "rng.cuda" in saved.tensors:
@@ -297,13 +299,17 @@ def resume(
     stop_at: int | None = None,
     expect: dict | None = None,
     data: str | None = None,
+    device: str | None = None,
+    compile: bool | None = None,
     progress: bool = True,
     on_eval=None,
 ) -> TrainResult:
     """Continue the run in `out` exactly where its last checkpoint left it.
 
-    The run keeps its own settings; `steps` may lengthen it. `expect` (model fields) and
-    `data`, when given, must match the run, so a resume never mixes two models.
+    The run keeps its own settings; `steps` may lengthen it, `stop_at` end this process
+    early, and `device` / `compile` say where and how it runs (not what it learns).
+    Everything in `expect` (any other TrainConfig field) and `data`, when given, must
+    match the run: a resume never silently mixes two set-ups.
     """
     run = RunDir(out)
     if main_process():
@@ -311,12 +317,7 @@ def resume(
     try:
         saved = run.read_latest()
         for name, asked in (expect or {}).items():
-            have = saved.settings.preset if name == "preset" else getattr(saved.config, name, None)
-            if name in MODEL_FIELDS + ("preset",) and asked is not None and asked != have:
-                raise GlassformerError(
-                    f"{out} holds a model with {name}={have}, not {asked}; "
-                    "resume with the same shape or start a new --out"
-                )
+            _check_same(out, saved, name, asked)
         if data is not None and data != saved.settings.data:
             raise GlassformerError(f"{out} was trained on {saved.settings.data}, not {data}; resume refused")
         done = saved.loop["step"]
@@ -326,7 +327,12 @@ def resume(
         if steps is None and done >= saved.settings.steps:
             raise GlassformerError(f"{out} finished at step {done}; give --steps N (above {done}) to train it longer")
         settings = dataclasses.replace(
-            saved.settings, out=str(out), stop_at=stop_at, steps=steps or saved.settings.steps
+            saved.settings,
+            out=str(out),
+            stop_at=stop_at,
+            steps=steps or saved.settings.steps,
+            device=saved.settings.device if device is None else device,
+            compile=saved.settings.compile if compile is None else compile,
         )
         trainer = Trainer(settings, run, saved=saved, progress=progress, on_eval=on_eval)
         run.trim_log(trainer.step)
@@ -334,6 +340,32 @@ def resume(
         run.release()
         raise
     return _run(trainer, new=False)
+
+
+RESUME_MAY_CHANGE = ("steps", "stop_at", "device", "compile")  # where and how long, not what is learned
+
+
+def _check_same(out: str | Path, saved: Saved, name: str, asked) -> None:
+    """Refuse a setting given with --resume that differs from the run's own."""
+    if asked is None:
+        return
+    if name in MODEL_FIELDS + ("preset",):
+        have = saved.settings.preset if name == "preset" else getattr(saved.config, name, None)
+        if asked != have:
+            raise GlassformerError(
+                f"{out} holds a model with {name}={have}, not {asked}; resume with the same shape or start a new --out"
+            )
+        return
+    have = getattr(saved.settings, name)
+    if name == "precision":  # the run recorded what "auto" became
+        asked = resolve_precision(asked, resolve_device(saved.settings.device))
+    if asked != have:
+        flag = "--" + name.replace("_", "-")
+        raise GlassformerError(
+            f"{flag} {asked} differs from this run's {have}: a resume continues the run as it was set up "
+            f"(only {', '.join('--' + n.replace('_', '-') for n in RESUME_MAY_CHANGE)} may change); "
+            "drop the flag, or start a new --out"
+        )
 
 
 def main_process() -> bool:
