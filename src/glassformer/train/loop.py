@@ -356,13 +356,14 @@ def _check_same(out: str | Path, saved: Saved, name: str, asked) -> None:
                 f"{out} holds a model with {name}={have}, not {asked}; resume with the same shape or start a new --out"
             )
         return
-    have = getattr(saved.settings, name)
+    have, shown = getattr(saved.settings, name), asked
     if name == "precision":  # the run recorded what "auto" became
         asked = resolve_precision(asked, resolve_device(saved.settings.device))
+        shown = f"{shown} ({asked} here)" if shown != asked else shown
     if asked != have:
         flag = "--" + name.replace("_", "-")
         raise GlassformerError(
-            f"{flag} {asked} differs from this run's {have}: a resume continues the run as it was set up "
+            f"{flag} {shown} differs from this run's {have}: a resume continues the run as it was set up "
             f"(only {', '.join('--' + n.replace('_', '-') for n in RESUME_MAY_CHANGE)} may change); "
             "drop the flag, or start a new --out"
         )
