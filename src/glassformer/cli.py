@@ -206,7 +206,12 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
     """Every TrainConfig field becomes a flag, typed and described by the field itself."""
     from .train import TrainConfig
 
-    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly where it stopped")
+    p.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the run in DIR exactly where it stopped, with its own settings "
+        "(--steps, --stop-at, --device and --compile may change; any other setting given must be the run's)",
+    )
     readers: dict[type, Callable[[str], object]] = {int: whole, float: finite, bool: yes_no, str: str}
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
