@@ -15,7 +15,7 @@ LAYERS = [
     {"hardware", "hooks", "linear"},
     {"attention"},
     {"model"},
-    {"params", "tokenizer", "sampling", "inputs", "decode"},
+    {"params", "tokenizer", "sampling", "inputs", "cpu_decoder"},
     {"checkpoint", "lessons"},
     {"pretrained", "generate", "sentences"},
     {"train"},
