@@ -527,6 +527,40 @@ def serve(args) -> int:
     return 0
 
 
+# --- cache ---------------------------------------------------------------------------------
+def cache_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--clear", action="store_true", help="remove the converted weights and detector scores")
+
+
+@command(cache_arguments, "where converted weights are kept, how big they are; --clear removes them")
+def cache(args) -> int:
+    """SmolLM2 and other GGUF models are dequantized once and kept as float32 safetensors
+    files, mapped on later loads; head-detector scores are kept beside them. The folder is
+    $GLASSFORMER_CACHE, else $XDG_CACHE_HOME/glassformer, else ~/.cache/glassformer
+    (GLASSFORMER_CACHE=off: no cache)."""
+    from .pretrained import weights_cache
+
+    def size(n_files: int, n_bytes: int) -> str:
+        return f"{n_files} file{'s' if n_files != 1 else ''}, {n_bytes / 1e6:.1f} MB"
+
+    if args.clear:
+        folder, n_files, n_bytes = weights_cache.clear()
+        print(
+            f"removed {size(n_files, n_bytes)} from {folder}" if folder else "the cache is off (GLASSFORMER_CACHE=off)"
+        )
+        return 0
+    folder, files, n_bytes = weights_cache.summary()
+    if folder is None:
+        print("the cache is off (GLASSFORMER_CACHE=off)")
+    elif not files:
+        print(f"cache directory: {folder} (empty)")
+    else:
+        print(f"cache directory: {folder}: {size(len(files), n_bytes)}")
+        for f in files:
+            print(f"  {f.relative_to(folder)}  {f.stat().st_size / 1e6:.1f} MB")
+    return 0
+
+
 # --- the parser and the one error boundary -----------------------------------------------------
 def build_parser() -> Parser:
     p = Parser(prog="glassformer", description="A transformer you can see through.")

@@ -168,7 +168,7 @@ def load_path(path: Path) -> Transformer:
         if path.suffix.lower() != ".gguf":
             raise GlassformerError(f"{path} is a file but not a .gguf model; give a model directory or a .gguf file")
         config, state, tokenizer = gguf_file.read(path)
-        model = checkpoint.build_with_weights(config, state)
+        model = checkpoint.build_with_weights(config, state, checked=True)  # as each tensor was decoded
         model.tokenizer = tokenizer
         return model
     if not path.is_dir():
