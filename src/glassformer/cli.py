@@ -326,12 +326,13 @@ def heads(args) -> int:
     """Run the head detectors and print a [layer, head] table for each, then the heads
     whose scores reach the threshold."""
     from .inputs import encode_batch
+    from .inspect import detector_cache
     from .inspect.heads import detect_all
     from .viz.text import render_detection
 
     model = load_model(args)
     given = args.text is not None  # "" is a text too: encode_batch refuses it in one line
-    found = detect_all(model, encode_batch(model, args.text) if given else None)
+    found = detect_all(model, encode_batch(model, args.text)) if given else detector_cache.detect_all(model)
     on = "this text" if given else "repeated random segments of 5, 9, 13 and 17 tokens"
     print(render_detection(found, args.model or DEFAULT_MODEL, model.config, on))
     return 0

@@ -172,6 +172,7 @@ class Transformer(nn.Module):
             self.hook_ln_final = HookPoint()  # [B, T, C]
             self.hook_logits = HookPoint()  # [B, T, V]
         self.tokenizer: Any = None  # attached by loaders; encode(text) -> ids, decode(ids) -> text
+        self.weights_key: str | None = None  # converted weights: the version of their source file
         self.hook_points: dict[str, HookPoint] = name_hook_points(self)
         if on_meta():  # built only to receive loaded weights: nothing to draw
             return

@@ -500,13 +500,13 @@ def tokenizer_of(reader, path: Path) -> HFTokenizer:
     return HFTokenizer(tok)
 
 
-def read(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], HFTokenizer]:
-    """(config, our state dict, tokenizer) of a GGUF file."""
+def read(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], HFTokenizer, str]:
+    """(config, our state dict, tokenizer, the weights' cache key) of a GGUF file."""
     reader = open_file(path)
     config = config_of(reader, path)
     check_fits(config)
     tokenizer = tokenizer_of(reader, path)  # before the tensors: a bad tokenizer fails fast
-    return config, state_of(reader, config), tokenizer
+    return config, state_of(reader, config), tokenizer, weights_cache.source_key(path, reader.header_digest)
 
 
 def read_config(path: Path) -> ModelConfig:

@@ -35,7 +35,7 @@ import torch
 from .. import lessons, sampling
 from ..config import GlassformerError
 from ..inputs import EXAMPLE, encode, encode_batch
-from ..inspect import heads
+from ..inspect import detector_cache, heads
 from ..inspect.explain import analyze, walk_head
 from . import answers
 from .guard import MAX_HEADER_BYTES, Guard, guarded_h11, hosts_allowed
@@ -486,7 +486,7 @@ def create_app(
 
         def detect() -> dict:
             if slot.detection is None:
-                found = answers.detection(heads.detect_all(slot.get_shadow(traffic)))
+                found = answers.detection(detector_cache.detect_all(slot.get_shadow(traffic)))
                 with slot.lock:
                     slot.detection = found
             return slot.detection
