@@ -113,6 +113,44 @@ def explorer(python: str, env: dict) -> dict[str, float]:
         server.wait()
 
 
+BREAKDOWN_CHILD = r"""
+import time
+t0 = time.perf_counter()
+import torch
+t1 = time.perf_counter()
+import glassformer
+from glassformer import checkpoint
+from glassformer.pretrained import builtin_path, gguf_file, weights_cache
+t2 = time.perf_counter()
+path = builtin_path("smollm2")
+steps = {"import torch": t1 - t0, "import glassformer": t2 - t1}
+for run in ("convert", "map"):
+    t = time.perf_counter(); reader = gguf_file.open_file(path); config = gguf_file.config_of(reader, path)
+    steps[f"{run}: GGUF header"] = time.perf_counter() - t
+    t = time.perf_counter(); tokenizer = gguf_file.tokenizer_of(reader, path)
+    steps[f"{run}: tokenizer"] = time.perf_counter() - t
+    t = time.perf_counter(); state = gguf_file.state_of(reader, config)
+    what = "dequantize, write the cache" if run == "convert" else "map, checksum"
+    steps[f"{run}: weights ({what})"] = time.perf_counter() - t
+    t = time.perf_counter(); model = checkpoint.build_with_weights(config, state, checked=True)
+    steps[f"{run}: build the model"] = time.perf_counter() - t
+    del model, state
+for k, v in steps.items():
+    print(f"  {k:<48} {v:6.2f} s")
+"""
+
+
+def load_breakdown(python: str, env: dict) -> None:
+    """Where the time of one load goes, in a fresh process: first with an empty cache
+    (dequantize and write it), then mapping what was written."""
+    with tempfile.TemporaryDirectory() as cache:
+        out = subprocess.run(
+            [python, "-c", BREAKDOWN_CHILD], env={**env, "GLASSFORMER_CACHE": cache}, capture_output=True, text=True
+        )
+    print("where a load of smollm2 goes (one process, an empty cache first):")
+    print(out.stdout.rstrip() if out.returncode == 0 else f"  (not measured: {out.stderr.strip()[-200:]})")
+
+
 def one_round(python: str, env: dict) -> dict[str, float]:
     g = glassformer(python)
     out = {}
@@ -144,6 +182,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--python", default=sys.executable, help="the interpreter that runs glassformer")
+    p.add_argument("--breakdown", action="store_true", help="also time the steps of one load (this checkout only)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "GLASSFORMER_CACHE": cache, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -173,6 +212,8 @@ def main() -> None:
     print(f"score every head, smollm2, first:    {show('detectors_first')}")
     print(f"score every head, smollm2, again:    {show('detectors_again')}")
     print(f"serve, peak after scoring:           {show('serve_rss_after_detectors_mb', 'MB')}")
+    if args.breakdown:
+        load_breakdown(args.python, {**os.environ, "TOKENIZERS_PARALLELISM": "false"})
 
 
 if __name__ == "__main__":
