@@ -519,8 +519,18 @@ def serve(args) -> int:
     for name in list(registry.slots)[1:]:  # the others load on first use; their files must be there now
         config_of(name)
 
+    def load_the_others() -> None:
+        # in the background, so that switching model does not wait for a load; a model that
+        # fails here fails again, in one line, when a request asks for it
+        for name in list(registry.slots)[1:]:
+            try:
+                registry[name].get()
+            except Exception as err:
+                logging.getLogger(__name__).info("%s not loaded ahead: %s", name, err)
+
     def ready(url: str) -> None:  # called only once the port is ours
         print(f"glassformer explorer on {url}  (models: {', '.join(registry.slots)}; Ctrl-C stops)", flush=True)
+        threading.Thread(target=load_the_others, name="load-ahead", daemon=True).start()
         if args.open or (args.open is None and os.environ.get("DISPLAY")):
             threading.Timer(1.0, lambda: webbrowser.open(url)).start()
 

@@ -151,7 +151,10 @@ def _write(file: Path, key: str, shapes: Shapes, fill: Fill) -> None:
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     try:
         # blocks reserved first: a full disk is an OSError here, not a crash (SIGBUS) mid-write
-        os.posix_fallocate(fd, 0, start + n_data)
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(fd, 0, start + n_data)
+        else:  # macOS: no reservation; a full disk may then stop the process mid-write
+            os.ftruncate(fd, start + n_data)
         with mmap.mmap(fd, start + n_data, access=mmap.ACCESS_WRITE) as mm:
             fill(_views(mm, start, shapes))
             final = _header(key, shapes, _checksum(mm, start, n_data))
