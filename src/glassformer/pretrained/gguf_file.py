@@ -310,7 +310,7 @@ def unpermute(W_OC: np.ndarray, heads: int) -> np.ndarray:
 
 # What a Llama's weights are stored as, in the cache and in memory: our tensors, except
 # that each layer's W_Q|W_K|W_V and W_gate|W_up sit side by side in one [in, Σ out] matrix
-# (decode.side_by_side's layout), so the model's matrices are column blocks of them and the
+# (cpu_decoder.side_by_side's layout), so the model's matrices are column blocks of them and the
 # fast decoder multiplies by them without making a joined copy.
 JOINED = {"attn.qkv": ("query", "key", "value"), "mlp.gate_up": ("gate", "up")}
 
