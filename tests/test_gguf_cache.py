@@ -345,3 +345,23 @@ def test_no_cache_when_it_is_off(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("GLASSFORMER_CACHE", "off")
     code, out, _ = run_cli(capsys, "cache")
     assert code == 0 and "off" in out
+
+
+@pytest.mark.parametrize("kind", ["F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q4_K"])
+def test_chunked_decoding_is_the_reference_decoders_bit_for_bit(kind, monkeypatch):
+    """Our numpy decoders (and chunking, made small here so that a tensor spans several
+    chunks) against the gguf package's own, on random blocks: the same float32 bits."""
+    quants = pytest.importorskip("gguf.quants", reason="the reference decoder is the gguf package's")
+    from gguf.constants import GGMLQuantizationType
+
+    type_id = next(i for i, (name, _, _) in dequant.TYPES.items() if name == kind)
+    _, block, size = dequant.TYPES[type_id]
+    raw = np.random.default_rng(0).integers(0, 256, (40, size), dtype=np.uint8)
+    halves = raw.view(np.uint16) if size % 2 == 0 else None
+    if halves is not None:  # keep fp16 scales and values finite: random bits make infinities
+        halves[(halves & 0x7C00) == 0x7C00] &= 0x3FFF
+    monkeypatch.setattr(dequant, "CHUNK", 3 * block)
+    ours = np.empty(40 * block, dtype=np.float32)
+    dequant.dequantize_into(raw.reshape(-1), type_id, ours)
+    reference = quants.dequantize(raw.reshape(-1), GGMLQuantizationType[kind]).reshape(-1)
+    np.testing.assert_array_equal(ours.view(np.uint32), np.asarray(reference, dtype=np.float32).view(np.uint32))
