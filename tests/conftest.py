@@ -4,6 +4,8 @@ inputs uses (one line, exit 2, nothing on disk changed)."""
 import hashlib
 import importlib.util
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,15 @@ from glassformer.cli import main
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never need the network
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# converted weights go to a cache of this test session's own, never the user's (child
+# processes inherit it); removed when the session ends
+TEST_CACHE = tempfile.mkdtemp(prefix="glassformer-test-cache-")
+os.environ["GLASSFORMER_CACHE"] = TEST_CACHE
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(TEST_CACHE, ignore_errors=True)
+
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -335,12 +335,13 @@ def heads(args) -> int:
     """Run the head detectors and print a [layer, head] table for each, then the heads
     whose scores reach the threshold."""
     from .inputs import encode_batch
+    from .inspect import detector_cache
     from .inspect.heads import detect_all
     from .viz.text import render_detection
 
     model = load_model(args)
     given = args.text is not None  # "" is a text too: encode_batch refuses it in one line
-    found = detect_all(model, encode_batch(model, args.text) if given else None)
+    found = detect_all(model, encode_batch(model, args.text)) if given else detector_cache.detect_all(model)
     on = "this text" if given else "repeated random segments of 5, 9, 13 and 17 tokens"
     print(render_detection(found, args.model or DEFAULT_MODEL, model.config, on))
     return 0
@@ -527,12 +528,56 @@ def serve(args) -> int:
     for name in list(registry.slots)[1:]:  # the others load on first use; their files must be there now
         config_of(name)
 
+    def load_the_others() -> None:
+        # in the background, so that switching model does not wait for a load; a model that
+        # fails here fails again, in one line, when a request asks for it
+        for name in list(registry.slots)[1:]:
+            try:
+                registry[name].get()
+            except Exception as err:
+                logging.getLogger(__name__).info("%s not loaded ahead: %s", name, err)
+
     def ready(url: str) -> None:  # called only once the port is ours
         print(f"glassformer explorer on {url}  (models: {', '.join(registry.slots)}; Ctrl-C stops)", flush=True)
+        threading.Thread(target=load_the_others, name="load-ahead", daemon=True).start()
         if args.open or (args.open is None and os.environ.get("DISPLAY")):
             threading.Timer(1.0, lambda: webbrowser.open(url)).start()
 
     run(create_app(registry, allowed_hosts=[args.host]), args.host, args.port, ready=ready)
+    return 0
+
+
+# --- cache ---------------------------------------------------------------------------------
+def cache_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--clear", action="store_true", help="remove the converted weights and detector scores")
+
+
+@command(cache_arguments, "where converted weights are kept, how big they are; --clear removes them")
+def cache(args) -> int:
+    """SmolLM2 and other GGUF models are dequantized once and kept as float32 safetensors
+    files, mapped on later loads; head-detector scores are kept beside them. The folder is
+    $GLASSFORMER_CACHE, else $XDG_CACHE_HOME/glassformer, else ~/.cache/glassformer
+    (GLASSFORMER_CACHE=off: no cache)."""
+    from .pretrained import weights_cache
+
+    def size(n_files: int, n_bytes: int) -> str:
+        return f"{n_files} file{'s' if n_files != 1 else ''}, {n_bytes / 1e6:.1f} MB"
+
+    if args.clear:
+        folder, n_files, n_bytes = weights_cache.clear()
+        print(
+            f"removed {size(n_files, n_bytes)} from {folder}" if folder else "the cache is off (GLASSFORMER_CACHE=off)"
+        )
+        return 0
+    folder, files, n_bytes = weights_cache.summary()
+    if folder is None:
+        print("the cache is off (GLASSFORMER_CACHE=off)")
+    elif not files:
+        print(f"cache directory: {folder} (empty)")
+    else:
+        print(f"cache directory: {folder}: {size(len(files), n_bytes)}")
+        for f in files:
+            print(f"  {f.relative_to(folder)}  {f.stat().st_size / 1e6:.1f} MB")
     return 0
 
 

@@ -8,6 +8,7 @@ head, and the summary says that none qualifies.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -29,9 +30,9 @@ DETECTORS = {
 }
 
 
-def _patterns(model: Transformer, ids: torch.Tensor) -> torch.Tensor:
+def _patterns(model: Transformer, ids: torch.Tensor, last_only: bool = False) -> torch.Tensor:
     """[L, B, H, T, S] attention patterns for a batch of token ids."""
-    _, cache = model.run_with_cache(ids, names="blocks.*.attn.pattern", device="cpu")
+    _, cache = model.run_with_cache(ids, names="blocks.*.attn.pattern", device="cpu", last_only=last_only)
     return torch.stack([cache[f"blocks.{i}.attn.pattern"] for i in range(model.config.n_layers)]).float()
 
 
@@ -210,16 +211,35 @@ class Detection:
         return lines
 
 
+def one_pass(model: Transformer, ids: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
+    """The four text detectors on `ids` from one forward pass: every pattern is captured
+    once (unembedding only the last position, which no detector reads) and each detector
+    reads the same patterns, where calling them one by one ran the model four times."""
+    P = _patterns(model, ids, last_only=True)
+    share = _target_share
+
+    def previous() -> torch.Tensor:
+        if ids.shape[1] < 2:
+            raise GlassformerError("one token has no previous token to attend to")
+        return P.diagonal(offset=-1, dim1=-2, dim2=-1).mean(dim=(1, 3))
+
+    earlier = torch.ones(ids.shape[1], ids.shape[1], dtype=torch.bool).tril(-1)
+    same = (ids[:, :, None] == ids[:, None, :]) & earlier
+    no_repeat = "no token repeats in this text"
+    no_distant = "no token repeats at a distance in this text, so induction heads cannot be scored"
+    return {
+        "previous-token": previous,
+        "duplicate-token": lambda: share(P, same, no_repeat),
+        "induction": lambda: share(P, induction_targets(ids), no_distant),
+        "first-token": lambda: P[..., 0].mean(dim=(1, 3)),
+    }
+
+
 def detect_all(model: Transformer, ids: torch.Tensor | None = None) -> Detection:
     """Every detector that applies to this model, on `ids` (else on repeated random
     segments); one that cannot be scored on this text is skipped with the reason."""
     probe = random_repeats(model) if ids is None else ids
-    detectors = {
-        "previous-token": lambda: previous_token(model, probe),
-        "duplicate-token": lambda: duplicate_token(model, probe),
-        "induction": lambda: induction(model, probe),
-        "first-token": lambda: first_token(model, probe),
-    }
+    detectors = one_pass(model, probe)
     if speaks_adjectives(model):
         detectors["adjective-noun"] = lambda: adjective_noun(model)
     found = Detection({})

@@ -178,9 +178,10 @@ def load_path(path: Path) -> Transformer:
     if path.is_file():
         if path.suffix.lower() != ".gguf":
             raise GlassformerError(f"{path} is a file but not a .gguf model; give a model directory or a .gguf file")
-        config, state, tokenizer = gguf_file.read(path)
-        model = checkpoint.build_with_weights(config, state)
+        config, state, tokenizer, key = gguf_file.read(path)
+        model = checkpoint.build_with_weights(config, state, checked=True)  # as each tensor was decoded
         model.tokenizer = tokenizer
+        model.weights_key = key  # detector scores are kept by it
         return model
     if not path.is_dir():
         raise GlassformerError(f"{path} is neither a file nor a directory")
