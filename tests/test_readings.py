@@ -37,3 +37,149 @@ def test_the_train_command_prints_the_estimate(tmp_path, capsys):
     code, out, err = run_cli(capsys, *argv)
     assert code == 0, err
     assert "estimated time left:" in out + err and "for 4 more steps" in out + err
+
+
+# --- one E, ΔE as a direction --------------------------------------------------------------------
+def test_explain_names_the_stream_and_the_normed_copy_and_compares_delta_e_with_the_stream(capsys):
+    import torch
+
+    import glassformer as gf
+    from glassformer.inspect.explain import walk_head
+
+    text = gf.lessons.adjectives.EXAMPLE
+    code, out, _ = run_cli(capsys, "explain", text, "--model", "random:lesson-tiny", "--layer", "1", "--head", "0")
+    assert code == 0
+    flat = " ".join(out.split())
+    model = gf.load("random:lesson-tiny")
+    walk = walk_head(model, text, 1, 0)
+    q = int(out.split("(position ")[1].split(")")[0])
+    stream, normed, delta = (float(t[q].norm()) for t in (walk.stream, walk.normed.tensor, walk.dE.tensor))
+    # the E rows are the stream ΔE is added to, and norm(E) rows are what the head reads
+    torch.testing.assert_close(walk.E.tensor, walk.stream)
+    assert "E the residual stream entering block 1" in flat and "norm(E) E through this block's norm" in flat
+    assert f"|ΔE| = {delta:.2f} is added to the residual stream E of" in flat
+    assert f"|E| = {stream:.2f}: {delta / stream:.2f} of its length" in flat
+    assert f"|norm(E)| = {normed:.2f}" in flat
+
+
+def test_delta_e_read_through_w_u_is_its_share_of_the_logits():
+    """The direct effect adds up: every head's ΔE, the MLPs and the embeddings, read the
+    same way, sum to the logits (an RMSNorm model has no bias to leave out)."""
+    import torch
+
+    from glassformer.inspect.readings import direct_logit_effect
+
+    from conftest import build, tiny_llama
+
+    model = build(tiny_llama())
+    ids = torch.randint(0, 97, (1, 9))
+    L = model.config.n_layers
+    names = ["blocks.0.resid_pre", *(f"blocks.{i}.{n}" for i in range(L) for n in ("attn.z", "mlp.out"))]
+    logits, cache = model.run_with_cache(ids, names=names + [f"blocks.{L - 1}.resid_post"])
+    final = cache[f"blocks.{L - 1}.resid_post"][0, -1]
+    parts = [cache["blocks.0.resid_pre"][0, -1]] + [cache[f"blocks.{i}.mlp.out"][0, -1] for i in range(L)]
+    with torch.no_grad():
+        for i in range(L):
+            z = cache[f"blocks.{i}.attn.z"][0, :, -1]  # [H, D]
+            parts += [z[h] @ model.block(i).attn.W_O[h] for h in range(model.config.n_heads)]
+        total = sum(direct_logit_effect(model, p, final) for p in parts)
+    # each part is at most a few units; the sum is exact up to float32 rounding of 20 terms
+    torch.testing.assert_close(total, logits[0, -1], rtol=1e-4, atol=1e-4)
+
+
+def test_the_adjective_heads_delta_e_points_along_its_adjectives_value(capsys):
+    """'What did fluffy add to creature?': ΔE is the weighted sum of the values, so its
+    cosine with the value of the adjective that takes most of the weight is high, whatever
+    head the retrained lesson model grows."""
+    import glassformer as gf
+    from glassformer.inputs import encode_batch
+    from glassformer.inspect.explain import walk_head
+    from glassformer.inspect.heads import choose_head, query_to_follow
+    from glassformer.inspect.readings import read_delta
+
+    model = gf.load("lesson:adjectives")
+    text = gf.lessons.adjectives.EXAMPLE
+    chosen = choose_head(model, encode_batch(model, text))
+    walk = walk_head(model, text, chosen.layer, chosen.head)
+    q = query_to_follow(model, walk)
+    reading = read_delta(model, walk, q)
+    cos = {word: c for _, word, c in reading.cosines}
+    assert set(cos) == {"fluffy", "blue"}  # the adjectives up to "creature"; "verdant" comes later
+    top = max(cos, key=lambda w: float(walk.pattern.tensor[q, walk.tokens.index(w)]))
+    # a noun puts most of its weight on its adjectives, so ΔE leans toward the favourite's value
+    assert cos[top] > 0.5, reading.cosines
+    assert len(reading.up) == len(reading.down) == 5 and reading.up[0][1] > 0 > reading.down[0][1]
+    code, out, _ = run_cli(capsys, "explain", text)
+    flat = " ".join(out.split())
+    assert code == 0 and "this ΔE pushes up" in flat and "and down" in flat
+    assert f"“{top}” (position {walk.tokens.index(top)}) {cos[top]:+.2f}" in flat
+
+
+# --- sinks, negative scores, detectors ---------------------------------------------------------------
+def planted_walk(pattern, dots, tokens):
+    """A HeadWalk whose pattern and grid are given (the notes read only those)."""
+    import torch
+
+    from glassformer.inspect.explain import HeadWalk, Step
+
+    T = len(tokens)
+    mask = torch.zeros(T, T).masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+    s = Step("", "", torch.zeros(T, 4), "")
+    grid = lambda t: Step("", "", t, "")  # noqa: E731
+    return HeadWalk(tokens, 0, 0, 0, True, s, s, s, s, s, grid(dots), grid(mask), grid(pattern), s, s,
+                    torch.ones(T, 4), torch.zeros(T, 4), None)  # fmt: skip
+
+
+def test_a_query_parked_on_the_first_token_is_called_a_sink_and_negative_scores_are_explained():
+    import torch
+
+    from glassformer.inspect.readings import detector_note, scores_note, sink_note
+
+    tokens = ["The", " capital", " of", " France", " is"]
+    pattern = torch.eye(5)
+    pattern[1:] = 0
+    pattern[1:, 0] = 0.9
+    pattern[1:, 1] += 0.1
+    dots = torch.full((5, 5), -10.0)
+    walk = planted_walk(pattern, dots, tokens)
+    assert "a first-token head (0.90" in detector_note(walk)
+    note = sink_note(walk, 4)
+    assert note and note.startswith("attention sink: 0.90 of this query's weight goes to “The”")
+    assert sink_note(walk, 0) is None  # the first query has nowhere else to look: that is the mask
+    walk.pattern.tensor[4] = torch.tensor([0.1, 0.1, 0.1, 0.6, 0.1])
+    assert sink_note(walk, 4) is None
+    assert "every one of this query's 5 dot products is negative" in scores_note(walk, 4)
+    assert "softmax cares only about their differences" in scores_note(walk, 4)
+    walk.dots.tensor[4, 3] = 2.0
+    assert scores_note(walk, 4).startswith("4 of this query's 5")
+    walk.dots.tensor[4] = 1.0
+    assert scores_note(walk, 4) is None
+
+
+def test_a_special_token_sink_in_an_encoder():
+    import torch
+
+    from glassformer.inspect.readings import sink_note
+
+    tokens = ["[CLS]", "a", "cat", "[SEP]"]
+    pattern = torch.zeros(4, 4)
+    pattern[:, 3] = 0.85
+    pattern[:, 2] = 0.15
+    walk = planted_walk(pattern, torch.zeros(4, 4), tokens)
+    walk.causal = False
+    walk.mask.tensor.zero_()
+    assert "goes to “[SEP]”, the first or a special token" in sink_note(walk, 1)
+
+
+def test_a_previous_token_head_is_named_by_the_detectors():
+    import torch
+
+    from glassformer.inspect.readings import detector_note
+
+    T = 6
+    pattern = torch.zeros(T, T)
+    pattern[0, 0] = 1
+    for q in range(1, T):
+        pattern[q, q - 1] = 1
+    note = detector_note(planted_walk(pattern, torch.zeros(T, T), list("abcdef")))
+    assert "a previous-token head (1.00" in note and "first-token" not in note.split(";")[0][-30:]
