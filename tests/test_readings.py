@@ -1,6 +1,8 @@
 """Readings a learner can trust (issue 24): one vocabulary for E, ΔE read as a direction,
 signed neurons, sinks and negative scores said out loud, a training time said up front."""
 
+import re
+
 from conftest import run_cli
 
 SMALL = dict(preset="lesson-tiny", d_model=32, n_layers=1, batch_size=8, lr=3e-3, warmup=2, eval_batches=2)
@@ -183,3 +185,34 @@ def test_a_previous_token_head_is_named_by_the_detectors():
         pattern[q, q - 1] = 1
     note = detector_note(planted_walk(pattern, torch.zeros(T, T), list("abcdef")))
     assert "a previous-token head (1.00" in note and "first-token" not in note.split(";")[0][-30:]
+
+
+# --- neurons ----------------------------------------------------------------------------------------
+def test_a_negative_neuron_pushes_what_its_row_would_push_down():
+    import torch
+
+    from glassformer.inspect.lens import neuron_tokens
+
+    from conftest import build, tiny_llama
+
+    model = build(tiny_llama())
+    model.tokenizer = None
+    row = model.block(1).mlp.down.weight[7].float() * model.ln_final.weight.float() @ model.W_U.float()  # [V]
+    up = neuron_tokens(model, 1, 7, k=3, sign=+1.0)
+    flipped = neuron_tokens(model, 1, 7, k=3, sign=-1.0)
+    assert [int(t) for t, _ in up] == row.topk(3).indices.tolist()
+    assert [int(t) for t, _ in flipped] == (-row).topk(3).indices.tolist()  # written negated: the bottom rises
+    torch.testing.assert_close(torch.tensor([v for _, v in flipped]), (-row).topk(3).values)
+
+
+def test_neurons_prints_signed_activations_and_each_ones_share_of_the_guess(capsys):
+    code, out, err = run_cli(capsys, "neurons", "a fluffy blue creature", "--model", "random:lesson-tiny", "-k", "4")
+    assert code == 0, err
+    lines = out.splitlines()
+    fired = [line for line in lines if line.startswith("  layer") and " adds " not in line]
+    toward = [line for line in lines if line.startswith("  layer") and " adds " in line]
+    assert len(fired) == len(toward) == 4
+    assert all(re.search(r"activation +[+-]\d", line) for line in fired + toward)  # signed
+    guess = out.split("the model's own next-token guess here: [")[1].split("]")[0]
+    assert all(f"to [{guess}]" in line for line in toward)  # each one's share of the guess, named
+    assert "tokens are word pieces" in out and "given its sign" in out

@@ -458,7 +458,8 @@ def neurons(args) -> int:
             f"the neurons that push hardest toward [{label(names[0], 16)}]: how much each adds to its logit "
             "(activation × its row of W_out, read through the final norm and W_U; the direct path only)"
         )
-        print(render_neurons([(L, i, a, None) for L, i, _, a in toward], shares=[v for _, _, v, _ in toward]))
+        along = [(L, i, a, [t for t, _ in neuron_tokens(model, L, i, k=6, sign=a)]) for L, i, _, a in toward]
+        print(render_neurons(along, shares=[v for _, _, v, _ in toward], target=names[0]))
     return 0
 
 

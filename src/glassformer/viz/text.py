@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import textwrap
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -333,15 +334,17 @@ def render_lens(rows: list[LensRow], tokens: list[str], k: int, positions: list[
 
 
 def render_neurons(
-    found: list[tuple[int, int, float | None, list[str] | None]], shares: list[float] | None = None
+    found: Sequence[tuple[int, int, float | None, list[str] | None]],
+    shares: list[float] | None = None,
+    target: str = "",
 ) -> str:
     """(layer, index, signed activation or None, tokens it pushes up given that sign, or
-    None) per neuron; `shares`: what each adds to one token's logit, shown instead."""
+    None) per neuron; `shares`: what each adds to `target`'s logit."""
     lines = []
     for n, (layer, index, act, pushes) in enumerate(found):
         line = f"  layer {layer:>2}, neuron {index:<5}" + (f"  activation {act:+7.2f}" if act is not None else "")
         if shares is not None:
-            line += f"  adds {shares[n]:+.2f} to the logit"
+            line += f"  adds {shares[n]:+.2f} to [{bracketed(target, 12)}]"
         if pushes is not None:
             line += "  pushes up: " + " ".join(f"[{bracketed(t, 12)}]" for t in pushes)
         lines.append(line)
