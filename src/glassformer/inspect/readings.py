@@ -68,38 +68,53 @@ def _quoted(token: str) -> str:
 def read_delta(model: Transformer, walk: HeadWalk, query: int, k: int = 5) -> DeltaReading:
     """The head's ΔE at `query`: against E, through W_U (decoders), and, on the adjectives
     lesson, against the value direction of every adjective up to the query."""
-    dE = walk.dE.tensor[query]
-    reading = DeltaReading(
-        query,
-        float(walk.stream[query].norm()),
-        float(walk.normed.tensor[query].norm()) if walk.normed is not None else None,
-        float(dE.norm()),
-    )
+    return read_deltas(model, walk, [query], k)[0]
+
+
+@torch.inference_mode()
+def read_deltas(model: Transformer, walk: HeadWalk, queries: list[int] | None = None, k: int = 5) -> list[DeltaReading]:
+    """read_delta for each of `queries` (default: every position), W_U read once for all."""
+    queries = list(range(len(walk.tokens))) if queries is None else queries
+    dE = walk.dE.tensor[queries]  # [Q, C]
+    readings = [
+        DeltaReading(
+            q,
+            float(walk.stream[q].norm()),
+            float(walk.normed.tensor[q].norm()) if walk.normed is not None else None,
+            float(dE[n].norm()),
+        )
+        for n, q in enumerate(queries)
+    ]
     if walk.final is not None and model.tokenizer is not None:
-        effect = direct_logit_effect(model, dE, walk.final[query])
-        top, bottom = effect.topk(k), (-effect).topk(k)
-        reading.up = list(zip(model.tokenizer.token_texts(top.indices.tolist()), top.values.tolist()))
-        reading.down = list(zip(model.tokenizer.token_texts(bottom.indices.tolist()), (-bottom.values).tolist()))
-    words = set(lessons.adjectives.ADJECTIVES) if speaks_adjectives(model) else set()
-    for p, token in enumerate(walk.tokens[: query + 1] if walk.causal else walk.tokens):
-        if token in words:
-            direction = walk.value_out[p]
-            cos = float(dE @ direction / (dE.norm() * direction.norm()).clamp(min=1e-12))
-            reading.cosines.append((p, token, cos))
-    return reading
+        effect = direct_logit_effect(model, dE, walk.final[queries])  # [Q, V]
+        top, bottom = effect.topk(k, dim=-1), (-effect).topk(k, dim=-1)
+        for n, r in enumerate(readings):
+            r.up = list(zip(model.tokenizer.token_texts(top.indices[n].tolist()), top.values[n].tolist()))
+            r.down = list(zip(model.tokenizer.token_texts(bottom.indices[n].tolist()), (-bottom.values[n]).tolist()))
+    if speaks_adjectives(model):
+        words = set(lessons.adjectives.ADJECTIVES)
+        for n, r in enumerate(readings):
+            seen = walk.tokens[: r.query + 1] if walk.causal else walk.tokens
+            for p, token in enumerate(seen):
+                if token in words:
+                    direction = walk.value_out[p]
+                    cos = float(dE[n] @ direction / (dE[n].norm() * direction.norm()).clamp(min=1e-12))
+                    r.cosines.append((p, token, cos))
+    return readings
 
 
 def direct_logit_effect(model: Transformer, delta_C: torch.Tensor, final_C: torch.Tensor) -> torch.Tensor:
-    """[V]: what `delta_C` adds to every logit through the final norm (its scale frozen at
-    its value for the final stream `final_C`, the usual linearisation) and W_U."""
+    """[..., V]: what `delta_C` [..., C] adds to every logit through the final norm (its
+    scale frozen at its value for the final stream `final_C` [..., C], the usual
+    linearisation) and W_U."""
     norm = model.ln_final
-    x = delta_C.float()
+    x, final = delta_C.float(), final_C.float()
     if model.config.normalization == "rmsnorm":
-        scale = (final_C.pow(2).mean() + norm.eps).sqrt()
+        scale = (final.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt()
     else:  # a LayerNorm centres first; its bias does not depend on ΔE
-        scale = (final_C.var(unbiased=False) + norm.eps).sqrt()
-        x = x - x.mean()
-    return (x * norm.weight.float() / scale.float()) @ model.W_U.float()
+        scale = (final.var(-1, unbiased=False, keepdim=True) + norm.eps).sqrt()
+        x = x - x.mean(-1, keepdim=True)
+    return (x * norm.weight.float() / scale) @ model.W_U.float()
 
 
 def is_special(token: str) -> bool:
