@@ -3,6 +3,9 @@ signed neurons, sinks and negative scores said out loud, a training time said up
 
 import re
 
+import pytest
+import torch
+
 from conftest import run_cli
 
 SMALL = dict(preset="lesson-tiny", d_model=32, n_layers=1, batch_size=8, lr=3e-3, warmup=2, eval_batches=2)
@@ -216,3 +219,34 @@ def test_neurons_prints_signed_activations_and_each_ones_share_of_the_guess(caps
     guess = out.split("the model's own next-token guess here: [")[1].split("]")[0]
     assert all(f"to [{guess}]" in line for line in toward)  # each one's share of the guess, named
     assert "tokens are word pieces" in out and "given its sign" in out
+
+
+# --- what the README says about SmolLM2 --------------------------------------------------------------
+@pytest.mark.slow
+def test_the_readmes_smollm2_readings_hold(capsys):
+    """The README quotes these numbers; they are held to the output (SmolLM2's weights are fixed)."""
+    import glassformer as gf
+    from glassformer.inspect.edit import neurons_toward_guess
+    from glassformer.inspect.explain import walk_head
+    from glassformer.inspect.lens import neuron_tokens
+    from glassformer.inspect.readings import read_delta
+
+    from conftest import ROOT
+
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    model = gf.load("smollm2")
+    walk = walk_head(model, "The capital of France is", 23, 4)
+    r = read_delta(model, walk, 4)
+    said = f'|ΔE| = {r.delta:.2f} added to " is"\'s |E| = {r.stream:.2f} ({r.delta / r.stream:.2f} of its length)'
+    assert said in readme and f"|norm(E)| = {r.normed:.2f}" in readme
+    assert r.up[0][0] == " France" and f"[ France] {r.up[0][1]:+.2f}" in readme
+    ids = torch.tensor([model.tokenizer.encode("The largest planet in our solar system is")])
+    best, toward = neurons_toward_guess(model, ids, k=5)
+    assert model.tokenizer.token_texts([best[0][0]]) == [" Jupiter"] and f"(0.{round(best[0][1] * 100):02d})" in readme
+    layer, neuron, share, act = toward[0]
+    pushes = [t for t, _ in neuron_tokens(model, layer, neuron, 6, sign=act)]
+    assert " Jupiter" in pushes and act < 0  # read with its sign, the neuron's story is astronomy
+    assert f"layer {layer} neuron {neuron} at {act:.2f} ({share:+.2f} to the logit)".replace("-", "−") in readme
+    ids = model.tokenizer.encode("Michael Jordan plays the sport of")
+    out = model.tokenizer.decode(gf.generate(model, ids, max_new_tokens=6, temperature=0)[len(ids) :])
+    assert f'continues "{out.strip()}"' in readme

@@ -159,16 +159,20 @@ def scores_note(walk: HeadWalk, query: int) -> str | None:
     )
 
 
-def detector_note(walk: HeadWalk, ids: list[int] | None = None) -> str:
+def detector_note(walk: HeadWalk) -> str:
     """What the head detectors, scored on this text's pattern, say this head does (a
     pattern, not yet a cause: switching the head off is what tests a cause)."""
-    P = walk.pattern.tensor
+    return pattern_note(walk.pattern.tensor, walk.tokens)
+
+
+def pattern_note(P: torch.Tensor, tokens: list, ids: list[int] | None = None) -> str:
+    """detector_note for a pattern [query, key] over `tokens` (or their `ids`)."""
     T = P.shape[0]
     scores: dict[str, float] = {}
     if T >= 2:
         scores["previous-token"] = float(P.diagonal(offset=-1).mean())
     scores["first-token"] = float(P[1:, 0].mean()) if T >= 2 else float(P[:, 0].mean())
-    keys = ids if ids is not None else walk.tokens
+    keys = ids if ids is not None else tokens
     earlier = [(q, [s for s in range(q) if keys[s] == keys[q]]) for q in range(T)]
     copies = [(q, s) for q, s in earlier if s]
     if copies:

@@ -314,8 +314,9 @@ def render_lens(rows: list[LensRow], tokens: list[str], k: int, positions: list[
     )
     out += wrap(
         "the embed row reads the token's own embedding before any layer has run: it is no prediction, only "
-        "the tokens whose W_U columns lie closest to that vector, so odd or rare tokens can top it; the "
-        "middle rows are the model's work in progress, and only the last row is its real guess",
+        "the tokens whose W_U columns best match that vector once the final norm has weighted it (often the "
+        "token itself where W_U is tied to W_E, sometimes an odd one such as [<filename>] or [ strugg]); "
+        "the middle rows are the model's work in progress, and only the last row is its real guess",
         80,
     )
     for pos, tok in enumerate(tokens):
