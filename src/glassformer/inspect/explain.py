@@ -101,24 +101,12 @@ def walk_head(model: Transformer, text: str, layer: int, head: int) -> HeadWalk:
     _, cache = model.run_with_cache(ids, names=names, device="cpu")
     attn = model.block(layer).attn
     h, g = head, attn.kv_head(head)
-    D, C = c.d_head, c.d_model
+    D = c.d_head
     rotated = c.positions == "rotary"
     scores = cache[b + "attn.scores"][0, h].float()
     mask = torch.where(torch.isinf(scores), float("-inf"), 0.0)
     read = "norm(E)" if pre else "E"
-    position = "position included" if c.positions == "learned" else "position enters below, by rotation"
-    if pre:
-        stream_meaning = (
-            f"one {C}-number vector per token: the meaning so far, {position}; each head's ΔE is added to it"
-        )
-    else:  # post-norm (BERT): the stream was normalised at the end of the block before
-        stream_meaning = (
-            f"one {C}-number vector per token: the meaning so far, {position}, already normalised by the "
-            "previous block's norm; W_Q, W_K and W_V read it as it is, and ΔE is added to it"
-        )
     W_O = _cpu(attn.W_O[h])  # [D, C]
-    turned = ", then turned by its position (rotary)" if rotated else ""
-    group = f" (key head {g}, shared by a group of query heads)" if attn.group > 1 else ""
     if c.causal:
         mask_meaning = "−∞ where a later token would inform an earlier one; those cells get weight 0"
     else:
@@ -134,57 +122,9 @@ def walk_head(model: Transformer, text: str, layer: int, head: int) -> HeadWalk:
         stream=cache[b + "resid_pre"][0].float(),
         value_out=cache[b + "attn.v"][0, g].float() @ W_O,
         final=cache[f"blocks.{c.n_layers - 1}.resid_post"][0].float() if c.causal else None,
-        E=Step(
-            "E",
-            f"the residual stream entering block {layer}",
-            cache[b + "resid_pre"][0].float(),
-            stream_meaning,
-            "token",
-            "d_model",
-        ),
-        normed=Step(
-            "norm(E)",
-            "E through this block's norm: what W_Q, W_K and W_V read",
-            cache[b + "ln1"][0].float(),
-            f"each token's E scaled to a steady size ({c.normalization}) and weighted; the head reads this, "
-            "while its ΔE is added to E itself",
-            "token",
-            "d_model",
-        )
-        if pre
-        else None,
-        W_Q=Step(
-            "W_Q",
-            f"query matrix of head {h}",
-            _cpu(attn.W_Q[h]),
-            f"learned; turns a {C}-d {read} into a {D}-d question",
-            "d_model",
-            "d_head",
-        ),
-        Q=Step(
-            f"Q = {read}·W_Q",
-            "queries",
-            cache[b + "attn.q"][0, h].float(),
-            f"what each token is looking for{turned}",
-            "token",
-            "d_head",
-        ),
-        W_K=Step(
-            "W_K",
-            f"key matrix of head {h}{group}",
-            _cpu(attn.W_K[h]),
-            f"learned; turns a {C}-d {read} into a {D}-d answer",
-            "d_model",
-            "d_head",
-        ),
-        K=Step(
-            f"K = {read}·W_K",
-            "keys",
-            cache[b + "attn.k"][0, g].float(),
-            f"what each token offers to the queries{turned}",
-            "token",
-            "d_head",
-        ),
+        E=_stream_step(model, layer, cache[b + "resid_pre"][0].float()),
+        normed=_normed_step(model, cache[b + "ln1"][0].float()) if pre else None,
+        **_query_key_steps(model, cache, layer, head, "norm(E)" if pre else "E"),
         dots=Step(
             "Q·Kᵀ/√d",
             "the grid of dot products",
@@ -220,6 +160,76 @@ def walk_head(model: Transformer, text: str, layer: int, head: int) -> HeadWalk:
             "token",
             "d_model",
         ),
+    )
+
+
+def _query_key_steps(model: Transformer, cache, layer: int, h: int, read: str) -> dict[str, Step]:
+    """W_Q, Q, W_K, K of head h: the question, and every token's answer."""
+    c, attn, b = model.config, model.block(layer).attn, f"blocks.{layer}."
+    g, D, C = attn.kv_head(h), c.d_head, c.d_model
+    turned = ", then turned by its position (rotary)" if c.positions == "rotary" else ""
+    group = f" (key head {g}, shared by a group of query heads)" if attn.group > 1 else ""
+    return {
+        "W_Q": Step(
+            "W_Q",
+            f"query matrix of head {h}",
+            _cpu(attn.W_Q[h]),
+            f"learned; turns a {C}-d {read} into a {D}-d question",
+            "d_model",
+            "d_head",
+        ),
+        "Q": Step(
+            f"Q = {read}·W_Q",
+            "queries",
+            cache[b + "attn.q"][0, h].float(),
+            f"what each token is looking for{turned}",
+            "token",
+            "d_head",
+        ),
+        "W_K": Step(
+            "W_K",
+            f"key matrix of head {h}{group}",
+            _cpu(attn.W_K[h]),
+            f"learned; turns a {C}-d {read} into a {D}-d answer",
+            "d_model",
+            "d_head",
+        ),
+        "K": Step(
+            f"K = {read}·W_K",
+            "keys",
+            cache[b + "attn.k"][0, g].float(),
+            f"what each token offers to the queries{turned}",
+            "token",
+            "d_head",
+        ),
+    }
+
+
+def _stream_step(model: Transformer, layer: int, stream: torch.Tensor) -> Step:
+    """E: the residual stream entering the block, that every head's ΔE is added to."""
+    c = model.config
+    position = "position included" if c.positions == "learned" else "position enters below, by rotation"
+    meaning = f"one {c.d_model}-number vector per token: the meaning so far, {position}"
+    if c.norm == "pre":
+        meaning += "; each head's ΔE is added to it"
+    else:  # post-norm (BERT): the stream was normalised at the end of the block before
+        meaning += (
+            ", already normalised by the previous block's norm; W_Q, W_K and W_V read it as it is, "
+            "and ΔE is added to it"
+        )
+    return Step("E", f"the residual stream entering block {layer}", stream, meaning, "token", "d_model")
+
+
+def _normed_step(model: Transformer, normed: torch.Tensor) -> Step:
+    """norm(E): what a pre-norm block's W_Q, W_K and W_V read."""
+    return Step(
+        "norm(E)",
+        "E through this block's norm: what W_Q, W_K and W_V read",
+        normed,
+        f"each token's E scaled to a steady size ({model.config.normalization}) and weighted; the head reads "
+        "this, while its ΔE is added to E itself",
+        "token",
+        "d_model",
     )
 
 
