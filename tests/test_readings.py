@@ -250,3 +250,23 @@ def test_the_readmes_smollm2_readings_hold(capsys):
     ids = model.tokenizer.encode("Michael Jordan plays the sport of")
     out = model.tokenizer.decode(gf.generate(model, ids, max_new_tokens=6, temperature=0)[len(ids) :])
     assert f'continues "{out.strip()}"' in readme
+
+
+def test_the_report_says_what_explain_ends_with_for_the_head_it_opens_on():
+    import json
+
+    import glassformer as gf
+    from glassformer.inspect.explain import walk_head
+    from glassformer.inspect.heads import query_to_follow
+    from glassformer.inspect.readings import read_delta
+    from glassformer.viz.page import report_html
+
+    model = gf.load("random:lesson-tiny")
+    text = "a fluffy blue creature"
+    page = report_html(model, text, layer=1, head=2)
+    data = json.loads(page.split('type="application/json">')[1].split("</script>")[0])
+    walk = walk_head(model, text, 1, 2)
+    q = query_to_follow(model, walk)
+    assert data["reading"]["layer"] == 1 and data["reading"]["head"] == 2 and data["reading"]["query"] == q
+    assert read_delta(model, walk, q).sentences(walk.tokens[q])[1] in data["reading"]["lines"]  # through W_U
+    assert 'id="reading"' in page and "drawReading" in page
