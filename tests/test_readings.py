@@ -270,3 +270,18 @@ def test_the_report_says_what_explain_ends_with_for_the_head_it_opens_on():
     assert data["reading"]["layer"] == 1 and data["reading"]["head"] == 2 and data["reading"]["query"] == q
     assert read_delta(model, walk, q).sentences(walk.tokens[q])[1] in data["reading"]["lines"]  # through W_U
     assert 'id="reading"' in page and "drawReading" in page
+
+
+def test_a_low_temperature_underflows_rather_than_cuts_and_the_answer_says_which():
+    import glassformer as gf
+    from glassformer.server.answers import next_tokens
+
+    model = gf.load("random:lesson-tiny")
+    logits = torch.linspace(0, -40, model.config.vocab_size)  # a spread of 40 logits, like a real model's
+    cold = next_tokens(model, logits, 0.1, None, None, rows=5)
+    # exp(-x / 0.1) falls below float32's smallest number (~1e-45) once x > ~10.4
+    assert cold["cut"] == 0 and cold["underflow"] > 0 and cold["kept"] + cold["underflow"] == cold["vocab_size"]
+    cut = next_tokens(model, logits, 0.1, 3, None, rows=5)
+    assert cut["kept"] == 3 and cut["cut"] == cold["kept"] - 3
+    warm = next_tokens(model, logits, 1.0, None, None, rows=5)
+    assert warm["underflow"] == warm["cut"] == 0
