@@ -179,6 +179,7 @@ def explain(args) -> int:
     from .inputs import encode_batch, unknown_note
     from .inspect.explain import walk_head
     from .inspect.heads import choose_head, query_to_follow
+    from .inspect.readings import read_delta
     from .viz.text import render_walk
 
     model = load_model(args)
@@ -188,14 +189,16 @@ def explain(args) -> int:
     if args.query is not None and not -len(walk.tokens) <= args.query < len(walk.tokens):
         raise GlassformerError(f"--query {args.query} is out of range for {len(walk.tokens)} tokens")
     note = unknown_note(model, args.text)
+    query = (args.query if args.query is not None else query_to_follow(model, walk)) % len(walk.tokens)
     print(
         render_walk(
             walk,
             terminal_style(not args.usual),
-            query=args.query if args.query is not None else query_to_follow(model, walk),
+            query=query,
             why=chosen.why,
             questions=chosen.questions,
             notes=[note] if note else None,
+            reading=read_delta(model, walk, query),
         )
     )
     return 0
@@ -254,6 +257,15 @@ def train(args) -> int:
             f"{r['tokens_per_s']:,.0f} tokens/s"
         )
 
+    def on_estimate(e) -> None:  # said early, so a long run is never a surprise
+        from tqdm.auto import tqdm
+
+        tqdm.write(
+            f"estimated time left: {duration(e.seconds_left)} for {e.steps_left:,} more steps and "
+            f"{e.evaluations} evaluations ({e.seconds_per_step:.3g} s a step over the steps just taken; "
+            "the progress bar's own estimate follows the pace as it goes)"
+        )
+
     if args.resume:
         if args.out and Path(args.out) != Path(args.resume):
             raise GlassformerError("--resume continues a run in its own directory; drop --out")
@@ -269,6 +281,7 @@ def train(args) -> int:
             data=args.data,
             progress=not args.quiet,
             on_eval=on_eval,
+            on_estimate=on_estimate,
         )
     else:
         if not args.data or not args.out:
@@ -277,11 +290,18 @@ def train(args) -> int:
         if defaults and "tokenizer" in given:
             raise GlassformerError(f"{args.data} brings its own word tokenizer; drop --tokenizer")
         settings = TrainConfig(data=args.data, out=args.out, **{**defaults, **given})
-        result = start(settings, progress=not args.quiet, on_eval=on_eval)
+        result = start(settings, progress=not args.quiet, on_eval=on_eval, on_estimate=on_estimate)
     last = f"; last val loss {result.history[-1]['val_loss']:.4f}" if result.history else ""
     print(f"trained to step {result.step} ({result.precision}){last}; best val loss {result.best_val_loss:.4f}")
     print(f"model: {result.out} (glassformer generate --model {result.out} --prompt ...)")
     return 0
+
+
+def duration(seconds: float) -> str:
+    """12 s, 3.4 min, 1.2 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 # --- generate ------------------------------------------------------------------------------
@@ -347,12 +367,25 @@ def heads(args) -> int:
     return 0
 
 
+def position_or_all(text: str) -> int | None:
+    if text == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give a position (a whole number) or all, not {text!r}") from None
+
+
 def lens_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("text", help="the text to read")
     model_flag(p)
     p.add_argument("-k", type=at_least(1), default=5, help="guesses per position (default: 5)")
     p.add_argument(
-        "--position", type=whole, help="only this token position (negative counts from the end; default: every one)"
+        "--position",
+        type=position_or_all,
+        default=-1,
+        help="the token position to read (negative counts from the end; default: the last, whose guess is "
+        "the model's next token), or all",
     )
 
 
@@ -414,22 +447,36 @@ def neurons(args) -> int:
             raise GlassformerError(f"-k {args.k} is more than the {every} MLP neurons this model has")
         token = token_texts(model, [int(ids[0, args.position])])[0]
         say_unknown_words(model, args.text)
-        print(f"MLP neurons firing hardest at [{label(token, 16)}] (position {args.position % T})")
+        print(
+            f"MLP neurons firing hardest at [{label(token, 16)}] (position {args.position % T}), by the size of "
+            "their signed activation (a neuron at −2 writes its row of W_out twice, negated)"
+        )
         found = list(top_neurons(model, ids, args.position, k=args.k))
-    pushes = [[t for t, _ in neuron_tokens(model, L, i, k=6)] if model.config.causal else None for L, i, _ in found]
-    print(render_neurons([(L, i, act, push) for (L, i, act), push in zip(found, pushes)]))
+    rows = []
+    for L, i, act in found:
+        pushes = [t for t, _ in neuron_tokens(model, L, i, k=6, sign=act or 1.0)] if model.config.causal else None
+        rows.append((L, i, act, pushes))
+    print(render_neurons(rows))
+    if model.config.causal:
+        print(PIECES_NOTE)
     if model.config.causal and not args.neuron:  # what all of them, and everything else, add up to
         best, toward = neurons_toward_guess(model, ids, position=args.position, k=args.k)
         names = token_texts(model, [i for i, _ in best])
         guesses = ", ".join(f"[{label(t, 16)}] {p:.2f}" for t, (_, p) in zip(names, best))
         print(f"the model's own next-token guess here: {guesses}")
         print(
-            f"the neurons that push hardest toward [{label(names[0], 16)}] "
-            "(activation × what the neuron writes, read through the final norm and W_U):"
+            f"the neurons that push hardest toward [{label(names[0], 16)}]: how much each adds to its logit "
+            "(activation × its row of W_out, read through the final norm and W_U; the direct path only)"
         )
-        pushes = [[t for t, _ in neuron_tokens(model, L, i, k=6)] for L, i, _ in toward]
-        print(render_neurons([(L, i, v, push) for (L, i, v), push in zip(toward, pushes)], "logit"))
+        along = [(L, i, a, [t for t, _ in neuron_tokens(model, L, i, k=6, sign=a)]) for L, i, _, a in toward]
+        print(render_neurons(along, shares=[v for _, _, v, _ in toward], target=names[0]))
     return 0
+
+
+PIECES_NOTE = (
+    "(tokens are word pieces, shown in brackets with their spaces: [ strugg] is the start of a longer word, "
+    "not a word of its own; pushes: the tokens whose logits the neuron raises directly, given its sign)"
+)
 
 
 # --- show ----------------------------------------------------------------------------------

@@ -28,6 +28,20 @@ from .state import RunDir, Saved, load_optimizer, optimizer_tensors
 log = logging.getLogger(__name__)
 
 
+ESTIMATE_STEPS = 5  # steps timed (after the first) before the time left is estimated
+
+
+@dataclass
+class Estimate:
+    """How long the rest of a run should take, from its first steps' pace."""
+
+    after_step: int  # the estimate was made after this step
+    steps_left: int
+    seconds_per_step: float
+    seconds_left: float  # steps and evaluations
+    evaluations: int
+
+
 @dataclass
 class TrainResult:
     out: Path
@@ -75,11 +89,13 @@ class Trainer:
         saved: Saved | None = None,
         progress: bool = True,
         on_eval=None,
+        on_estimate=None,
     ) -> None:
         settings.check()
         self.run_dir = run
         self.progress = progress
         self.on_eval = on_eval  # called with each evaluation's record (rank 0), e.g. to print it
+        self.on_estimate = on_estimate  # called once with an Estimate of the time left (rank 0)
         self.dist = setup_distributed(settings.device)
         self.device = pick_device(settings.device, self.dist)
         # the resolved precision is what checkpoints record, so a resume trains the same way
@@ -217,6 +233,16 @@ class Trainer:
             self._save_latest()
         return record
 
+    def _estimate(self, per_step: float, end: int) -> Estimate:
+        """The time the rest of the run should take at `per_step` seconds a step, its
+        evaluations included (each a forward pass over the fixed validation batches, taken
+        as a third of a training step per batch: forward only, no backward or update)."""
+        s = self.settings
+        left = end - self.step
+        evals = end // s.eval_every - self.step // s.eval_every + (end == s.steps and end % s.eval_every != 0)
+        eval_seconds = evals * s.eval_batches * per_step / (3 * s.grad_accum)
+        return Estimate(self.step, left, per_step, left * per_step + eval_seconds, evals)
+
     # --- the loop ------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         from tqdm.auto import tqdm
@@ -235,7 +261,9 @@ class Trainer:
             dynamic_ncols=True,
         )
         clock, clock_tokens = time.perf_counter(), 0
+        first_step, timed = self.step, 0.0  # seconds of training steps 2.. (the first pays for warm-up)
         while self.step < end:
+            started = time.perf_counter()
             lr = s.lr_at(self.step)
             for group in self.opt.param_groups:
                 group["lr"] = lr
@@ -263,6 +291,10 @@ class Trainer:
             clock_tokens += tokens_per_step
             elapsed = time.perf_counter() - clock
             speed = clock_tokens / elapsed if elapsed > 0 else 0.0
+            if self.step > first_step + 1:
+                timed += time.perf_counter() - started
+            if self.step == first_step + 1 + ESTIMATE_STEPS and self.on_estimate is not None and self.dist.main:
+                self.on_estimate(self._estimate(timed / ESTIMATE_STEPS, end))
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{speed:,.0f}", refresh=False)
             if self.step % s.eval_every == 0 or self.step == s.steps:
@@ -280,7 +312,7 @@ class Trainer:
         return TrainResult(self.run_dir.path, self.step, self.best_val, history, s.precision)
 
 
-def train(settings: TrainConfig, *, progress: bool = True, on_eval=None) -> TrainResult:
+def train(settings: TrainConfig, *, progress: bool = True, on_eval=None, on_estimate=None) -> TrainResult:
     """Start a new run in `settings.out`, which must be empty or absent and is then held
     by this process until the run ends."""
     settings.check()
@@ -288,7 +320,7 @@ def train(settings: TrainConfig, *, progress: bool = True, on_eval=None) -> Trai
     run = RunDir(settings.out)
     if main_process():
         run.check_new()  # refused before anything is prepared or written
-    trainer = Trainer(settings, run, progress=progress, on_eval=on_eval)
+    trainer = Trainer(settings, run, progress=progress, on_eval=on_eval, on_estimate=on_estimate)
     return _run(trainer, new=True)
 
 
@@ -303,6 +335,7 @@ def resume(
     compile: bool | None = None,
     progress: bool = True,
     on_eval=None,
+    on_estimate=None,
 ) -> TrainResult:
     """Continue the run in `out` exactly where its last checkpoint left it.
 
@@ -334,7 +367,7 @@ def resume(
             device=saved.settings.device if device is None else device,
             compile=saved.settings.compile if compile is None else compile,
         )
-        trainer = Trainer(settings, run, saved=saved, progress=progress, on_eval=on_eval)
+        trainer = Trainer(settings, run, saved=saved, progress=progress, on_eval=on_eval, on_estimate=on_estimate)
         run.trim_log(trainer.step)
     except BaseException:
         run.release()
