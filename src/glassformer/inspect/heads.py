@@ -236,8 +236,11 @@ def detect_all(model: Transformer, ids: torch.Tensor | None = None) -> Detection
         except GlassformerError as err:
             found.skipped[kind] = str(err)
     if model.config.causal:
-        texts, where, found.switch_off_on = switch_off_texts(model, ids)
-        found.switch_off = switch_off_table(model, texts, where)
+        only = switch_off_heads(model, found.tables)
+        texts, where, found.switch_off_on = switch_off_texts(model, ids, None if only is None else len(only))
+        found.switch_off = switch_off_table(model, texts, where, only)
+        if only is not None:
+            found.switch_off_on += f"; only the {CANDIDATES} best heads of each detector (the others: ·)"
     else:
         found.switch_off_on = "not measured: an encoder predicts no next token"
     return found
@@ -294,8 +297,10 @@ def noun_with_most_adjectives(tokens: list[str]) -> int | None:
     return best
 
 
-CANDIDATES = 8  # the switch-off check runs on this many of the best pattern heads: one batch of 8 on 30 × 9 heads
-SWEEP_TOKENS = 70_000  # token positions one switch-off column may run (rows × length × heads)
+CANDIDATES = 4  # the switch-off check runs on this many of the best pattern heads: one batch of 5 on 30 × 9 heads
+FULL_SWEEP = 32  # up to this many heads, `heads` switches off every one; above, the detectors' best
+SWEEP_TOKENS = 20_000  # token positions one switch-off column may run (rows × length × heads)
+LOGITS_PER_PASS = 2**25  # floats of logits one switch-off pass may hold (128 MB)
 
 
 def switch_off_kl(
@@ -331,16 +336,40 @@ def switch_off_kl(
     return (kl * where).sum(dim=(1, 2)) / where.sum().clamp(min=1)
 
 
-def switch_off_table(model: Transformer, ids: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
-    """[layer, head] switch_off_kl for every head, a few heads per forward pass."""
+def switch_off_table(
+    model: Transformer, ids: torch.Tensor, where: torch.Tensor | None = None, only: list[tuple[int, int]] | None = None
+) -> torch.Tensor:
+    """[layer, head] switch_off_kl for every head (or those in `only`, the rest NaN), a
+    few heads per forward pass."""
     L, H = model.config.n_layers, model.config.n_heads
-    every = [(layer, head) for layer in range(L) for head in range(H)]
-    step = max(1, SWEEP_TOKENS // max(1, ids.numel()))
-    kls = [switch_off_kl(model, ids, every[i : i + step], where) for i in range(0, len(every), step)]
-    return torch.cat(kls).view(L, H)
+    chosen = [(layer, head) for layer in range(L) for head in range(H)] if only is None else only
+    step = max(1, LOGITS_PER_PASS // (ids.numel() * model.config.vocab_size) - 1)
+    table = torch.full((L, H), float("nan"))
+    for i in range(0, len(chosen), step):
+        part = chosen[i : i + step]
+        for (layer, head), kl in zip(part, switch_off_kl(model, ids, part, where).tolist()):
+            table[layer, head] = kl
+    return table
 
 
-def switch_off_texts(model: Transformer, ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
+def switch_off_heads(model: Transformer, tables: dict[str, torch.Tensor]) -> list[tuple[int, int]] | None:
+    """The heads the `heads` switch-off column measures: all of them on a model with at
+    most FULL_SWEEP, else the CANDIDATES best of each detector (one pass per head on 30 × 9
+    heads would take minutes)."""
+    L, H = model.config.n_layers, model.config.n_heads
+    if L * H <= FULL_SWEEP:
+        return None
+    chosen: list[tuple[int, int]] = []
+    for table in tables.values():
+        for i in table.flatten().argsort(descending=True)[:CANDIDATES].tolist():
+            if divmod(i, H) not in chosen:
+                chosen.append(divmod(i, H))
+    return chosen
+
+
+def switch_off_texts(
+    model: Transformer, ids: torch.Tensor | None = None, heads: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, str]:
     """(ids, where, what): the texts the `heads` switch-off column runs on: `ids`, else the
     adjectives lesson's sentences for a model that reads them, else repeated random
     segments; kept to a few rows on a large model so every head costs one short pass."""
@@ -350,7 +379,7 @@ def switch_off_texts(model: Transformer, ids: torch.Tensor | None = None) -> tup
         return (*lesson_nouns(model, n=200, seed=12345, every_position=True), "200 lesson sentences")
     else:
         rows, what = random_repeats(model), "repeated random segments"
-    per_row = rows.shape[1] * model.config.n_layers * model.config.n_heads
+    per_row = rows.shape[1] * (heads or model.config.n_layers * model.config.n_heads)
     keep = max(1, min(rows.shape[0], SWEEP_TOKENS // per_row))
     if keep < rows.shape[0]:
         what += f" (the first {keep} of {rows.shape[0]} rows)"
