@@ -65,5 +65,5 @@ def test_the_showcase_rule_picks_a_head_the_next_token_needs(seed):
     last[:, -1] = True
     kls = heads.switch_off_kl(model, ids, top, last)
     k = top.index((shown.layer, shown.head))
-    assert kls[k] >= kls.max() / 2 and "switched off, moves the next token" in shown.why
+    assert kls[k] >= kls.max() / 2 and "switched off it moves the next token by KL" in shown.why
     assert all(kls[j] < kls.max() / 2 for j in range(k))  # every better pattern matters less

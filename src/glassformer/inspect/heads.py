@@ -457,5 +457,5 @@ def showcase_head(model: Transformer, ids: torch.Tensor) -> Showcase:
     key = int(P[layer, head].argmax()) + offset
     why = f"the head whose last token looks sharply at one earlier token (position {key}, weight {weight:.2f})"
     if kl is not None:
-        why += f" and, switched off, moves the next token most (KL {kl:.2f})"
+        why += f", and switched off it moves the next token by KL {kl:.2f}"
     return Showcase(layer, head, why)
