@@ -67,3 +67,15 @@ def test_the_showcase_rule_picks_a_head_the_next_token_needs(seed):
     k = top.index((shown.layer, shown.head))
     assert kls[k] >= kls.max() / 2 and "switched off it moves the next token by KL" in shown.why
     assert all(kls[j] < kls.max() / 2 for j in range(k))  # every better pattern matters less
+
+
+def test_the_api_gives_the_switch_off_column_as_json():
+    import json
+
+    from glassformer.server import answers
+
+    model = build(tiny_decoder(n_layers=3, n_heads=12, d_model=48))
+    body = json.loads(json.dumps(answers.detection(heads.detect_all(model)), allow_nan=False))
+    column = body["switch_off"]
+    assert len(column) == 3 and len(column[0]) == 12 and "repeated random segments" in body["switch_off_on"]
+    assert any(v is None for row in column for v in row) and any(v is not None for row in column for v in row)
