@@ -299,7 +299,7 @@ def noun_with_most_adjectives(tokens: list[str]) -> int | None:
 
 CANDIDATES = 4  # the switch-off check runs on this many of the best pattern heads: one batch of 5 on 30 × 9 heads
 FULL_SWEEP = 32  # up to this many heads, `heads` switches off every one; above, the detectors' best
-SWEEP_TOKENS = 20_000  # token positions one switch-off column may run (rows × length × heads)
+SWEEP_TOKENS = 4096  # above FULL_SWEEP: token positions the switch-off column may run (rows × length × heads)
 LOGITS_PER_PASS = 2**25  # floats of logits one switch-off pass may hold (128 MB)
 
 
@@ -372,15 +372,15 @@ def switch_off_texts(
 ) -> tuple[torch.Tensor, torch.Tensor, str]:
     """(ids, where, what): the texts the `heads` switch-off column runs on: `ids`, else the
     adjectives lesson's sentences for a model that reads them, else repeated random
-    segments; kept to a few rows on a large model so every head costs one short pass."""
+    segments; when only `heads` of a large model's heads are measured, kept to a few rows
+    (SWEEP_TOKENS) so that the column costs a few forward passes of the detectors' texts."""
     if ids is not None:
         rows, what = ids, "this text"
     elif speaks_adjectives(model):
         return (*lesson_nouns(model, n=200, seed=12345, every_position=True), "200 lesson sentences")
     else:
         rows, what = random_repeats(model), "repeated random segments"
-    per_row = rows.shape[1] * (heads or model.config.n_layers * model.config.n_heads)
-    keep = max(1, min(rows.shape[0], SWEEP_TOKENS // per_row))
+    keep = rows.shape[0] if heads is None else max(1, min(rows.shape[0], SWEEP_TOKENS // (rows.shape[1] * heads)))
     if keep < rows.shape[0]:
         what += f" (the first {keep} of {rows.shape[0]} rows)"
     rows = rows[:keep]
