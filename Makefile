@@ -66,11 +66,13 @@ demo: $(STAMP)
 	$(BIN)/glassformer serve $(DEMO_MODELS) $(DEMO_ARGS)
 
 # The shipped lesson models, rebuilt by glassformer's own trainer with each lesson's
-# TRAIN_DEFAULTS (fixed seeds: the same files come out again on the same machine).
+# TRAIN_DEFAULTS (fixed seeds: the same files come out again on the same machine). The
+# progress bar's estimate says how long each takes (minutes each on 2 shared cores).
 lessons: $(STAMP)
 	@for name in $(LESSONS); do \
+	  echo "lesson:$$name (nice -n 5: the machine stays usable)"; \
 	  rm -rf build/lessons/$$name && \
-	  $(BIN)/glassformer train --data lesson:$$name --out build/lessons/$$name --quiet && \
+	  nice -n 5 $(BIN)/glassformer train --data lesson:$$name --out build/lessons/$$name && \
 	  rm -rf src/glassformer/lessons/models/$$name && mkdir -p src/glassformer/lessons/models/$$name && \
 	  cp build/lessons/$$name/best/config.json build/lessons/$$name/best/model.safetensors \
 	     build/lessons/$$name/best/tokenizer.json src/glassformer/lessons/models/$$name/ || exit 1; \

@@ -182,4 +182,9 @@ def detection(found: heads.Detection) -> dict:
         },
         "skipped": dict(found.skipped),
         "summary": found.summary(),
+        # [layer][head] mean KL on the next token with the head's z at zero; null where not measured
+        "switch_off": None
+        if found.switch_off is None
+        else [[None if v != v else round(v, 6) for v in row] for row in found.switch_off.tolist()],
+        "switch_off_on": found.switch_off_on,
     }

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ..inspect.explain import HeadWalk, Step, sharpest_query
-from ..inspect.heads import DETECTORS, STRONG, Detection
+from ..inspect.heads import DETECTORS, STRONG, Detection, strongest
 from ..inspect.lens import LensRow
 from ..inspect.readings import DeltaReading, detector_note, scores_note, sink_note
 
@@ -300,6 +300,18 @@ def render_detection(found: Detection, name: str, config, on: str) -> str:
     for kind, table in found.tables.items():
         out += ["", f"{kind}: {DETECTORS[kind]}", "layer " + " ".join(f"{f'h{h}':>5}" for h in range(table.shape[1]))]
         out += [f"{layer:>5} " + " ".join(f"{v:5.2f}" for v in row) for layer, row in enumerate(table.tolist())]
+    if found.switch_off is None:
+        out += ["", f"switched off: {found.switch_off_on}"]
+    else:
+        table = found.switch_off
+        out += ["", f"switched off (z set to zero): mean KL of the next-token distribution, over {found.switch_off_on}"]
+        out += ["layer " + " ".join(f"{f'h{h}':>5}" for h in range(table.shape[1]))]
+        out += [
+            f"{layer:>5} " + " ".join("    ·" if v != v else f"{v:5.2f}" for v in row)  # NaN: not measured
+            for layer, row in enumerate(table.tolist())
+        ]
+        layer, head, kl = strongest(table.nan_to_num(-1.0))
+        out.append(f"  the head the next token needs most: layer {layer}, head {head} (KL {kl:.3f})")
     out += ["", f"the heads whose score reaches {STRONG}, strongest first:", *(f"  {line}" for line in found.summary())]
     return "\n".join(out)
 
