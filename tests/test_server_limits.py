@@ -251,3 +251,11 @@ def test_busy_503_is_in_the_docs():
         (op,) = spec["paths"][path].values()
         assert "Retry-After" in op["responses"]["503"]["description"], path
         assert "413" in op["responses"], path
+
+
+def test_a_registry_served_again_answers():
+    """Stopping one app stops its lanes; a second app over the same registry starts afresh."""
+    registry = registry_of({"tiny": gf.load("random:lesson-tiny")})
+    for _ in range(2):
+        with serving(create_app(registry)) as url:
+            assert post(url, "/api/analyze", {"model": "tiny", "text": TEXT}).status_code == 200

@@ -181,6 +181,9 @@ class Explorer:
         self.registry = registry
         self.background = Background()
         self.traffic = Traffic()  # the learner's forward passes: background work gives way to them
+        for slot in registry.slots.values():  # a registry served again: its lanes and shadows start afresh
+            slot.lane.stopped = slot.background.stopped = False
+            slot.learner_model = slot.shadow_model = None  # their hooks answer to this app's traffic
 
     def slot_for(self, name: str) -> ModelSlot:
         try:
