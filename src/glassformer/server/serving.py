@@ -1,6 +1,7 @@
 """Serving the explorer: the listening socket, uvicorn with the explorer's limits, and
 `run`, which serves until SIGINT or SIGTERM."""
 
+import asyncio
 import socket
 from collections.abc import Callable
 
@@ -66,6 +67,8 @@ def make_server(
             if explorer is not None:  # before uvicorn waits for requests in flight: they end now
                 explorer.stop()
             await super().shutdown(sockets)
+            if explorer is not None:  # a pass stops at its next block: no thread is left in torch
+                await asyncio.to_thread(explorer.wait_idle, 5.0)
 
     return Server(config)
 
