@@ -25,6 +25,7 @@ from servers import free_port, registry_of, running, serving
 pytest.importorskip("fastapi", reason="the explorer is a FastAPI app (extra serve)")
 from glassformer.server import limits
 from glassformer.server.app import create_app
+from glassformer.server.connections import GRACE
 from glassformer.server.serving import local_url, network_warning
 
 TEXT = "a fluffy blue creature roamed the verdant forest"
@@ -193,7 +194,7 @@ def test_idle_connections_cannot_fill_the_server():
         port = int(url.rsplit(":", 1)[1])
         idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(40)]
         try:
-            time.sleep(0.2)  # the server has taken them all
+            time.sleep(GRACE + 0.3)  # the server has taken them all, and they have sat idle
             for _ in range(5):
                 r = httpx.get(f"{url}/api/models", timeout=10)
                 assert r.status_code == 200 and has_our_headers(r), (r.status_code, r.text)
@@ -259,3 +260,29 @@ def test_a_registry_served_again_answers():
     for _ in range(2):
         with serving(create_app(registry)) as url:
             assert post(url, "/api/analyze", {"model": "tiny", "text": TEXT}).status_code == 200
+
+
+def test_more_requests_than_the_bound_get_json_503s():
+    """Every connection busy (a model that takes a while): a request beyond the bound is
+    answered 503 in JSON with Retry-After and our headers, never uvicorn's plain text."""
+    model = gf.load("random:lesson-tiny")
+    model.hook_points["blocks.0.resid_pre"].fns.append(lambda x, name: time.sleep(0.5))
+    app = create_app(registry_of({"slow": model}), warm=False)
+    with serving(app, max_connections=8) as url:
+        answers: queue.Queue = queue.Queue()
+
+        def ask() -> None:
+            answers.put(post(url, "/api/analyze", {"model": "slow", "text": TEXT}))
+
+        askers = [threading.Thread(target=ask) for _ in range(16)]
+        for t in askers:
+            t.start()
+        for t in askers:
+            t.join(timeout=60)
+        got = [answers.get_nowait() for _ in range(answers.qsize())]
+    assert len(got) == 16
+    refused = [r for r in got if r.status_code == 503]
+    assert refused and all(r.status_code in (200, 503) for r in got), [r.status_code for r in got]
+    for r in refused:
+        assert r.headers["content-type"] == "application/json" and r.headers["retry-after"] == "1"
+        assert "try again" in r.json()["detail"] and has_our_headers(r)

@@ -5,7 +5,7 @@
   of opening or of its last answer is closed;
 - at most `max_connections` at once, and `per_client` from one address: a new
   connection over either bound first closes the longest-idle ones (open, but between
-  requests), so idle sockets cannot fill the server; when none is idle, the newcomer's
+  requests, for GRACE s at least), so idle sockets cannot fill the server; when none is idle, the newcomer's
   request is answered 503 (JSON, Retry-After) and it is closed within a second;
 - at most `max_connections` requests in flight; beyond, 503 in JSON with Retry-After;
 - uvicorn's own 400 for a malformed request is JSON with the security headers too.
@@ -20,6 +20,8 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .guard import refusal_message
+
+GRACE = 0.5  # seconds a connection may sit idle before a newcomer may close it
 
 
 class GuardedH11(H11Protocol):
@@ -57,10 +59,13 @@ class GuardedH11(H11Protocol):
         here = self.client[0] if self.client else None
         others = [c for c in self.connections if c is not self and isinstance(c, GuardedH11)]
         mine = [c for c in others if (c.client[0] if c.client else None) == here]
+        now = time.monotonic()
         for group, bound in ((mine, self.per_client), (others, self.max_connections)):
             live = [c for c in group if not c.transport.is_closing()]
             over = len(live) + 1 - bound
-            for c in sorted((c for c in live if c._idle()), key=lambda c: c._since)[: max(0, over)]:
+            # idle for a moment at least: a client that has just connected is still sending
+            idle = [c for c in live if c._idle() and now - c._since > GRACE]
+            for c in sorted(idle, key=lambda c: c._since)[: max(0, over)]:
                 c.transport.close()  # the longest idle first
                 over -= 1
             if over > 0:
