@@ -567,6 +567,7 @@ def serve(args) -> int:
 
     from .pretrained import config_of
     from .server.app import create_app, default_registry, run
+    from .server.serving import network_warning
 
     registry = default_registry(args.model or [DEFAULT_MODEL], dtype=args.dtype)
     first = next(iter(registry.slots))
@@ -587,6 +588,9 @@ def serve(args) -> int:
     def ready(url: str) -> None:  # called only once the port is ours
         print(f"glassformer explorer on {url}  (models: {', '.join(registry.slots)}; Ctrl-C stops)", flush=True)
         threading.Thread(target=load_the_others, name="load-ahead", daemon=True).start()
+        warning = network_warning(args.host)
+        if warning:
+            print(f"glassformer: warning: {warning}", file=sys.stderr, flush=True)
         if args.open or (args.open is None and os.environ.get("DISPLAY")):
             threading.Timer(1.0, lambda: webbrowser.open(url)).start()
 

@@ -14,6 +14,7 @@ from ..inputs import encode_batch, token_texts, unknown_note, unknown_pieces, vo
 from ..inspect import heads, lens, readings
 from ..inspect.explain import Analysis, HeadWalk
 from ..viz.page import rounded
+from .limits import THUMB, window
 
 
 def to_json(data: dict) -> bytes:
@@ -32,14 +33,33 @@ def to_json(data: dict) -> bytes:
 
 
 def analysis(a: Analysis) -> dict:
+    """Tokens and every head's pattern as a thumbnail: the whole pattern up to THUMB
+    tokens, pooled to THUMB × THUMB beyond (`thumbnail_tokens`: tokens per pixel)."""
+    T = a.patterns.shape[-1]
     return {
         "tokens": a.tokens,
         "ids": a.ids,
         "decoder": a.causal,
         "n_layers": a.patterns.shape[0],
         "n_heads": a.patterns.shape[1],
-        "patterns": packed(a.patterns),
+        "patterns": packed(thumbnails(a.patterns)),
+        "thumbnail_tokens": T / min(T, THUMB),
     }
+
+
+def thumbnails(patterns: torch.Tensor, side: int = THUMB) -> torch.Tensor:
+    """[..., T, T] patterns pooled to [..., side, side] when T > side: each pixel is the
+    mean over its block of queries of the weight summed over its block of keys, so a row
+    still sums to 1."""
+    T = patterns.shape[-1]
+    if T <= side:
+        return patterns
+    edges = torch.linspace(0, T, side + 1).round().long()
+    block = torch.zeros(side, T, dtype=patterns.dtype)
+    for i in range(side):
+        block[i, edges[i] : edges[i + 1]] = 1
+    keys = patterns @ block.T  # [..., T, side]: weight per block of keys
+    return (block / block.sum(-1, keepdim=True)) @ keys  # [..., side, side]: mean per block of queries
 
 
 def packed(weights: torch.Tensor) -> dict:
@@ -93,9 +113,13 @@ def next_tokens(
     }
 
 
-def head_walk(walk: HeadWalk, model=None) -> dict:
+def head_walk(walk: HeadWalk, focus: int, model=None) -> dict:
     """One head for every token: the step-by-step tensors the page's story reads a query
-    from, and (given the model) what `explain` says beside them, for every query."""
+    from, and (given the model) what `explain` says beside them, for every query. The
+    grids (dots, mask, pattern) hold the rows of the WINDOW queries around `focus`, rows[0]
+    to rows[1] − 1, each over every key: all of them on a short text."""
+    start, stop = window(len(walk.tokens), focus)
+    rows = slice(start, stop)
     return {
         **(head_notes(model, walk) if model is not None else {}),
         "layer": walk.layer,
@@ -108,9 +132,11 @@ def head_walk(walk: HeadWalk, model=None) -> dict:
         "q": rounded(walk.Q.tensor),
         "k": rounded(walk.K.tensor),
         "v": rounded(walk.V.tensor),
-        "dots": rounded(walk.dots.tensor),  # before the mask: what each query and key make of each other
-        "mask": torch.isinf(walk.mask.tensor).tolist(),  # True: −∞, the key comes after the query
-        "pattern": rounded(walk.pattern.tensor),
+        "focus": focus,
+        "rows": [start, stop],
+        "dots": rounded(walk.dots.tensor[rows]),  # before the mask: what each query and key make of each other
+        "mask": torch.isinf(walk.mask.tensor[rows]).tolist(),  # True: −∞, the key comes after the query
+        "pattern": rounded(walk.pattern.tensor[rows]),
         # |norm(E)|: what W_Q, W_K, W_V read (pre-norm models); post-norm models read E itself
         "e_norm": rounded((walk.normed or walk.E).tensor.norm(dim=-1)),
         # the residual stream ΔE is added to: the length ΔE is measured against

@@ -52,6 +52,12 @@ class AnalyzeRequest(SamplingRequest):
 class HeadRequest(TextRequest):
     layer: int = Field(0, ge=0, le=MAX_INDEX)
     head: int = Field(0, ge=0, le=MAX_INDEX)
+    query: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_INDEX,
+        description="the query the grids' window of rows is centred on (none: the one a first look follows)",
+    )
 
 
 class MLPRequest(TextRequest):

@@ -53,6 +53,18 @@
     return out;
   }
 
+  // /api/head sends the grids' rows (dots, mask, pattern) for a window of queries around
+  // the one followed, w.rows[0] to w.rows[1] − 1, each over every key: the row of query q
+  // is there when q is in the window (on a short text, every row is)
+  function rowOf(w, name, q) {
+    const i = q - w.rows[0];
+    return i >= 0 && i < w[name].length ? w[name][i] : null;
+  }
+
+  function inWindow(w, q) {
+    return q >= w.rows[0] && q < w.rows[1];
+  }
+
   function status(text, isError) {
     $("status").textContent = text;
     $("status").className = isError ? "error" : "muted";
@@ -116,13 +128,15 @@
   // the chips light up with the selected query's weights: the sentence shows where it looks
   function markChips() {
     const w = state.walk;
-    const row = w && w.tokens.length === state.analysis.tokens.length ? w.pattern[state.query] : null;
+    const same = w && w.tokens.length === state.analysis.tokens.length;
+    const weights = same ? rowOf(w, "pattern", state.query) : null;
+    const mask = same ? rowOf(w, "mask", state.query) : null;
     for (const b of $("chips").children) {
       const i = Number(b.dataset.position);
       const on = i === state.query;
       b.classList.toggle("query", on);
       b.setAttribute("aria-pressed", String(on));
-      const v = row && !(w.mask[state.query][i]) ? row[i] : 0;
+      const v = weights && !mask[i] ? weights[i] : 0;
       b.style.background = on ? "" : Grid.weightColor(v);
       b.style.color = on ? "" : Grid.inkFor(v);
     }
@@ -173,10 +187,11 @@
     $("q-strip").replaceChildren(Grid.strip(w.q[q], qkMax, `the query of “${name}”: ${w.d_head} numbers`));
     $("q-note").textContent = `${w.d_head} numbers` + (w.rotated ? ", turned by position (rotary)" : "");
 
-    const masked = w.mask[q];
-    const dots = w.dots[q];
-    // the same scale as the whole grid below (every unmasked cell), so a colour means one number
-    const dotMax = Grid.maxAbsOf(w.dots.map((row, i) => row.filter((_, k) => !w.mask[i][k])));
+    const masked = rowOf(w, "mask", q);
+    const dots = rowOf(w, "dots", q);
+    const weights = rowOf(w, "pattern", q);
+    // the same scale as the grid below (every unmasked cell sent), so a colour means one number
+    const dotMax = Grid.maxAbsOf(w.dots.map((r, i) => r.filter((_, k) => !w.mask[i][k])));
     const box = $("attend");
     box.replaceChildren();
     box.style.gridTemplateRows = `auto repeat(${n}, var(--row))`;
@@ -213,10 +228,10 @@
         dot.style.color = Grid.inkFor(Math.abs(dots[k]) / dotMax);
         const track = el("span", "bar-track");
         const bar = el("span", "bar weight-bar");
-        bar.style.width = `${(100 * w.pattern[q][k]).toFixed(1)}%`;
+        bar.style.width = `${(100 * weights[k]).toFixed(1)}%`;
         track.appendChild(bar);
         weight.appendChild(track);
-        weight.appendChild(el("span", "weight-value", Grid.fmt(w.pattern[q][k])));
+        weight.appendChild(el("span", "weight-value", Grid.fmt(weights[k])));
       }
       cells.push(dot, weight);
       const vs = el("div", "v-strip");
@@ -225,15 +240,22 @@
       const line = el("div", "key-row-cells");
       line.classList.add("key-row");
       line.dataset.key = k;
-      line.dataset.weight = w.pattern[q][k];
+      line.dataset.weight = weights[k];
       if (masked[k]) line.dataset.masked = "true";
       line.style.gridRow = String(row);
       for (const c of cells) line.appendChild(c);
       box.appendChild(line);
     }
     box.appendChild(lines(w, q));
+    // a long text's keys scroll in a box of their own, opened at the query's row
+    const scroller = box.parentElement;
+    scroller.classList.toggle("tall", n > 24);
+    if (n > 24) {
+      const at = box.querySelector(".q-tok.on");
+      scroller.scrollTop = at ? Math.max(0, at.offsetTop - scroller.clientHeight / 2) : 0;
+    }
 
-    const sum = w.pattern[q].reduce((x, y) => x + y, 0);
+    const sum = weights.reduce((x, y) => x + y, 0);
     const where = state.video ? `column “${name}” of the pattern grid below` : `row “${name}” of the pattern grid below`;
     $("story-sum").textContent = `the weights sum to ${sum.toFixed(3)}: this list is ${where}`;
     const notes = $("story-notes"), said = w.per_query ? w.per_query[q] : null;
@@ -261,9 +283,10 @@
     const rowH = 26;
     const g = Grid.svg("svg", { viewBox: `0 0 100 ${n * rowH}`, preserveAspectRatio: "none", "aria-hidden": "true" });
     const y = (i) => (i + 0.5) * rowH;
+    const masked = rowOf(w, "mask", q), weights = rowOf(w, "pattern", q);
     for (let k = 0; k < n; k++) {
-      if (w.mask[q][k]) continue;
-      const v = w.pattern[q][k];
+      if (masked[k]) continue;
+      const v = weights[k];
       const line = Grid.svg("line", {
         x1: 0, y1: y(q), x2: 100, y2: y(k),
         stroke: Grid.weightColor(1),
@@ -282,7 +305,7 @@
   function drawDelta() {
     const w = state.walk, q = state.query;
     const z = new Array(w.d_head).fill(0);
-    w.pattern[q].forEach((p, k) => w.v[k].forEach((v, i) => { z[i] += p * v; }));
+    rowOf(w, "pattern", q).forEach((p, k) => w.v[k].forEach((v, i) => { z[i] += p * v; }));
     $("z-strip").replaceChildren(Grid.strip(z, Grid.maxAbsOf(w.v), "the weighted sum of the values"));
     // ΔE is added to the residual stream E, so that is what its length is measured against;
     // a pre-norm head read norm(E), a rescaled copy of E: shown as its own, named bar
@@ -311,16 +334,22 @@
   }
 
   // --- 5: the grids --------------------------------------------------------------------------
+  // a long text's grids show the window of tokens the server sent rows for (queries and
+  // keys alike), around the query; picking a token outside it moves the window there
   function drawGrids() {
     const w = state.walk, n = w.tokens.length;
-    Grid.fitCells([$("scores"), $("grid")], n);
-    const masked = w.dots.map((row, q) => row.map((v, k) => (w.mask[q][k] ? null : v)));
-    const pattern = w.pattern.map((row, q) => row.map((v, k) => (w.mask[q][k] ? null : v)));
+    const [start, stop] = w.rows;
+    const keys = (r) => r.slice(start, stop);
+    Grid.fitCells([$("scores"), $("grid")], stop - start);
+    const masked = w.dots.map((r, i) => keys(r.map((v, k) => (w.mask[i][k] ? null : v))));
+    const pattern = w.pattern.map((r, i) => keys(r.map((v, k) => (w.mask[i][k] ? null : v))));
     const common = {
-      tokens: w.tokens, pattern: w.pattern, scores: masked, video: state.video, selected: state.query,
+      tokens: w.tokens.slice(start, stop), offset: start, pattern: w.pattern.map(keys), scores: masked,
+      video: state.video, selected: state.query,
       onHover: (h) => { $("hover").textContent = Grid.hoverText(h); },
       onPick: pickQuery,
     };
+    drawWindowNote(start, stop, n);
     const scores = Grid.draw($("scores"), { ...common, values: masked, kind: "signed" });
     Grid.legend($("scores-legend"), { kind: "signed", maxAbs: Number(scores.dataset.maxAbs), masked: w.decoder });
     const grid = Grid.draw($("grid"), { ...common, values: pattern, kind: "weight" });
@@ -333,10 +362,28 @@
     clearHover(); // the old line may name a token that is gone
   }
 
+  function drawWindowNote(start, stop, n) {
+    const box = $("grid-window");
+    box.hidden = stop - start >= n;
+    box.replaceChildren();
+    if (box.hidden) return;
+    box.appendChild(el("span", "", `tokens ${start}–${stop - 1} of ${n}, around the query; `));
+    const step = Math.max(1, Math.floor((stop - start) / 2));
+    for (const [label, to, off] of [["◀ earlier", start - step, start === 0], ["later ▶", stop - 1 + step, stop === n]]) {
+      const b = el("button", "link", label);
+      b.type = "button";
+      b.disabled = off;
+      b.addEventListener("click", () => pickQuery(Math.max(0, Math.min(n - 1, to))));
+      if (box.children.length > 1) box.appendChild(el("span", "", " · "));
+      box.appendChild(b);
+    }
+    box.appendChild(el("span", "", " (moves the query), or pick any token."));
+  }
+
   function drawThumbs() {
     const a = state.analysis;
     if (!a) return;
-    Grid.thumbnails($("thumbs"), a.patterns, state.video, [state.layer, state.head], pickHead);
+    Grid.thumbnails($("thumbs"), a.patterns, state.video, [state.layer, state.head], pickHead, a.thumbnail_tokens);
   }
 
   // a new head only moves the outline: redrawing every thumbnail costs more than a forward pass
@@ -512,6 +559,10 @@
     state.autoQuery = false;
     if (i === state.query) return;
     state.query = i;
+    if (!inWindow(state.walk, i)) { // its rows are not here: ask for the window around it
+      loadHead().then(loadMLP);
+      return;
+    }
     drawStory();
     drawGrids();
     status(`${state.walk.tokens.length} tokens · layer ${state.walk.layer}, head ${state.walk.head} · ` +
@@ -574,12 +625,14 @@
 
   async function loadHead() {
     const id = ++state.seq.head;
-    const asked = api("/api/head", { model: state.model, text: state.text, layer: state.layer, head: state.head });
+    const query = state.autoQuery ? undefined : state.query; // none: the server picks the one to follow
+    const asked = api("/api/head", { model: state.model, text: state.text, layer: state.layer, head: state.head, query });
     markThumbs();
     try {
       const w = await asked;
       if (id !== state.seq.head) return; // a newer request is on its way
       state.walk = w;
+      if (!inWindow(w, state.query)) state.query = w.focus; // its rows must be here to draw it
       const moved = state.autoQuery && Number.isInteger(w.query) && w.query < w.tokens.length && w.query !== state.query;
       if (moved) state.query = w.query;
       drawHead();
