@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, cast
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,7 @@ from .config import GlassformerError, ModelConfig
 from .hooks import ActivationCache, HookFn, HookPoint, Names, attach, match, name_hook_points
 from .hooks import run_with_cache as capture
 from .linear import Linear, matmul, on_meta
+from .tokenizer import Tokenizer
 
 ACTIVATION_FNS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,  # exact erf form (BERT)
@@ -171,7 +172,7 @@ class Transformer(nn.Module):
                 self.unembed.weight = self.embed.W_E.weight  # W_U = W_Eᵀ
             self.hook_ln_final = HookPoint()  # [B, T, C]
             self.hook_logits = HookPoint()  # [B, T, V]
-        self.tokenizer: Any = None  # attached by loaders; encode(text) -> ids, decode(ids) -> text
+        self.tokenizer: Tokenizer | None = None  # attached by loaders (tokenizer.Tokenizer)
         self.weights_key: str | None = None  # converted weights: the version of their source file
         self.hook_points: dict[str, HookPoint] = name_hook_points(self)
         if on_meta():  # built only to receive loaded weights: nothing to draw

@@ -15,7 +15,7 @@ import torch
 
 from .. import lessons
 from ..config import GlassformerError
-from ..inputs import check_layer_head
+from ..inputs import check_layer_head, tokenizer_of
 from ..model import Transformer
 from .explain import HeadWalk, sharpest_query
 
@@ -120,8 +120,7 @@ def random_repeats(model: Transformer, n_each: int = 6, lengths=(5, 9, 13, 17), 
 
 
 def _token_id(model: Transformer, token: str) -> int | None:
-    finder = getattr(model.tokenizer, "token_id", None)
-    return finder(token) if finder is not None else None
+    return model.tokenizer.token_id(token) if model.tokenizer is not None else None
 
 
 def adjective_noun(
@@ -143,7 +142,7 @@ def adjective_scores(model: Transformer, sentences=None, *, n: int = 200, seed: 
     L, H = model.config.n_layers, model.config.n_heads
     own, far, even = torch.zeros(L, H), torch.zeros(L, H), torch.zeros(L, H)
     n_own = n_far = 0
-    rows = [model.tokenizer.encode(" ".join(w for w, _, _ in sent)) for sent in sentences]
+    rows = [tokenizer_of(model).encode(" ".join(w for w, _, _ in sent)) for sent in sentences]
     if any(len(ids) != len(sent) for ids, sent in zip(rows, sentences)):
         raise GlassformerError("this model's tokenizer does not split the lesson one word per token")
     # one forward for every sentence, padded on the right: in a decoder no query looks at
@@ -411,7 +410,7 @@ def lesson_nouns(model: Transformer, n: int = 200, seed: int = 12345, every_posi
     """(ids [B, T] right-padded, where [B, T]): the adjectives lesson's sentences and the
     nouns that have adjectives (or, with every_position, every real token)."""
     sentences = lessons.adjectives.sentences(n, seed)
-    rows = [model.tokenizer.encode(" ".join(w for w, _, _ in sent)) for sent in sentences]
+    rows = [tokenizer_of(model).encode(" ".join(w for w, _, _ in sent)) for sent in sentences]
     width = max(len(r) for r in rows)
     ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
     where = torch.zeros(ids.shape, dtype=torch.bool)

@@ -14,7 +14,7 @@ from importlib import resources
 import torch
 
 from ..config import GlassformerError
-from ..inputs import check_layer_head
+from ..inputs import check_layer_head, tokenizer_of
 from ..inspect.explain import Analysis, analyze, walk_head
 from ..inspect.heads import query_to_follow
 from ..inspect.readings import detector_note, read_delta, scores_note, sink_note
@@ -122,7 +122,7 @@ def report_html(
     """The whole report for `text` on `model`, as one HTML string."""
     check_layer_head(model, layer, head)
     analysis = analyze(model, text, scores=True)
-    data = report_data(analysis, text, token_texts=model.tokenizer.token_texts, start=(layer, head))
+    data = report_data(analysis, text, token_texts=tokenizer_of(model).token_texts, start=(layer, head))
     data["reading"] = head_reading(model, text, layer, head)
     return PAGE.format(
         title=html.escape(title),
