@@ -311,7 +311,7 @@ def test_cli_heads_lens_neurons(capsys, tmp_path):
     assert out.count(", neuron ") == 6  # the 3 firing hardest, then the 3 pushing hardest toward the guess
     assert "the model's own next-token guess here: [" in out and "push hardest toward [" in out
     for command in ("lens", "neurons"):  # matrices held in bf16, the stream in fp32: products still meet
-        assert main([command, "hello", "--model", str(tmp_path / "m"), "-k", "2", "--dtype", "bf16"]) == 0
+        assert main([command, "hello", "--model", str(tmp_path / "m"), "-k", "2", "--precision", "bf16"]) == 0
     assert "push hardest toward [" in capsys.readouterr().out
     assert main(["neurons", "--model", str(tmp_path / "m"), "--neuron", "x"]) == 2
     assert "LAYER.INDEX" in capsys.readouterr().err

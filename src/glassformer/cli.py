@@ -90,8 +90,8 @@ def yes_no(text: str) -> bool:  # the on/off model flags
 
 
 def model_flag(p: argparse.ArgumentParser, **kwargs) -> None:
-    """--model, and --dtype: the precision the model's matrices are held and multiplied in."""
-    from .pretrained import DTYPES, NAMES_HELP
+    """--model, and --precision: what the model's matrices are held and multiplied in."""
+    from .pretrained import NAMES_HELP, PRECISIONS
 
     if kwargs.get("required"):
         note = ""
@@ -101,8 +101,10 @@ def model_flag(p: argparse.ArgumentParser, **kwargs) -> None:
         note = f" (default: {DEFAULT_MODEL})"
     p.add_argument("--model", "-m", help=NAMES_HELP + note, **kwargs)
     p.add_argument(
-        "--dtype",
-        choices=DTYPES,
+        "--precision",
+        "--dtype",  # the name it had before; one idea, one word
+        dest="precision",
+        choices=PRECISIONS,
         default="fp32",
         help="fp32 (default), bf16 (matrices in bf16; stream, "
         "norms and attention pattern in fp32), or auto (bf16 where the chip computes it natively)",
@@ -112,7 +114,7 @@ def model_flag(p: argparse.ArgumentParser, **kwargs) -> None:
 def load_model(args):
     from .pretrained import load
 
-    return load(DEFAULT_MODEL if args.model is None else args.model, dtype=args.dtype)
+    return load(DEFAULT_MODEL if args.model is None else args.model, precision=args.precision)
 
 
 def say_unknown_words(model, text: str) -> None:
@@ -569,7 +571,7 @@ def serve(args) -> int:
     from .server.app import create_app, default_registry, run
     from .server.serving import network_warning
 
-    registry = default_registry(args.model or [DEFAULT_MODEL], dtype=args.dtype)
+    registry = default_registry(args.model or [DEFAULT_MODEL], precision=args.precision)
     first = next(iter(registry.slots))
     print(f"loading {first} ...", flush=True)
     registry[first].get()  # fail now, with one line, rather than on the first request

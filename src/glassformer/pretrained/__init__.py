@@ -44,10 +44,7 @@ NAMES_HELP = (
 )
 
 
-DTYPES = PRECISIONS  # what gf.load(dtype=) and --dtype accept
-
-
-def load(name_or_path: str | os.PathLike, *, dtype: str = "fp32") -> Transformer:
+def load(name_or_path: str | os.PathLike, *, precision: str = "fp32") -> Transformer:
     """The model called `name_or_path` (see the module docstring), in eval mode, its
     tokenizer attached as `model.tokenizer`.
 
@@ -57,14 +54,9 @@ def load(name_or_path: str | os.PathLike, *, dtype: str = "fp32") -> Transformer
     """
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise GlassformerError(f"give a model name or path as text, not {type(name_or_path).__name__}; {NAMES_HELP}")
-    precision = resolve_dtype(dtype)
+    held_in = resolve_precision(precision, "cpu")  # loaded on the CPU
     model = _load(str(name_or_path))
-    return model.set_precision(precision) if precision != "fp32" else model
-
-
-def resolve_dtype(dtype: str) -> str:
-    """The precision a model loaded here (on the CPU) is held in: see hardware.resolve_precision."""
-    return resolve_precision(dtype, "cpu", what="dtype")
+    return model.set_precision(held_in) if held_in != "fp32" else model
 
 
 def _check_name(name: str) -> None:
@@ -208,4 +200,4 @@ def load_path(path: Path) -> Transformer:
     return model
 
 
-__all__ = ["BUILTIN", "DTYPES", "NAMES_HELP", "config_of", "load", "random_model", "resolve_dtype"]
+__all__ = ["BUILTIN", "NAMES_HELP", "PRECISIONS", "config_of", "load", "random_model"]

@@ -122,13 +122,13 @@ class Registry:
         return self.slots[name]
 
 
-def default_registry(names: list[str], dtype: str = "fp32") -> Registry:
+def default_registry(names: list[str], precision: str = "fp32") -> Registry:
     """Exactly the models named on the command line, loaded on first use (in `dtype`)."""
     from ..pretrained import load
 
     reg = Registry()
     for name in names:
-        reg.add(name, functools.partial(load, name, dtype=dtype))
+        reg.add(name, functools.partial(load, name, precision=precision))
     return reg
 
 
