@@ -8,34 +8,221 @@ Each helper returns a mapping for `model.hooks(...)`, so edits compose:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..config import GlassformerError
-from ..inputs import check_layer_head
+from ..inputs import check_layer_head, check_neuron
 from ..model import Transformer
 
 
-def ablate_head(model: Transformer, layer: int, head: int, *, mode: str = "zero", reference=None) -> dict:
+def ablate_head(
+    model: Transformer, layer: int, head: int, *, mode: str = "zero", reference=None, position: int | None = None
+) -> dict:
     """Remove head `head` of `layer`: its z (pattern-weighted values) is set to zero, or
-    to its mean over `reference` token ids (mode="mean"), so its ΔE becomes 0 (or average)."""
+    to its mean over `reference` token ids (mode="mean"), so its ΔE becomes 0 (or average).
+    `position`: only there (default: at every position)."""
     check_layer_head(model, layer, head)
     name = f"blocks.{layer}.attn.z"
-    if mode == "zero":
-        replacement = None
-    elif mode == "mean":
-        if reference is None:
-            raise GlassformerError("mean ablation needs reference token ids to average over")
-        _, cache = model.run_with_cache(reference, names=name)
-        replacement = cache[name][:, head].mean(dim=(0, 1))  # [D]
-    else:
-        raise GlassformerError(f"unknown ablation mode {mode!r}; use zero or mean")
+    replacement = _replacement(model, name, mode, reference, lambda t: t[:, head])
 
     def fn(z_BHTD: torch.Tensor, _name: str) -> torch.Tensor:
         z_BHTD = z_BHTD.clone()
-        z_BHTD[:, head] = 0.0 if replacement is None else replacement.to(z_BHTD)
+        where = slice(None) if position is None else position
+        z_BHTD[:, head, where] = 0.0 if replacement is None else replacement.to(z_BHTD)
         return z_BHTD
 
     return {name: fn}
+
+
+def ablate_mlp(
+    model: Transformer,
+    layer: int,
+    neuron: int | None = None,
+    *,
+    mode: str = "zero",
+    reference=None,
+    position: int | None = None,
+) -> dict:
+    """Remove the MLP of `layer` (what it adds to the stream set to zero, or its mean over
+    `reference`), or only one neuron's activation when `neuron` is given."""
+    if neuron is None:
+        check_layer_head(model, layer, 0)
+        name, pick = f"blocks.{layer}.mlp.out", (lambda t: t)
+    else:
+        check_neuron(model, layer, neuron)
+        name, pick = f"blocks.{layer}.mlp.post", (lambda t: t[..., neuron])
+    replacement = _replacement(model, name, mode, reference, pick)
+
+    def fn(x_BTX: torch.Tensor, _name: str) -> torch.Tensor:
+        x_BTX = x_BTX.clone()
+        where = slice(None) if position is None else position
+        value = 0.0 if replacement is None else replacement.to(x_BTX)
+        if neuron is None:
+            x_BTX[:, where] = value
+        else:
+            x_BTX[:, where, neuron] = value
+        return x_BTX
+
+    return {name: fn}
+
+
+def _replacement(model: Transformer, name: str, mode: str, reference, pick) -> torch.Tensor | None:
+    """None for zero ablation; for mean ablation, the activation `pick` chooses, averaged
+    over the reference run's batch and positions."""
+    if mode == "zero":
+        return None
+    if mode != "mean":
+        raise GlassformerError(f"unknown ablation mode {mode!r}; use zero or mean")
+    if reference is None:
+        raise GlassformerError("mean ablation needs reference token ids to average over")
+    _, cache = model.run_with_cache(reference, names=name)
+    chosen = pick(cache[name])
+    # z is [B, H, T, D]: after picking the head, positions are dim 1 as for [B, T, ...]
+    return chosen.float().mean(dim=(0, 1))
+
+
+def combine(*edits: dict) -> dict:
+    """Several edits as one mapping for `model.hooks`: edits of the same activation run
+    one after another (two heads of one layer both switched off)."""
+    merged: dict = {}
+    for edit in edits:
+        for name, fn in edit.items():
+            if name in merged:
+                first = merged[name]
+                merged[name] = lambda t, n, first=first, fn=fn: fn(first(t, n), n)
+            else:
+                merged[name] = fn
+    return merged
+
+
+@dataclass
+class Ablation:
+    """The next-token distribution at one position before and after an edit."""
+
+    position: int
+    before: list[tuple[int, float]]  # the k likeliest tokens before: (id, probability)
+    after: list[tuple[int, float]]  # the k likeliest tokens after
+    kl: float  # KL(before ‖ after) in nats
+    top: int  # the likeliest token before the edit
+    top_before: float  # its probability before
+    top_after: float  # and after
+
+
+@torch.inference_mode()
+def compare_next_token(model: Transformer, ids, edits: dict, *, position: int = -1, k: int = 5) -> Ablation:
+    """Run `ids` as they are and with `edits` hooked in; the next-token distribution at
+    `position` both ways, their KL divergence and what happened to the top token."""
+    need_decoder(model, "the next-token distribution")
+    clean = model(ids)[0, position].float().log_softmax(-1)
+    with model.hooks(edits):
+        edited = model(ids)[0, position].float().log_softmax(-1)
+    kl = float((clean.exp() * (clean - edited)).sum())
+    top = int(clean.argmax())
+    k = min(k, clean.numel())
+
+    def best(logp: torch.Tensor) -> list[tuple[int, float]]:
+        values, indices = logp.exp().topk(k)
+        return [(int(i), float(v)) for i, v in zip(indices, values)]
+
+    T = ids.shape[-1]
+    return Ablation(
+        position % T, best(clean), best(edited), max(kl, 0.0), top, float(clean[top].exp()), float(edited[top].exp())
+    )
+
+
+def need_decoder(model: Transformer, what: str) -> None:
+    if not model.config.causal:
+        raise GlassformerError(f"{what} needs a decoder (a GPT or Llama model with W_U); this model is an encoder")
+
+
+@dataclass
+class Patching:
+    """Head-by-head activation patching from a clean run into a corrupted one."""
+
+    answer: int  # the token the clean run should give
+    wrong: int  # the token the corrupted run gives instead
+    clean_diff: float  # logit(answer) - logit(wrong), clean run
+    corrupt_diff: float  # the same, corrupted run
+    restored: torch.Tensor  # [layer, head]: (patched - corrupt) / (clean - corrupt)
+
+
+@torch.inference_mode()
+def patch_heads(
+    model: Transformer, clean_ids, corrupt_ids, answer: int, wrong: int, *, batch: int = 30, progress: bool = False
+) -> Patching:
+    """For every head: its z from the clean run, at every position, put into the corrupted
+    run, and the share of the logit difference (answer - wrong) that comes back.
+
+    Runs are batched: each row of a batch is the corrupted text with one head patched,
+    and the clean z is computed once."""
+    need_decoder(model, "patching")
+    clean_ids, corrupt_ids = _as_2d(clean_ids), _as_2d(corrupt_ids)
+    if clean_ids.shape != corrupt_ids.shape:
+        raise GlassformerError(
+            f"the two texts must have the same number of tokens to patch position by position: "
+            f"{clean_ids.shape[-1]} vs {corrupt_ids.shape[-1]}"
+        )
+    L, H = model.config.n_layers, model.config.n_heads
+    names = [f"blocks.{i}.attn.z" for i in range(L)]
+    clean_logits, clean_cache = model.run_with_cache(clean_ids, names=names)
+    corrupt_logits = model(corrupt_ids, last_only=True)
+
+    def diff(logits_BV: torch.Tensor) -> torch.Tensor:
+        return (logits_BV[:, answer] - logits_BV[:, wrong]).float()
+
+    clean_diff, corrupt_diff = float(diff(clean_logits[:, -1])[0]), float(diff(corrupt_logits[:, -1])[0])
+    if abs(clean_diff - corrupt_diff) < 1e-6:
+        raise GlassformerError("the clean and corrupted texts give the same logit difference; nothing to restore")
+    heads = [(i, h) for i in range(L) for h in range(H)]
+    out = torch.empty(L * H)
+    from tqdm.auto import tqdm
+
+    for start in tqdm(range(0, len(heads), batch), desc="patching heads", disable=not progress):
+        chosen = heads[start : start + batch]
+        fns = {}
+        for layer in {i for i, _ in chosen}:
+            rows = [(r, h) for r, (i, h) in enumerate(chosen) if i == layer]
+            fns[f"blocks.{layer}.attn.z"] = _patch_rows(clean_cache[f"blocks.{layer}.attn.z"][0], rows)
+        with model.hooks(fns):
+            logits = model(corrupt_ids.expand(len(chosen), -1), last_only=True)
+        out[start : start + len(chosen)] = diff(logits[:, -1]).cpu()
+    restored = (out - corrupt_diff) / (clean_diff - corrupt_diff)
+    return Patching(answer, wrong, clean_diff, corrupt_diff, restored.view(L, H))
+
+
+def _patch_rows(clean_HTD: torch.Tensor, rows: list[tuple[int, int]]):
+    """A hook that puts the clean z of head h into batch row r, for each (r, h)."""
+
+    def fn(z_BHTD: torch.Tensor, _name: str) -> torch.Tensor:
+        z_BHTD = z_BHTD.clone()
+        for r, h in rows:
+            z_BHTD[r, h] = clean_HTD[h].to(z_BHTD)
+        return z_BHTD
+
+    return fn
+
+
+def _as_2d(ids) -> torch.Tensor:
+    ids = torch.as_tensor(ids)
+    return ids[None] if ids.dim() == 1 else ids
+
+
+@torch.inference_mode()
+def mlp_logit_attribution(model: Transformer, ids, token: int, *, position: int = -1) -> torch.Tensor:
+    """ "How much does each layer's MLP push this token?": [layer], what each MLP adds to
+    the stream at `position`, read on `token`'s logit through the final norm linearised
+    as in head_logit_attribution."""
+    need_decoder(model, "direct logit attribution")
+    L = model.config.n_layers
+    names = [f"blocks.{i}.mlp.out" for i in range(L)] + [f"blocks.{L - 1}.resid_post"]
+    _, cache = model.run_with_cache(_as_2d(ids), names=names)
+    direction, centre = final_norm_direction(model, cache[f"blocks.{L - 1}.resid_post"][0, position], token)
+    rows = torch.stack([cache[f"blocks.{i}.mlp.out"][0, position].float() for i in range(L)])  # [L, C]
+    if centre:
+        rows = rows - rows.mean(-1, keepdim=True)
+    return rows @ direction
 
 
 def patch(model: Transformer, source, names) -> dict:
