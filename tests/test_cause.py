@@ -96,11 +96,13 @@ def test_mlp_pushes_add_up_with_the_rest_of_the_logit(llama):
 
 
 @pytest.mark.parametrize("family", [tiny_decoder, tiny_llama])
-def test_batched_patching_equals_one_head_at_a_time(family):
+@pytest.mark.parametrize("differ_from", [0, 8])  # 8: a shared prefix, read from the cached keys and values
+def test_batched_patching_equals_one_head_at_a_time(family, differ_from):
     model = build(family())
-    clean, corrupt = ids_of(5), ids_of(6)
+    clean, corrupt = ids_of(5), ids_of(5).clone()
+    corrupt[0, differ_from:] = ids_of(6)[0, differ_from:]
     answer, wrong = 3, 11
-    found = patch_heads(model, clean, corrupt, answer, wrong, batch=3)  # batches cross layers
+    found = patch_heads(model, clean, corrupt, answer, wrong)
     L, H = model.config.n_layers, model.config.n_heads
     _, cache = model.run_with_cache(clean, names="blocks.*.attn.z")
 
@@ -130,7 +132,9 @@ def test_patching_refuses_texts_of_different_lengths(decoder):
         patch_heads(decoder, ids_of(0, 10), ids_of(1, 11), 1, 2)
 
 
-def test_factored_topk_equals_the_whole_product():
+@pytest.mark.parametrize("screen", [True, False])  # bf16 screening where the chip has it, and without
+def test_factored_topk_equals_the_whole_product(monkeypatch, screen):
+    monkeypatch.setattr(circuits, "bf16_native", lambda _device: screen)
     gen = torch.Generator().manual_seed(0)
     m = FactoredMatrix(torch.randn(53, 4, generator=gen), torch.randn(4, 41, generator=gen))
     whole = m.AB
@@ -301,7 +305,7 @@ def test_smollm2_patching_equals_hooks_one_head_at_a_time(smollm2):
 
     clean, corrupt = encode_batch(smollm2, CLEAN), encode_batch(smollm2, CORRUPT)
     mary, john = single_token(smollm2, " Mary"), single_token(smollm2, " John")
-    found = patch_heads(smollm2, clean, corrupt, mary, john, batch=45)
+    found = patch_heads(smollm2, clean, corrupt, mary, john)
     assert found.clean_diff > 3 and found.corrupt_diff < -3  # the model solves the task both ways
     _, cache = smollm2.run_with_cache(clean, names="blocks.*.attn.z")
     best = found.restored.flatten().topk(3).indices.tolist()

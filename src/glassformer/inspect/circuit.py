@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import GlassformerError
+from ..hardware import bf16_native
 from ..inputs import check_layer_head
 from ..model import Transformer
 
@@ -51,25 +52,54 @@ class FactoredMatrix:
         """The whole product: only for small m × n."""
         return self.A @ self.B
 
-    def row_chunks(self, chunk: int) -> Iterator[tuple[int, torch.Tensor]]:
-        """(first row, rows [chunk, n]) of the product, a block at a time."""
-        for start in range(0, self.A.shape[0], chunk):
-            yield start, self.A[start : start + chunk] @ self.B
+    def row_chunks(
+        self, chunk: int, dtype: torch.dtype | None = None, first: int = 0
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """(first row, rows [chunk, n]) of the product, a block at a time, in `dtype`
+        (default: the factors'). Every block is written into one buffer (each is gone when
+        the next comes): touching fresh memory for each block cost half as much as the
+        product itself."""
+        A, B = (self.A, self.B) if dtype is None else (self.A.to(dtype), self.B.to(dtype))
+        buffer = torch.empty(min(chunk, A.shape[0]), B.shape[1], dtype=A.dtype, device=A.device)
+        for start in range(first, A.shape[0], chunk):
+            rows = A[start : start + chunk]
+            yield start, torch.matmul(rows, B, out=buffer[: rows.shape[0]])
 
-    def topk(self, k: int, chunk: int = 1024) -> list[tuple[int, int, float]]:
+    def topk(self, k: int, chunk: int = 512) -> list[tuple[int, int, float]]:
         """The k largest entries as (row, column, value), best first, computed a block of
-        rows at a time (memory chunk × n, not m × n)."""
-        n = self.B.shape[1]
-        values = torch.empty(0)
-        flat = torch.empty(0, dtype=torch.long)
-        for start, block in self.row_chunks(chunk):
-            v, i = block.flatten().topk(min(k, block.numel()))
-            values = torch.cat([values, v.cpu()])
-            flat = torch.cat([flat, i.cpu() + start * n])
-            keep = values.topk(min(k, values.numel())).indices
-            values, flat = values[keep], flat[keep]
-        order = values.argsort(descending=True)
-        return [(int(flat[j]) // n, int(flat[j]) % n, float(values[j])) for j in order]
+        rows at a time (memory chunk × n, not m × n).
+
+        A full sort of each block cost more than its product, so each block only gives up
+        the entries that could beat the k-th best value found so far (a threshold that only
+        rises). Where the chip multiplies bf16 natively, blocks are screened in bf16 with a
+        margin larger than bf16's rounding can move an entry, and the few entries that pass
+        are scored again exactly: the result is the float32 one."""
+        screen = torch.bfloat16 if self.A.dtype == torch.float32 and bf16_native(self.A.device) else None
+        # |a·b − bf16 product| ≤ (2·2⁻⁹ + 2⁻⁹)·|a|·|b| (inputs, then the output, rounded);
+        # twice that, per row, with the largest column norm
+        margins = 2**-6 * self.A.norm(dim=1) * self.B.norm(dim=0).max() if screen is not None else None
+        # the first block exactly: the k-th best of its rows' maxima is a first threshold
+        block = self.A[:chunk] @ self.B
+        maxima = block.max(dim=1).values
+        threshold = float(maxima.topk(k).values[-1]) if maxima.numel() >= k else float(block.min())
+        first_rows, first_cols = (block >= threshold).nonzero(as_tuple=True)
+        best = self._keep(k, first_rows, first_cols, None)
+        for start, block in self.row_chunks(chunk, screen, first=chunk):
+            if best[0].numel() >= k:
+                threshold = max(threshold, float(best[0].min()))
+            limit = threshold - (margins[start : start + block.shape[0], None] if margins is not None else 0.0)
+            rows, cols = (block >= torch.as_tensor(limit).to(block.dtype)).nonzero(as_tuple=True)
+            best = self._keep(k, rows + start, cols, best)
+        order = best[0].argsort(descending=True)
+        return [(int(best[1][j]), int(best[2][j]), float(best[0][j])) for j in order]
+
+    def _keep(self, k: int, rows: torch.Tensor, cols: torch.Tensor, best):
+        """The k best of `best` and of the entries (rows, cols), scored exactly from the factors."""
+        exact = (self.A[rows] * self.B[:, cols].T).sum(-1).cpu()
+        if best is not None:
+            exact, rows, cols = (torch.cat([b, x.cpu()]) for b, x in zip(best, (exact, rows, cols)))
+        keep = exact.topk(min(k, exact.numel())).indices
+        return exact[keep], rows.cpu()[keep], cols.cpu()[keep]
 
     def topk_per_row(self, rows: list[int], k: int) -> list[list[tuple[int, float]]]:
         """For each of `rows`, its k largest columns as (column, value)."""
@@ -169,7 +199,7 @@ class Circuit:
     leaves_out: list[str]
 
 
-def read_circuits(model: Transformer, layer: int, head: int, *, k: int = 20, chunk: int = 1024) -> Circuit:
+def read_circuits(model: Transformer, layer: int, head: int, *, k: int = 20, chunk: int = 512) -> Circuit:
     """The QK and OV circuits of one head: whole for a vocabulary of at most SMALL_VOCAB
     tokens, else the k largest entries of each, searched in chunks of rows."""
     qk = qk_circuit(model, layer, head)

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ..attention import LayerCache
 from ..config import GlassformerError
 from ..inputs import check_layer_head, check_neuron
+from ..linear import matmul
 from ..model import Transformer
 
 
@@ -150,13 +152,16 @@ class Patching:
 
 @torch.inference_mode()
 def patch_heads(
-    model: Transformer, clean_ids, corrupt_ids, answer: int, wrong: int, *, batch: int = 30, progress: bool = False
+    model: Transformer, clean_ids, corrupt_ids, answer: int, wrong: int, *, progress: bool = False
 ) -> Patching:
     """For every head: its z from the clean run, at every position, put into the corrupted
     run, and the share of the logit difference (answer - wrong) that comes back.
 
-    Runs are batched: each row of a batch is the corrupted text with one head patched,
-    and the clean z is computed once."""
+    Only what can change is recomputed. Below a patched head's layer the run is the
+    corrupted one, so each layer's heads start together, one batch row per head, from the
+    corrupted stream entering that layer. Before the first token where the two texts
+    differ, every z is the same in both runs (a decoder looks only back), so those
+    positions are read from the corrupted run's keys and values, as generation does."""
     need_decoder(model, "patching")
     clean_ids, corrupt_ids = _as_2d(clean_ids), _as_2d(corrupt_ids)
     if clean_ids.shape != corrupt_ids.shape:
@@ -165,9 +170,10 @@ def patch_heads(
             f"{clean_ids.shape[-1]} vs {corrupt_ids.shape[-1]}"
         )
     L, H = model.config.n_layers, model.config.n_heads
-    names = [f"blocks.{i}.attn.z" for i in range(L)]
-    clean_logits, clean_cache = model.run_with_cache(clean_ids, names=names)
-    corrupt_logits = model(corrupt_ids, last_only=True)
+    clean_logits, clean_cache = model.run_with_cache(clean_ids, names=[f"blocks.{i}.attn.z" for i in range(L)])
+    corrupt_logits, corrupt_cache = model.run_with_cache(
+        corrupt_ids, names=["blocks.*.resid_pre", "blocks.*.attn.k", "blocks.*.attn.v"]
+    )
 
     def diff(logits_BV: torch.Tensor) -> torch.Tensor:
         return (logits_BV[:, answer] - logits_BV[:, wrong]).float()
@@ -175,21 +181,34 @@ def patch_heads(
     clean_diff, corrupt_diff = float(diff(clean_logits[:, -1])[0]), float(diff(corrupt_logits[:, -1])[0])
     if abs(clean_diff - corrupt_diff) < 1e-6:
         raise GlassformerError("the clean and corrupted texts give the same logit difference; nothing to restore")
-    heads = [(i, h) for i in range(L) for h in range(H)]
-    out = torch.empty(L * H)
+    T = corrupt_ids.shape[1]
+    start = int((clean_ids[0] != corrupt_ids[0]).nonzero()[0])  # the first position that differs
+    rotation = model.rotary(start, T - start, model.device) if model.rotary is not None else None
+    patched = torch.empty(L, H)
     from tqdm.auto import tqdm
 
-    for start in tqdm(range(0, len(heads), batch), desc="patching heads", disable=not progress):
-        chosen = heads[start : start + batch]
-        fns = {}
-        for layer in {i for i, _ in chosen}:
-            rows = [(r, h) for r, (i, h) in enumerate(chosen) if i == layer]
-            fns[f"blocks.{layer}.attn.z"] = _patch_rows(clean_cache[f"blocks.{layer}.attn.z"][0], rows)
-        with model.hooks(fns):
-            logits = model(corrupt_ids.expand(len(chosen), -1), last_only=True)
-        out[start : start + len(chosen)] = diff(logits[:, -1]).cpu()
-    restored = (out - corrupt_diff) / (clean_diff - corrupt_diff)
-    return Patching(answer, wrong, clean_diff, corrupt_diff, restored.view(L, H))
+    for layer in tqdm(range(L), desc="patching heads, layer by layer", disable=not progress):
+        z_HTD = clean_cache[f"blocks.{layer}.attn.z"][0, :, start:]
+        put = _patch_rows(z_HTD, [(h, h) for h in range(H)])  # row h: head h patched
+        x = corrupt_cache[f"blocks.{layer}.resid_pre"][:, start:].expand(H, -1, -1)
+        for i in range(layer, L):
+            past = _prefix(model, corrupt_cache, i, start, H)
+            with model.hooks({f"blocks.{layer}.attn.z": put} if i == layer else {}):
+                x = model.block(i)(x, rotation=rotation, cache=past)
+        # the end of Transformer.forward, at the last position only
+        patched[layer] = diff(matmul(model.ln_final(x[:, -1]), model.W_U)).cpu()
+    restored = (patched - corrupt_diff) / (clean_diff - corrupt_diff)
+    return Patching(answer, wrong, clean_diff, corrupt_diff, restored)
+
+
+def _prefix(model: Transformer, cache, layer: int, start: int, batch: int) -> LayerCache:
+    """Layer `layer`'s keys and values of the positions before `start`, from a cached run,
+    for `batch` rows."""
+    c = model.config
+    T = cache[f"blocks.{layer}.attn.k"].shape[2]
+    past = LayerCache(batch, c.n_kv_heads, T, c.d_head, dtype=model.stream_dtype, device=model.device)
+    past.append(cache[f"blocks.{layer}.attn.k"][:, :, :start], cache[f"blocks.{layer}.attn.v"][:, :, :start])
+    return past
 
 
 def _patch_rows(clean_HTD: torch.Tensor, rows: list[tuple[int, int]]):
