@@ -802,7 +802,7 @@ def circuit(args) -> int:
     no sentence; it says what that leaves out. Whole grids for a small vocabulary, the top
     pairs (searched in chunks) for a large one."""
     from .inputs import check_layer_head, single_token, token_texts
-    from .inspect.circuit import SMALL_VOCAB, ov_circuit, qk_circuit, read_circuits
+    from .inspect.circuit import SMALL_VOCAB, by_token, circuit_json, read_circuits
 
     out = picture_path(args.out)
     model = load_model(args)
@@ -814,11 +814,7 @@ def circuit(args) -> int:
         )
     asked = [single_token(model, t, "--token") for t in args.token]
     found = read_circuits(model, args.layer, args.head, k=args.k)
-    per_token = {}
-    if asked:
-        qk = qk_circuit(model, args.layer, args.head).topk_per_row(asked, args.k)
-        ov = ov_circuit(model, args.layer, args.head).topk_per_row(asked, args.k) if model.config.causal else None
-        per_token = {"qk": qk, "ov": ov}
+    per_token = by_token(model, args.layer, args.head, asked, args.k)
     if out is not None:
         from .viz.cause import circuit_picture
 
@@ -832,32 +828,6 @@ def circuit(args) -> int:
     if out is not None:
         print(f"wrote {out}")
     return 0
-
-
-def circuit_json(model, found, asked: list[int], per_token: dict) -> dict:
-    """The circuit as JSON: whole matrices with `tokens`, or [query, key, score] triples."""
-    from .inputs import token_texts
-
-    def triples(pairs):
-        if pairs is None:
-            return None
-        if found.tokens is not None:
-            return pairs.tolist()
-        names = token_texts(model, [i for p in pairs for i in p[:2]])
-        return [[names[2 * j], names[2 * j + 1], s] for j, (_, _, s) in enumerate(pairs)]
-
-    value = {"layer": found.layer, "head": found.head, "leaves_out": found.leaves_out, "qk": triples(found.qk)}
-    if found.ov is not None:
-        value["ov"] = triples(found.ov)
-    if found.tokens is not None:
-        value["tokens"] = found.tokens
-    for kind, rows in per_token.items():
-        if rows is not None:
-            value[f"{kind}_by_token"] = {
-                token_texts(model, [t])[0]: [[token_texts(model, [c])[0], s] for c, s in row]
-                for t, row in zip(asked, rows)
-            }
-    return value
 
 
 # --- the parser and the one error boundary -----------------------------------------------------

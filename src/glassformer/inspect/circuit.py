@@ -26,7 +26,7 @@ import torch
 
 from ..config import GlassformerError
 from ..hardware import bf16_native
-from ..inputs import check_layer_head
+from ..inputs import check_layer_head, token_texts
 from ..model import Transformer
 
 SMALL_VOCAB = 1000  # up to this many tokens, the whole grid is given (the lessons)
@@ -199,15 +199,52 @@ class Circuit:
     leaves_out: list[str]
 
 
-def read_circuits(model: Transformer, layer: int, head: int, *, k: int = 20, chunk: int = 512) -> Circuit:
+def read_circuits(
+    model: Transformer, layer: int, head: int, *, k: int = 20, chunk: int = 512, whole: bool = True
+) -> Circuit:
     """The QK and OV circuits of one head: whole for a vocabulary of at most SMALL_VOCAB
-    tokens, else the k largest entries of each, searched in chunks of rows."""
+    tokens (unless `whole` is False), else the k largest entries of each, searched in
+    chunks of rows."""
     qk = qk_circuit(model, layer, head)
     ov = ov_circuit(model, layer, head) if model.config.causal else None
     notes = leaves_out(model, layer)
     V = model.config.vocab_size
-    if V <= SMALL_VOCAB:
-        from ..inputs import token_texts
-
+    if whole and V <= SMALL_VOCAB:
         return Circuit(layer, head, token_texts(model, range(V)), qk.AB, None if ov is None else ov.AB, notes)
     return Circuit(layer, head, None, qk.topk(k, chunk), None if ov is None else ov.topk(k, chunk), notes)
+
+
+def by_token(model: Transformer, layer: int, head: int, ids: list[int], k: int) -> dict:
+    """For each token of `ids`: its k best keys (qk) and, for a decoder, the k output
+    tokens it pushes up most when attended to (ov), as [(token id, score)]."""
+    if not ids:
+        return {}
+    qk = qk_circuit(model, layer, head).topk_per_row(ids, k)
+    ov = ov_circuit(model, layer, head).topk_per_row(ids, k) if model.config.causal else None
+    return {"qk": qk, "ov": ov}
+
+
+def circuit_json(model: Transformer, found: Circuit, asked: list[int], per_token: dict) -> dict:
+    """The circuit as JSON: whole matrices with `tokens`, or [query, key, score] triples;
+    and the asked tokens' best partners (`qk_by_token`, `ov_by_token`)."""
+
+    def triples(pairs):
+        if pairs is None:
+            return None
+        if found.tokens is not None:
+            return pairs.tolist()
+        names = token_texts(model, [i for p in pairs for i in p[:2]])
+        return [[names[2 * j], names[2 * j + 1], s] for j, (_, _, s) in enumerate(pairs)]
+
+    value = {"layer": found.layer, "head": found.head, "leaves_out": found.leaves_out, "qk": triples(found.qk)}
+    if found.ov is not None:
+        value["ov"] = triples(found.ov)
+    if found.tokens is not None:
+        value["tokens"] = found.tokens
+    for kind, rows in per_token.items():
+        if rows is not None:
+            value[f"{kind}_by_token"] = {
+                token_texts(model, [t])[0]: [[token_texts(model, [c])[0], s] for c, s in row]
+                for t, row in zip(asked, rows)
+            }
+    return value

@@ -134,6 +134,24 @@ def compare_next_token(model: Transformer, ids, edits: dict, *, position: int = 
     )
 
 
+@torch.inference_mode()
+def pattern_change(model: Transformer, ids, edits: dict) -> torch.Tensor:
+    """[layer, head]: the largest change of any attention weight when `edits` are hooked
+    in; a head switched off keeps its own pattern (its output is what goes), so only the
+    heads downstream of an edit move."""
+    names = "blocks.*.attn.pattern"
+    _, before = model.run_with_cache(ids, names=names)
+    with model.hooks(edits):
+        _, after = model.run_with_cache(ids, names=names)
+    L = model.config.n_layers
+    return torch.stack(
+        [
+            (after[f"blocks.{i}.attn.pattern"] - before[f"blocks.{i}.attn.pattern"]).abs().amax(dim=(0, 2, 3))
+            for i in range(L)
+        ]
+    ).float()
+
+
 def need_decoder(model: Transformer, what: str) -> None:
     if not model.config.causal:
         raise GlassformerError(f"{what} needs a decoder (a GPT or Llama model with W_U); this model is an encoder")
