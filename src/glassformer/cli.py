@@ -8,6 +8,9 @@
     glassformer lens TEXT --model M        the logit lens
     glassformer neurons TEXT --model M     MLP neurons that fire, and what they write
     glassformer show TEXT --model M --out FILE.html|.png|.svg
+    glassformer ablate TEXT --model M --layer L --head H | --mlp L   switch heads or MLPs off
+    glassformer patch CLEAN CORRUPT --model M   which heads restore the answer
+    glassformer circuit --model M --layer L --head H   a head's QK and OV circuits from weights
     glassformer serve [--model M ...] [--host H] [--port P]
 
 Each command is a pair, side by side: `NAME_arguments(parser)` declares its flags, and
@@ -707,7 +710,8 @@ def ablate(args) -> int:
     print(f"KL(before ‖ after) = {result.kl:.4f} nats")
     if pushes is not None:
         print(f"each layer's MLP push on [{bracketed(top, 14)}]'s logit (read through the final norm and W_U):")
-        print("  " + "  ".join(f"{i}:{v:+.2f}" for i, v in enumerate(pushes)))
+        for first in range(0, len(pushes), 10):  # ten layers a line: fits 80 columns
+            print("  " + "  ".join(f"{i:>2}:{v:+6.2f}" for i, v in enumerate(pushes) if first <= i < first + 10))
     return 0
 
 
