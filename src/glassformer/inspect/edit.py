@@ -176,10 +176,11 @@ def patch_heads(
     run, and the share of the logit difference (answer - wrong) that comes back.
 
     Only what can change is recomputed. Below a patched head's layer the run is the
-    corrupted one, so each layer's heads start together, one batch row per head, from the
-    corrupted stream entering that layer. Before the first token where the two texts
-    differ, every z is the same in both runs (a decoder looks only back), so those
-    positions are read from the corrupted run's keys and values, as generation does."""
+    corrupted one, so a head's batch row joins the run at its own layer, from the
+    corrupted stream entering it: one pass through the layers whose batch grows by a layer's
+    heads at each (few large products, not one run per head). Before the first token where
+    the two texts differ, every z is the same in both runs (a decoder looks only back), so
+    those positions are read from the corrupted run's keys and values, as generation does."""
     need_decoder(model, "patching")
     clean_ids, corrupt_ids = _as_2d(clean_ids), _as_2d(corrupt_ids)
     if clean_ids.shape != corrupt_ids.shape:
@@ -202,19 +203,17 @@ def patch_heads(
     T = corrupt_ids.shape[1]
     start = int((clean_ids[0] != corrupt_ids[0]).nonzero()[0])  # the first position that differs
     rotation = model.rotary(start, T - start, model.device) if model.rotary is not None else None
-    patched = torch.empty(L, H)
     from tqdm.auto import tqdm
 
+    x = corrupt_cache["blocks.0.resid_pre"][:0, start:]  # no rows yet: [0, T - start, C]
     for layer in tqdm(range(L), desc="patching heads, layer by layer", disable=not progress):
-        z_HTD = clean_cache[f"blocks.{layer}.attn.z"][0, :, start:]
-        put = _patch_rows(z_HTD, [(h, h) for h in range(H)])  # row h: head h patched
-        x = corrupt_cache[f"blocks.{layer}.resid_pre"][:, start:].expand(H, -1, -1)
-        for i in range(layer, L):
-            past = _prefix(model, corrupt_cache, i, start, H)
-            with model.hooks({f"blocks.{layer}.attn.z": put} if i == layer else {}):
-                x = model.block(i)(x, rotation=rotation, cache=past)
-        # the end of Transformer.forward, at the last position only
-        patched[layer] = diff(matmul(model.ln_final(x[:, -1]), model.W_U)).cpu()
+        joining = corrupt_cache[f"blocks.{layer}.resid_pre"][:, start:].expand(H, -1, -1)
+        x = torch.cat([x, joining])  # rows layer·H + h: head h of this layer, patched here
+        put = _patch_rows(clean_cache[f"blocks.{layer}.attn.z"][0, :, start:], [(layer * H + h, h) for h in range(H)])
+        with model.hooks({f"blocks.{layer}.attn.z": put}):
+            x = model.block(layer)(x, rotation=rotation, cache=_prefix(model, corrupt_cache, layer, start, x.shape[0]))
+    # the end of Transformer.forward, at the last position only
+    patched = diff(matmul(model.ln_final(x[:, -1]), model.W_U)).cpu().view(L, H)
     restored = (patched - corrupt_diff) / (clean_diff - corrupt_diff)
     return Patching(answer, wrong, clean_diff, corrupt_diff, restored)
 
