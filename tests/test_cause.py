@@ -108,7 +108,7 @@ def test_batched_patching_equals_one_head_at_a_time(family, differ_from):
 
     def diff(ids):
         logits = model(ids)[0, -1]
-        return float(logits[answer] - logits[wrong])
+        return float((logits[answer] - logits[wrong]).detach())
 
     clean_diff, corrupt_diff = diff(clean), diff(corrupt)
     assert found.clean_diff == pytest.approx(clean_diff, rel=1e-4, abs=1e-5)

@@ -225,17 +225,19 @@ def test_two_gloo_processes_equal_one_with_the_combined_batch(tmp_path):
     a = checkpoint.read_safetensors(tmp_path / "one" / "latest" / "model.safetensors")
     b = checkpoint.read_safetensors(tmp_path / "two" / "latest" / "model.safetensors")
     # two processes average their gradients in another order, and a few optimizer steps
-    # carry that rounding on: compared at each weight's own scale
+    # carry that rounding on: compared at each weight's own scale, with the absolute 1e-5
+    # that held before as the floor for small weights
     for k in a:
-        assert_close(b[k], a[k], rtol=RTOL_DEEP, what=f"{k} in 1 and 2 processes:")
+        assert_close(b[k], a[k], rtol=RTOL_DEEP, atol=1e-5, what=f"{k} in 1 and 2 processes:")
     assert not list((tmp_path / "two").glob("*/.*tmp*"))  # only rank 0 wrote
 
 
 @pytest.mark.slow
 def test_default_adjectives_lesson_grows_an_adjective_head(tmp_path):
-    """At the lesson's own seed, as `make lessons` trains it. Over seeds 1337, 0, 1 and 2 the
-    best head measured 0.96-0.99 on own adjectives and 0.61-0.94 on the non-adjacent ones
-    (lessons/adjectives.py), so the thresholds, 0.8 and 0.5, hold with room to spare."""
+    """At the lesson's own seed, as `make lessons` trains it: a head whose nouns put most of
+    their attention on their own adjectives, each counted up to an equal share. Seed 1337
+    measured 0.84 (layer 0 head 3; 0.91 on own adjectives), seed 0 0.79 (layer 0 head 0,
+    which leans on the middle one of three): the thresholds, 0.7 and 0.8, hold for both."""
     from glassformer.inspect import heads
 
     code = subprocess.run(
@@ -254,11 +256,11 @@ def test_default_adjectives_lesson_grows_an_adjective_head(tmp_path):
     ).returncode
     assert code == 0
     model = gf.load(tmp_path / "adj")
-    own, far = heads.adjective_scores(model, n=300, seed=2024)  # held-out sentences
-    layer, head, score = heads.strongest(own)
-    print(f"\nadjective head {layer}.{head}: own {score:.2f}, non-adjacent {far[layer, head]:.2f}")
-    assert score >= 0.8, f"best head puts only {score:.2f} of a noun's attention on its adjectives"
-    assert far[layer, head] >= 0.5, f"head {layer}.{head} puts {far[layer, head]:.2f} on non-adjacent adjectives"
+    own, _, even = heads.adjective_scores(model, n=300, seed=2024)  # held-out sentences
+    layer, head, score = heads.strongest(even)
+    print(f"\nadjective head {layer}.{head}: even {score:.2f}, own {own[layer, head]:.2f}")
+    assert score >= 0.7, f"best head gathers only {score:.2f} of a noun's attention evenly on its adjectives"
+    assert own[layer, head] >= 0.8, f"head {layer}.{head} puts {own[layer, head]:.2f} on its noun's adjectives"
 
 
 # --- bad input -------------------------------------------------------------------------

@@ -8,8 +8,10 @@ or the new one, never a half-written mix.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -42,20 +44,34 @@ def _fsync(path: Path) -> None:
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:  # alive, another user's
         return True
     return True
 
 
+def leftovers(parent: Path, name: str, kind: str) -> list[Path]:
+    """Our own leftovers of `name` in `parent`: `.NAME.old-HEX8` (kind "old", a copy a save
+    renamed aside) or `.NAME.tmp-PID-HEX8[-SUFFIX]` (kind "tmp", a write in progress).
+
+    Matched exactly, never as a glob: a name like `ck[12]` or `*` is a name, and the
+    leftovers of another name that merely starts the same way are not ours."""
+    tail = r"-[0-9a-f]{8}" if kind == "old" else r"-\d{1,10}-[0-9a-f]{8}(?:-[a-z0-9_]{8})?"
+    pattern = re.compile(rf"\.{re.escape(name)}\.{kind}{tail}")
+    try:
+        return [p for p in parent.iterdir() if pattern.fullmatch(p.name)]
+    except OSError:  # no such folder, or one we may not list: nothing of ours to find
+        return []
+
+
 def remove_stale_temps(parent: Path, name: str) -> None:
     """Remove `.NAME.tmp-PID-*` left by processes that are no longer running, never a
     live process's work in progress."""
-    for stale in parent.glob(f".{name}.tmp-*"):
+    for stale in leftovers(parent, name, "tmp"):
         pid = stale.name.removeprefix(f".{name}.tmp-").split("-")[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            if stale.is_dir():
+        if not _pid_alive(int(pid)):
+            if stale.is_dir() and not stale.is_symlink():
                 shutil.rmtree(stale, ignore_errors=True)
             else:
                 stale.unlink(missing_ok=True)
@@ -81,6 +97,7 @@ def write_file_atomically(target: str | Path, write: Callable[[Path], object]) -
     except BaseException:
         _remove_quietly(tmp)
         raise
+    remove_stale_temps(target.parent, target.name)  # those of earlier writes killed midway
     return target
 
 
@@ -133,13 +150,13 @@ def write_dir_atomically(target: str | Path, write: Callable[[Path], None]) -> P
         _fsync(parent)
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise GlassformerError(f"cannot write {target}: {err.strerror or err}") from None
+        raise GlassformerError(f"cannot write {target}: {_reason(err)}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     # the copy this save renamed aside, those of earlier interrupted saves, and temp
     # directories of processes that died mid-write (a live writer's are left alone)
-    for stale in parent.glob(f".{target.name}.old-*"):
+    for stale in leftovers(parent, target.name, "old"):
         shutil.rmtree(stale, ignore_errors=True)
     remove_stale_temps(parent, target.name)
     return target
@@ -150,8 +167,12 @@ def find_dir(target: str | Path) -> Path | None:
     target = Path(target)
     if target.exists():
         return target
-    aside = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    aside = sorted(leftovers(target.parent, target.name, "old"), key=lambda p: p.stat().st_mtime)
     return aside[-1] if aside else None
+
+
+def _reason(err: OSError) -> str:
+    return "no space left on the device" if err.errno == errno.ENOSPC else str(err.strerror or err)
 
 
 # --- checkpoints ----------------------------------------------------------------------
@@ -163,6 +184,10 @@ def read_json(file: Path) -> object:
         raise GlassformerError(f"{file} is missing") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise GlassformerError(f"{file} is not valid JSON text ({err})") from None
+    except RecursionError:
+        raise GlassformerError(f"{file} nests its JSON too deeply to read; it is not a model file") from None
+    except ValueError:  # an integer of more digits than Python converts (4300)
+        raise GlassformerError(f"{file} holds a number of over 4,300 digits; it is not a model file") from None
     except OSError as err:
         raise GlassformerError(f"cannot read {file}: {err.strerror or err}") from None
 
@@ -173,7 +198,7 @@ def is_checkpoint(path: str | Path) -> bool:
         return False
     try:
         header = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+    except (OSError, ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return False
     return isinstance(header, dict) and header.get("format") == FORMAT
 
@@ -219,15 +244,17 @@ def save(
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], file: Path, metadata: dict | None = None) -> None:
-    """safetensors' save_file, its Rust-side write errors (a full disk) as one line."""
+    """safetensors' save_file, its Rust-side write errors (a full disk) as an OSError, so
+    that the directory write it is part of names its destination, never its temp folder."""
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     try:
         save_file(tensors, str(file), metadata=metadata)
     except SafetensorError as err:
-        reason = "no space left on the device" if "No space" in str(err) or "28" in str(err) else str(err)[:160]
-        raise GlassformerError(f"could not write {file.parent.name}: {reason}") from None
+        if "No space" in str(err) or "code: 28" in str(err):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from None
+        raise OSError(errno.EIO, f"safetensors could not write {file.name}: {str(err)[:160]}") from None
 
 
 def read_config(path: str | Path) -> tuple[ModelConfig, dict]:
@@ -309,8 +336,16 @@ def check_against_weights(config: ModelConfig, state: dict[str, torch.Tensor]) -
     check_fits(config)
 
 
-def build_with_weights(config: ModelConfig, state: dict[str, torch.Tensor]) -> Transformer:
-    """A model of `config` holding exactly `state` (our key names); every key checked.
+def _all_finite(t: torch.Tensor) -> bool:
+    """No NaN or infinity in `t`. A finite sum proves it (NaN and ±inf survive any sum) at
+    the speed memory is read; only a sum that overflows needs the element-wise check."""
+    with torch.no_grad():
+        return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+
+
+def build_with_weights(config: ModelConfig, state: dict[str, torch.Tensor], *, checked: bool = False) -> Transformer:
+    """A model of `config` holding exactly `state` (our key names); every key checked
+    (`checked`: the numbers were already found finite where they were made).
 
     The config is first checked against the weights, then the model is built on the
     meta device, so no time is spent on random init that the weights would overwrite.
@@ -330,7 +365,7 @@ def build_with_weights(config: ModelConfig, state: dict[str, torch.Tensor]) -> T
     for key, shape in expected.items():
         if tuple(state[key].shape) != tuple(shape):
             raise GlassformerError(f"tensor {key!r} has shape {list(state[key].shape)}, expected {list(shape)}")
-        if state[key].is_floating_point() and not bool(torch.isfinite(state[key]).all()):
+        if not checked and state[key].is_floating_point() and not _all_finite(state[key]):
             raise GlassformerError(f"tensor {key!r} holds NaN or infinite numbers: these weights cannot be run")
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False, assign=True)
     if config.causal and config.tied_unembedding:
@@ -349,11 +384,12 @@ def load(path: str | Path) -> Transformer:
         state = _state_v1(state, config)
     model = build_with_weights(config, state)
     if (found / TOKENIZER).is_file():
-        model.tokenizer = tokenizer_from_json(_read_text(found / TOKENIZER))
+        model.tokenizer = tokenizer_from_json(read_text(found / TOKENIZER), str(found / TOKENIZER))
     return model
 
 
-def _read_text(file: Path) -> str:
+def read_text(file: Path) -> str:
+    """A text file that must be UTF-8, or one line naming it."""
     try:
         return file.read_text(encoding="utf-8")
     except UnicodeDecodeError:

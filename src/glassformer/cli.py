@@ -31,6 +31,7 @@ import signal
 import sys
 import threading
 import typing
+import warnings
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
@@ -182,6 +183,7 @@ def explain(args) -> int:
     from .inputs import encode_batch, unknown_note
     from .inspect.explain import walk_head
     from .inspect.heads import choose_head, query_to_follow
+    from .inspect.readings import read_delta
     from .viz.text import render_walk
 
     model = load_model(args)
@@ -191,18 +193,12 @@ def explain(args) -> int:
     if args.query is not None and not -len(walk.tokens) <= args.query < len(walk.tokens):
         raise GlassformerError(f"--query {args.query} is out of range for {len(walk.tokens)} tokens")
     note = unknown_note(model, args.text)
-    query = args.query if args.query is not None else query_to_follow(model, walk)
+    query = (args.query if args.query is not None else query_to_follow(model, walk)) % len(walk.tokens)
     if args.json:
         steps = {name: step_json(getattr(walk, name)) for name in ("E", "W_Q", "Q", "W_K", "K", "dots", "mask")}
         steps |= {name: step_json(getattr(walk, name)) for name in ("pattern", "V", "dE")}
         print_json(
-            {
-                "layer": walk.layer,
-                "head": walk.head,
-                "why": chosen.why,
-                "tokens": walk.tokens,
-                "query": query % len(walk.tokens),
-            }
+            {"layer": walk.layer, "head": walk.head, "why": chosen.why, "tokens": walk.tokens, "query": query}
             | {"unknown": note, "steps": steps}
         )
         return 0
@@ -214,6 +210,7 @@ def explain(args) -> int:
             why=chosen.why,
             questions=chosen.questions,
             notes=[note] if note else None,
+            reading=read_delta(model, walk, query),
         )
     )
     return 0
@@ -224,7 +221,12 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
     """Every TrainConfig field becomes a flag, typed and described by the field itself."""
     from .train import TrainConfig
 
-    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly where it stopped")
+    p.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the run in DIR exactly where it stopped, with its own settings "
+        "(--steps, --stop-at, --device and --compile may change; any other setting given must be the run's)",
+    )
     readers: dict[type, Callable[[str], object]] = {int: whole, float: finite, bool: yes_no, str: str}
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
@@ -253,7 +255,7 @@ def train(args) -> int:
     from . import lessons
     from .train import TrainConfig, resume
     from .train import train as start
-    from .train.config import MODEL_FIELDS
+    from .train.loop import RESUME_MAY_CHANGE
 
     names = {f.name for f in dataclasses.fields(TrainConfig)} - {"data", "out"}
     given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
@@ -267,18 +269,31 @@ def train(args) -> int:
             f"{r['tokens_per_s']:,.0f} tokens/s"
         )
 
+    def on_estimate(e) -> None:  # said early, so a long run is never a surprise
+        from tqdm.auto import tqdm
+
+        tqdm.write(
+            f"estimated time left: {duration(e.seconds_left)} for {e.steps_left:,} more steps and "
+            f"{e.evaluations} evaluations ({e.seconds_per_step:.3g} s a step over the steps just taken; "
+            "the progress bar's own estimate follows the pace as it goes)"
+        )
+
     if args.resume:
         if args.out and Path(args.out) != Path(args.resume):
             raise GlassformerError("--resume continues a run in its own directory; drop --out")
-        expect = {f: given[f] for f in (*MODEL_FIELDS, "preset") if f in given}
+        # any other setting given must be the run's own: refused, never silently ignored
+        expect = {f: v for f, v in given.items() if f not in RESUME_MAY_CHANGE}
         result = resume(
             args.resume,
             steps=given.get("steps"),
             stop_at=given.get("stop_at"),
+            device=given.get("device"),
+            compile=args.compile or None,
             expect=expect,
             data=args.data,
             progress=not args.quiet,
             on_eval=on_eval,
+            on_estimate=on_estimate,
         )
     else:
         if not args.data or not args.out:
@@ -287,11 +302,18 @@ def train(args) -> int:
         if defaults and "tokenizer" in given:
             raise GlassformerError(f"{args.data} brings its own word tokenizer; drop --tokenizer")
         settings = TrainConfig(data=args.data, out=args.out, **{**defaults, **given})
-        result = start(settings, progress=not args.quiet, on_eval=on_eval)
+        result = start(settings, progress=not args.quiet, on_eval=on_eval, on_estimate=on_estimate)
     last = f"; last val loss {result.history[-1]['val_loss']:.4f}" if result.history else ""
     print(f"trained to step {result.step} ({result.precision}){last}; best val loss {result.best_val_loss:.4f}")
     print(f"model: {result.out} (glassformer generate --model {result.out} --prompt ...)")
     return 0
+
+
+def duration(seconds: float) -> str:
+    """12 s, 3.4 min, 1.2 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 # --- generate ------------------------------------------------------------------------------
@@ -346,12 +368,13 @@ def heads(args) -> int:
     """Run the head detectors and print a [layer, head] table for each, then the heads
     whose scores reach the threshold."""
     from .inputs import encode_batch
+    from .inspect import detector_cache
     from .inspect.heads import detect_all
     from .viz.text import render_detection
 
     model = load_model(args)
     given = args.text is not None  # "" is a text too: encode_batch refuses it in one line
-    found = detect_all(model, encode_batch(model, args.text) if given else None)
+    found = detect_all(model, encode_batch(model, args.text)) if given else detector_cache.detect_all(model)
     on = "this text" if given else "repeated random segments of 5, 9, 13 and 17 tokens"
     if args.json:
         tables = {kind: table.tolist() for kind, table in found.tables.items()}
@@ -364,12 +387,25 @@ def heads(args) -> int:
     return 0
 
 
+def position_or_all(text: str) -> int | None:
+    if text == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give a position (a whole number) or all, not {text!r}") from None
+
+
 def lens_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("text", help="the text to read")
     model_flag(p)
     p.add_argument("-k", type=at_least(1), default=5, help="guesses per position (default: 5)")
     p.add_argument(
-        "--position", type=whole, help="only this token position (negative counts from the end; default: every one)"
+        "--position",
+        type=position_or_all,
+        default=-1,
+        help="the token position to read (negative counts from the end; default: the last, whose guess is "
+        "the model's next token), or all",
     )
     json_flag(p)
 
@@ -446,37 +482,49 @@ def neurons(args) -> int:
         token = token_texts(model, [int(ids[0, args.position])])[0]
         if not args.json:
             say_unknown_words(model, args.text)
-            print(f"MLP neurons firing hardest at [{label(token, 16)}] (position {args.position % T})")
+            print(
+                f"MLP neurons firing hardest at [{label(token, 16)}] (position {args.position % T}), by the size of "
+                "their signed activation (a neuron at −2 writes its row of W_out twice, negated)"
+            )
         found = list(top_neurons(model, ids, args.position, k=args.k))
-    pushes = [[t for t, _ in neuron_tokens(model, L, i, k=6)] if model.config.causal else None for L, i, _ in found]
+    rows = []
+    for L, i, act in found:
+        pushes = [t for t, _ in neuron_tokens(model, L, i, k=6, sign=act or 1.0)] if model.config.causal else None
+        rows.append((L, i, act, pushes))
     if args.json:
-        print_json(neurons_json(model, args, ids if not args.neuron else None, found, pushes))
+        print_json(neurons_json(model, args, ids if not args.neuron else None, rows))
         return 0
-    print(render_neurons([(L, i, act, push) for (L, i, act), push in zip(found, pushes)]))
+    print(render_neurons(rows))
+    if model.config.causal:
+        print(PIECES_NOTE)
     if model.config.causal and not args.neuron:  # what all of them, and everything else, add up to
         best, toward = neurons_toward_guess(model, ids, position=args.position, k=args.k)
         names = token_texts(model, [i for i, _ in best])
         guesses = ", ".join(f"[{label(t, 16)}] {p:.2f}" for t, (_, p) in zip(names, best))
         print(f"the model's own next-token guess here: {guesses}")
         print(
-            f"the neurons that push hardest toward [{label(names[0], 16)}] "
-            "(activation × what the neuron writes, read through the final norm and W_U):"
+            f"the neurons that push hardest toward [{label(names[0], 16)}]: how much each adds to its logit "
+            "(activation × its row of W_out, read through the final norm and W_U; the direct path only)"
         )
-        pushes = [[t for t, _ in neuron_tokens(model, L, i, k=6)] for L, i, _ in toward]
-        print(render_neurons([(L, i, v, push) for (L, i, v), push in zip(toward, pushes)], "logit"))
+        along = [(L, i, a, [t for t, _ in neuron_tokens(model, L, i, k=6, sign=a)]) for L, i, _, a in toward]
+        print(render_neurons(along, shares=[v for _, _, v, _ in toward], target=names[0]))
     return 0
 
 
-def neurons_json(model, args, ids, found, pushes) -> dict:
+PIECES_NOTE = (
+    "(tokens are word pieces, shown in brackets with their spaces: [ strugg] is the start of a longer word, "
+    "not a word of its own; pushes: the tokens whose logits the neuron raises directly, given its sign)"
+)
+
+
+def neurons_json(model, args, ids, rows) -> dict:
     """`neurons --json`: the neurons that fire (or the one asked for), what each pushes up,
     and, for a decoder and a text, the model's guess and the neurons that push toward it."""
     from .inputs import token_texts
     from .inspect.edit import neurons_toward_guess
     from .inspect.lens import neuron_tokens
 
-    value: dict = {
-        "neurons": [{"layer": L, "neuron": i, "activation": a, "pushes": p} for (L, i, a), p in zip(found, pushes)]
-    }
+    value: dict = {"neurons": [{"layer": L, "neuron": i, "activation": a, "pushes": p} for L, i, a, p in rows]}
     if ids is not None:
         value["position"] = args.position % ids.shape[1]
         value["tokens"] = token_texts(model, ids)
@@ -485,8 +533,14 @@ def neurons_json(model, args, ids, found, pushes) -> dict:
         names = token_texts(model, [i for i, _ in best])
         value["guess"] = [{"token": t, "p": p} for t, (_, p) in zip(names, best)]
         value["toward_guess"] = [
-            {"layer": L, "neuron": i, "logit": v, "pushes": [t for t, _ in neuron_tokens(model, L, i, k=6)]}
-            for L, i, v in toward
+            {
+                "layer": L,
+                "neuron": i,
+                "logit": v,
+                "activation": a,
+                "pushes": [t for t, _ in neuron_tokens(model, L, i, k=6, sign=a)],
+            }
+            for L, i, v, a in toward
         ]
     return value
 
@@ -593,12 +647,56 @@ def serve(args) -> int:
     for name in list(registry.slots)[1:]:  # the others load on first use; their files must be there now
         config_of(name)
 
+    def load_the_others() -> None:
+        # in the background, so that switching model does not wait for a load; a model that
+        # fails here fails again, in one line, when a request asks for it
+        for name in list(registry.slots)[1:]:
+            try:
+                registry[name].get()
+            except Exception as err:
+                logging.getLogger(__name__).info("%s not loaded ahead: %s", name, err)
+
     def ready(url: str) -> None:  # called only once the port is ours
         print(f"glassformer explorer on {url}  (models: {', '.join(registry.slots)}; Ctrl-C stops)", flush=True)
+        threading.Thread(target=load_the_others, name="load-ahead", daemon=True).start()
         if args.open or (args.open is None and os.environ.get("DISPLAY")):
             threading.Timer(1.0, lambda: webbrowser.open(url)).start()
 
     run(create_app(registry, allowed_hosts=[args.host]), args.host, args.port, ready=ready)
+    return 0
+
+
+# --- cache ---------------------------------------------------------------------------------
+def cache_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--clear", action="store_true", help="remove the converted weights and detector scores")
+
+
+@command(cache_arguments, "where converted weights are kept, how big they are; --clear removes them")
+def cache(args) -> int:
+    """SmolLM2 and other GGUF models are dequantized once and kept as float32 safetensors
+    files, mapped on later loads; head-detector scores are kept beside them. The folder is
+    $GLASSFORMER_CACHE, else $XDG_CACHE_HOME/glassformer, else ~/.cache/glassformer
+    (GLASSFORMER_CACHE=off: no cache)."""
+    from .pretrained import weights_cache
+
+    def size(n_files: int, n_bytes: int) -> str:
+        return f"{n_files} file{'s' if n_files != 1 else ''}, {n_bytes / 1e6:.1f} MB"
+
+    if args.clear:
+        folder, n_files, n_bytes = weights_cache.clear()
+        print(
+            f"removed {size(n_files, n_bytes)} from {folder}" if folder else "the cache is off (GLASSFORMER_CACHE=off)"
+        )
+        return 0
+    folder, files, n_bytes = weights_cache.summary()
+    if folder is None:
+        print("the cache is off (GLASSFORMER_CACHE=off)")
+    elif not files:
+        print(f"cache directory: {folder} (empty)")
+    else:
+        print(f"cache directory: {folder}: {size(len(files), n_bytes)}")
+        for f in files:
+            print(f"  {f.relative_to(folder)}  {f.stat().st_size / 1e6:.1f} MB")
     return 0
 
 
@@ -838,7 +936,7 @@ def circuit(args) -> int:
 def build_parser() -> Parser:
     p = Parser(prog="glassformer", description="A transformer you can see through.")
     p.add_argument("--version", action="version", version=f"glassformer {version('glassformer')}")
-    p.add_argument("--verbose", "-v", action="store_true", help="log what happens")
+    p.add_argument("--verbose", "-v", action="store_true", help="log what happens, and show other libraries' warnings")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     for name, (help, arguments, run) in COMMANDS.items():
@@ -849,10 +947,23 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if sys.stdout is None:  # started with stdout closed (>&-): Python leaves sys.stdout None
+        return fail("standard output is closed; give the command somewhere to write, e.g. > FILE or > /dev/null")
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    with warnings.catch_warnings():
+        # other libraries' warnings (torch, tokenizers, ...) are for developers: shown with
+        # --verbose, through logging; otherwise each failure is our one line and nothing else
+        if args.verbose:
+            logging.captureWarnings(True)
+        else:
+            warnings.simplefilter("ignore")
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     except ValueError:  # not the main thread (main() called from a test's thread): leave it be
@@ -912,6 +1023,8 @@ def _silence_broken_stdout() -> None:
 def fail(message: str) -> int:
     from .viz.text import visible  # the message may quote the user's text, escapes and all
 
+    if sys.stderr is None:  # started with stderr closed: the exit status is all we can say
+        return 2
     try:
         print(f"glassformer: error: {visible(message)}", file=sys.stderr)
     except OSError:

@@ -172,20 +172,25 @@ class HFTokenizer:
 Tokenizer = CharTokenizer | ByteTokenizer | HFTokenizer
 
 
-def tokenizer_from_json(text: str) -> Tokenizer:
+def tokenizer_from_json(text: str, source: str = "tokenizer.json") -> Tokenizer:
+    """The tokenizer a tokenizer.json holds; errors name `source`, the file it came from."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise GlassformerError(f"tokenizer.json is not valid JSON ({err.msg})") from None
+        raise GlassformerError(f"{source} is not valid JSON ({err.msg})") from None
+    except RecursionError:
+        raise GlassformerError(f"{source} nests its JSON too deeply to read; it is not a tokenizer") from None
+    except ValueError:  # an integer of more digits than Python converts (4300)
+        raise GlassformerError(f"{source} holds a number of over 4,300 digits; it is not a tokenizer") from None
     if isinstance(data, dict) and _MARK in data:
         if data[_MARK] == "char":
             chars = data.get("chars")
             if not isinstance(chars, list) or not all(isinstance(c, str) for c in chars):
-                raise GlassformerError('tokenizer.json: a char tokenizer needs a "chars" list of characters')
+                raise GlassformerError(f'{source}: a char tokenizer needs a "chars" list of characters')
             return CharTokenizer(chars)
         if data[_MARK] == "bytes":
             return ByteTokenizer()
-        raise GlassformerError(f"unknown tokenizer kind {data[_MARK]!r} in tokenizer.json")
+        raise GlassformerError(f"unknown tokenizer kind {data[_MARK]!r} in {source}")
     from tokenizers import Tokenizer as _HF
 
     try:
@@ -194,7 +199,7 @@ def tokenizer_from_json(text: str) -> Tokenizer:
         tok.no_truncation()
         return HFTokenizer(tok)
     except Exception as err:  # the Rust library raises plain Exceptions
-        raise GlassformerError(f"tokenizer.json could not be read: {err}") from None
+        raise GlassformerError(f"{source} could not be read: {err}") from None
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
@@ -207,7 +212,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise GlassformerError(f"{path} is not UTF-8 text; a tokenizer.json is JSON") from None
-    return tokenizer_from_json(text)
+    return tokenizer_from_json(text, str(path))
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, *, special_tokens=("<|endoftext|>",)) -> HFTokenizer:

@@ -316,8 +316,8 @@ def neuron_logit_attribution(model: Transformer, ids, token: int, *, position: i
 @torch.inference_mode()
 def neurons_toward_guess(model: Transformer, ids, *, position: int = -1, k: int = 10, guesses: int = 3):
     """The model's own likeliest next tokens at `position` [(id, probability)], and the k
-    neurons that push hardest toward the first of them [(layer, neuron, logit)], from one
-    forward pass."""
+    neurons that push hardest toward the first of them [(layer, neuron, logit, activation)]:
+    what each adds to that token's logit and its signed activation, from one forward pass."""
     logits, cache = _neuron_run(model, ids)
     probs = logits[0, position].float().softmax(-1)
     top = probs.topk(min(guesses, probs.numel()))
@@ -325,7 +325,8 @@ def neurons_toward_guess(model: Transformer, ids, *, position: int = -1, k: int 
     shares = _neuron_shares(model, cache, best[0][0], position)
     values, flat = shares.flatten().topk(min(k, shares.numel()))
     d_mlp = shares.shape[1]
-    return best, [(int(f) // d_mlp, int(f) % d_mlp, float(v)) for v, f in zip(values, flat)]
+    found = [(int(f) // d_mlp, int(f) % d_mlp, float(v)) for v, f in zip(values, flat)]
+    return best, [(L, i, v, float(cache[f"blocks.{L}.mlp.post"][0, position, i])) for L, i, v in found]
 
 
 def _neuron_run(model: Transformer, ids):

@@ -78,7 +78,7 @@ def _load(name: str) -> Transformer:
         return checkpoint.load(lesson_dir(name))
     if name in BUILTIN:
         return load_path(builtin_path(name))
-    path = Path(name).expanduser()
+    path = user_path(name)
     if path.exists():
         return load_path(path)
     if checkpoint.find_dir(path) is not None:  # a checkpoint an interrupted save left renamed aside
@@ -97,7 +97,7 @@ def config_of(name: str) -> ModelConfig:
         return preset(name.removeprefix("random:"))
     if name.startswith("lesson:"):
         return checkpoint.read_config(lesson_dir(name))[0]
-    path = builtin_path(name) if name in BUILTIN else Path(name).expanduser()
+    path = builtin_path(name) if name in BUILTIN else user_path(name)
     if path.is_file():
         return gguf_file.read_config(path)
     if path.is_dir():
@@ -113,6 +113,17 @@ def config_of(name: str) -> ModelConfig:
     if "/" not in name:
         raise GlassformerError(f"unknown model or preset {name!r}; presets: {known}; or {NAMES_HELP}")
     return hf.config_of(hf.download(name))
+
+
+def user_path(name: str) -> Path:
+    """`name` as a path, a leading ~ or ~USER expanded; a name is never a pattern."""
+    try:
+        return Path(name).expanduser()
+    except RuntimeError:  # ~USER of no such user (or ~ with no home)
+        user = name[1:].split("/")[0]
+        raise GlassformerError(
+            f"{name}: there is no user {user!r} for ~{user} to name; give the path in full"
+        ) from None
 
 
 def _looks_like_path(name: str) -> bool:
@@ -167,9 +178,10 @@ def load_path(path: Path) -> Transformer:
     if path.is_file():
         if path.suffix.lower() != ".gguf":
             raise GlassformerError(f"{path} is a file but not a .gguf model; give a model directory or a .gguf file")
-        config, state, tokenizer = gguf_file.read(path)
-        model = checkpoint.build_with_weights(config, state)
+        config, state, tokenizer, key = gguf_file.read(path)
+        model = checkpoint.build_with_weights(config, state, checked=True)  # as each tensor was decoded
         model.tokenizer = tokenizer
+        model.weights_key = key  # detector scores are kept by it
         return model
     if not path.is_dir():
         raise GlassformerError(f"{path} is neither a file nor a directory")

@@ -11,7 +11,7 @@ import torch
 from .. import sampling
 from ..config import GlassformerError
 from ..inputs import encode_batch, token_texts, unknown_note, unknown_pieces, vocabulary
-from ..inspect import heads, lens
+from ..inspect import heads, lens, readings
 from ..inspect.explain import Analysis, HeadWalk
 from ..viz.page import rounded
 
@@ -66,8 +66,14 @@ def next_tokens(
     model, logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None, rows: int
 ) -> dict:
     """The `rows` likeliest tokens by logit (the same rows at every setting, so a cut shows
-    as a row falling to 0), their probabilities under these settings, and one sample."""
+    as a row falling to 0), their probabilities under these settings, and one sample.
+    `cut`: tokens top-k/top-p set to 0; `underflow`: tokens whose probability at this
+    temperature is too small for float32 and is 0 without any cut (T = 0.1 on a 49152-token
+    vocabulary leaves a few hundred above 0)."""
     probs = sampling.probabilities(logits, temperature, top_k, top_p)
+    uncut = sampling.probabilities(logits, temperature) if temperature > 0 else None
+    underflow = int((uncut == 0).sum()) if uncut is not None else 0
+    cut = int(((probs == 0) & (uncut > 0)).sum()) if uncut is not None else 0
     order = logits.float().topk(min(rows, logits.numel())).indices.tolist()
     sample = int(sampling.draw(probs[None], greedy=temperature == 0)[0])
     texts = token_texts(model, [*order, sample])
@@ -76,6 +82,8 @@ def next_tokens(
         "top_k": top_k,
         "top_p": top_p,
         "kept": int((probs > 0).sum()),
+        "cut": cut,
+        "underflow": underflow,
         "vocab_size": int(probs.numel()),
         "next": [
             {"token": t, "id": i, "prob": round(float(probs[i]), 6), "logit": round(float(logits[i]), 4)}
@@ -85,9 +93,11 @@ def next_tokens(
     }
 
 
-def head_walk(walk: HeadWalk) -> dict:
-    """One head for every token: the step-by-step tensors the page's story reads a query from."""
+def head_walk(walk: HeadWalk, model=None) -> dict:
+    """One head for every token: the step-by-step tensors the page's story reads a query
+    from, and (given the model) what `explain` says beside them, for every query."""
     return {
+        **(head_notes(model, walk) if model is not None else {}),
         "layer": walk.layer,
         "head": walk.head,
         "kv_head": walk.kv_head,
@@ -101,7 +111,8 @@ def head_walk(walk: HeadWalk) -> dict:
         "dots": rounded(walk.dots.tensor),  # before the mask: what each query and key make of each other
         "mask": torch.isinf(walk.mask.tensor).tolist(),  # True: −∞, the key comes after the query
         "pattern": rounded(walk.pattern.tensor),
-        "e_norm": rounded(walk.E.tensor.norm(dim=-1)),  # the vector the head reads (normed first in pre-norm models)
+        # |norm(E)|: what W_Q, W_K, W_V read (pre-norm models); post-norm models read E itself
+        "e_norm": rounded((walk.normed or walk.E).tensor.norm(dim=-1)),
         # the residual stream ΔE is added to: the length ΔE is measured against
         "stream_norm": rounded(walk.stream.norm(dim=-1)),
         "delta_e_norm": rounded(walk.dE.tensor.norm(dim=-1)),
@@ -110,6 +121,25 @@ def head_walk(walk: HeadWalk) -> dict:
             for s in walk.steps
         ],
     }
+
+
+def head_notes(model, walk: HeadWalk) -> dict:
+    """The sentences `explain` prints, the same words, for the story to show: what the
+    detectors say (once), and for each query its sink and negative-score notes and what its
+    ΔE does (against E, through W_U, along each adjective's value)."""
+    per_query = []
+    for q, r in enumerate(readings.read_deltas(model, walk)):
+        per_query.append(
+            {
+                "sink": readings.sink_note(walk, q),
+                "scores": readings.scores_note(walk, q),
+                "delta": r.sentences(walk.tokens[q]),
+                "up": [[t, round(v, 4)] for t, v in r.up],
+                "down": [[t, round(v, 4)] for t, v in r.down],
+                "cosines": [[p, w, round(c, 4)] for p, w, c in r.cosines],
+            }
+        )
+    return {"detectors": readings.detector_note(walk), "normed": walk.normed is not None, "per_query": per_query}
 
 
 def mlp_step(model, text: str, position: int, k: int) -> dict:
@@ -123,7 +153,10 @@ def mlp_step(model, text: str, position: int, k: int) -> dict:
     for layer, index, activation in lens.top_neurons(model, ids, position, k):
         pushes = None
         if model.config.causal:
-            pushes = [{"token": t, "score": round(s, 4)} for t, s in lens.neuron_tokens(model, layer, index, 5)]
+            pushes = [
+                {"token": t, "score": round(s, 4)}
+                for t, s in lens.neuron_tokens(model, layer, index, 5, sign=activation)
+            ]
         neurons.append({"layer": layer, "neuron": index, "activation": round(activation, 4), "pushes": pushes})
     return {
         "position": position,
@@ -149,6 +182,11 @@ def detection(found: heads.Detection) -> dict:
         },
         "skipped": dict(found.skipped),
         "summary": found.summary(),
+        # [layer][head] mean KL on the next token with the head's z at zero; null where not measured
+        "switch_off": None
+        if found.switch_off is None
+        else [[None if v != v else round(v, 6) for v in row] for row in found.switch_off.tolist()],
+        "switch_off_on": found.switch_off_on,
     }
 
 

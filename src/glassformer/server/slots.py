@@ -25,7 +25,7 @@ import torch
 from .. import lessons
 from ..config import GlassformerError
 from ..inputs import EXAMPLE, encode_batch
-from ..inspect import heads
+from ..inspect import detector_cache, heads
 from . import answers
 from .lanes import Lane, Traffic, shadow
 
@@ -219,7 +219,7 @@ class Explorer:
 
         def detect() -> dict:
             if slot.detection is None:
-                found = answers.detection(heads.detect_all(slot.get_shadow(self.traffic)))
+                found = answers.detection(detector_cache.detect_all(slot.get_shadow(self.traffic)))
                 with slot.lock:
                     slot.detection = found
             return slot.detection

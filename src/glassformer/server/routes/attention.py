@@ -39,6 +39,6 @@ async def head(req: HeadRequest, ex: Ex) -> Response:
     def job(model) -> dict:
         walk = walk_head(model, req.text, req.layer, req.head)
         follow = heads.query_to_follow(model, walk)
-        return {"model": req.model, **answers.head_walk(walk), "query": follow}
+        return {"model": req.model, **answers.head_walk(walk, model), "query": follow}
 
     return json_answer(await ex.answer(req.model, job))

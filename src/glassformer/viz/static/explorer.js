@@ -165,11 +165,13 @@
     const isShowcase = s && s.questions && s.layer === w.layer && s.head === w.head;
     $("questions").hidden = !isShowcase;
     $("questions").textContent = isShowcase ? `its query asks “${s.questions[0]}”; a key answers “${s.questions[1]}”` : "";
+    $("head-does").textContent = w.detectors || "";
+    const read = w.normed ? "norm(E)" : "E"; // pre-norm models read a normed copy of the stream
 
     let qkMax = Grid.maxAbsOf([w.q[q]]);
     for (const row of w.k) qkMax = Math.max(qkMax, Grid.maxAbsOf([row]));
     const vMax = Grid.maxAbsOf(w.v);
-    $("q-label").textContent = `Q = E·W_Q for “${name}”`;
+    $("q-label").textContent = `Q = ${read}·W_Q for “${name}”`;
     $("q-strip").replaceChildren(Grid.strip(w.q[q], qkMax, `the query of “${name}”: ${w.d_head} numbers`));
     $("q-note").textContent = `${w.d_head} numbers` + (w.rotated ? ", turned by position (rotary)" : "");
 
@@ -180,7 +182,7 @@
     const box = $("attend");
     box.replaceChildren();
     box.style.gridTemplateRows = `auto repeat(${n}, var(--row))`;
-    for (const h of ["query", "", "key", "K| = E·W_K", "q·k/√d", "weight", "V| = E·W_V"]) {
+    for (const h of ["query", "", "key", `K| = ${read}·W_K`, "q·k/√d", "weight", `V| = ${read}·W_V`]) {
       const [short, long] = h.split("|"); // the long part gives way on a phone
       const cell = box.appendChild(el("div", "attend-head", short));
       if (long) cell.appendChild(el("span", "long", long));
@@ -236,6 +238,13 @@
     const sum = w.pattern[q].reduce((x, y) => x + y, 0);
     const where = state.video ? `column “${name}” of the pattern grid below` : `row “${name}” of the pattern grid below`;
     $("story-sum").textContent = `the weights sum to ${sum.toFixed(3)}: this list is ${where}`;
+    const notes = $("story-notes"), said = w.per_query ? w.per_query[q] : null;
+    notes.replaceChildren();
+    for (const [id, text] of [["scores-note", said && said.scores], ["sink-note", said && said.sink]]) {
+      if (!text) continue;
+      const p = notes.appendChild(el("p", "muted small", text));
+      p.id = id;
+    }
     const legend = $("story-legend");
     legend.replaceChildren();
     const a = el("div"), b = el("div");
@@ -277,25 +286,29 @@
     const z = new Array(w.d_head).fill(0);
     w.pattern[q].forEach((p, k) => w.v[k].forEach((v, i) => { z[i] += p * v; }));
     $("z-strip").replaceChildren(Grid.strip(z, Grid.maxAbsOf(w.v), "the weighted sum of the values"));
-    // ΔE is added to the residual stream, so that is what its length is measured against
-    // (in a pre-norm model the head read a normalised copy of it: the E of the story above)
-    const e = w.stream_norm[q], d = w.delta_e_norm[q];
-    const top = Math.max(e, d, 1e-9);
+    // ΔE is added to the residual stream E, so that is what its length is measured against;
+    // a pre-norm head read norm(E), a rescaled copy of E: shown as its own, named bar
+    const e = w.stream_norm[q], d = w.delta_e_norm[q], r = w.e_norm[q];
     const name = shown(w.tokens[q]);
-    Grid.bars($("delta"), [
-      { token: `|E| “${name}”`, prob: e / top, label: e.toFixed(2) },
-      { token: "|ΔE| this head", prob: d / top, label: d.toFixed(2) },
-    ]);
-    const p = $("delta").appendChild(el("p", "muted small",
-      `this head adds a vector ${(100 * d / Math.max(e, 1e-9)).toFixed(1)}% as long as “${name}”'s vector ` +
-      "in the residual stream (E ← E + ΣΔE over every head of the layer)"));
-    p.id = "delta-note";
-    const e0 = w.steps.find((st) => st.symbol === "E");
-    if (e0) $("delta").appendChild(el("p", "muted small", `the E this head read: ${e0.meaning}`));
+    const bars = [
+      { token: "|E| stream", prob: 0, label: e.toFixed(2) },
+      { token: "|ΔE| this head", prob: 0, label: d.toFixed(2) },
+    ];
+    if (w.normed) bars.push({ token: "|norm(E)| read", prob: 0, label: r.toFixed(2) });
+    const top = Math.max(1e-9, e, d, w.normed ? r : 0);
+    for (const [i, v] of [e, d, r].entries()) if (bars[i]) bars[i].prob = v / top;
+    Grid.bars($("delta"), bars);
+    const said = w.per_query ? w.per_query[q].delta : [
+      `|ΔE| = ${d.toFixed(2)} is added to the residual stream E of “${name}”, |E| = ${e.toFixed(2)}: ` +
+      `${(d / Math.max(e, 1e-9)).toFixed(2)} of its length`];
+    said.forEach((line, i) => {
+      const p = $("delta").appendChild(el("p", "muted small", line));
+      if (i === 0) p.id = "delta-note";
+    });
     const dMax = Math.max(1e-9, ...w.delta_e_norm);
     Grid.bars($("delta-all"), w.tokens.map((tok, t) => ({
       token: tok, prob: w.delta_e_norm[t] / dMax,
-      label: `${w.delta_e_norm[t].toFixed(2)} / ${w.stream_norm[t].toFixed(1)}`,
+      label: `|ΔE| ${w.delta_e_norm[t].toFixed(2)} / |E| ${w.stream_norm[t].toFixed(1)}`,
     })));
   }
 
@@ -352,8 +365,18 @@
   // --- 3: next token ---------------------------------------------------------------------------
   function drawNext(n) {
     Grid.bars($("next"), n.next.map((x) => ({ token: x.token, prob: x.prob })));
-    $("sample").textContent = `${n.kept} of ${n.vocab_size} tokens kept · one sample at these settings: ` +
-      `“${shown(n.sample.token)}”`;
+    // a token at probability 0 was either cut (top-k, top-p) or is too unlikely at this
+    // temperature for float32 to hold (underflow): say which, so T = 0.1 does not read as a cut
+    let kept = `${n.kept} of ${n.vocab_size} tokens have a probability above 0`;
+    if (n.temperature === 0) kept = "T = 0: all the weight on the likeliest token";
+    else {
+      if (n.cut) kept += ` · top-k/top-p cut ${n.cut}`;
+      if (n.underflow) {
+        kept += ` · ${n.underflow} more are not cut but so unlikely at T = ${n.temperature} that their ` +
+          "probability underflows to 0 in float32";
+      }
+    }
+    $("sample").textContent = `${kept} · one sample at these settings: “${shown(n.sample.token)}”`;
   }
 
   function drawNextCard() {
@@ -414,7 +437,7 @@
       row.appendChild(el("span", "bar-value", x.activation.toFixed(2)));
       if (x.pushes) {
         const pushes = el("span", "pushes");
-        pushes.appendChild(el("span", "muted", "pushes up "));
+        pushes.appendChild(el("span", "muted", "pushes up "));  // given its sign: see the note below
         for (const p of x.pushes) pushes.appendChild(el("span", "push", shown(p.token)));
         row.appendChild(pushes);
       }
@@ -422,7 +445,9 @@
     }
     const whose = `the ${m.neurons.length} neurons, of ${m.d_mlp} in each layer's MLP, that fire hardest at this token, from any layer`;
     box.appendChild(el("p", "muted small", m.decoder
-      ? `${whose}; “pushes up”: the tokens each neuron's output raises directly through W_U`
+      ? `${whose}, by the size of their signed activation; “pushes up”: the tokens each neuron's output ` +
+        "raises directly through W_U given its sign (a neuron at −2 writes its row twice, negated); " +
+        "tokens are word pieces, so “strugg” is the start of a longer word"
       : `${whose} (an encoder has no W_U to read them through)`));
   }
 
@@ -653,7 +678,7 @@
     p.textContent = "looking for the head that shows this model best…";
     try {
       const s = await api("/api/showcase", { model, text });
-      if (model !== state.model) return;
+      if (model !== state.model || text !== state.text) return; // an answer for an older sentence
       if (state.pickedHead) {
         state.showcase = s;
         showcaseNote(s);
@@ -662,7 +687,7 @@
         loadHead();
       }
     } catch (err) {
-      if (model === state.model) p.hidden = true;
+      if (model === state.model && text === state.text) p.hidden = true;
     }
   }
 
@@ -690,9 +715,11 @@
     const model = $("model").value, text = $("text").value;
     status("running…");
     clearHover();
+    // a new sentence gets its own showcase note: the last one named the old sentence's positions
+    const newText = fresh || state.model !== model || state.text !== text;
     let a;
     try {
-      a = await api("/api/analyze", { model, text, ...sampling(), showcase: fresh });
+      a = await api("/api/analyze", { model, text, ...sampling(), showcase: newText });
     } catch (err) {
       if (id === state.seq.analyze) status(err.message, true);
       return;
@@ -711,6 +738,14 @@
       state.off = [];
       showcaseNote(null);
       if (a.showcase) useShowcase(a.showcase);
+    } else if (newText) {
+      state.showcase = null;
+      showcaseNote(null);
+      if (a.showcase && state.pickedHead) {
+        state.showcase = a.showcase;
+      } else if (a.showcase) {
+        useShowcase(a.showcase);
+      }
     }
     state.layer = Math.min(state.layer, a.n_layers - 1);
     state.head = Math.min(state.head, a.n_heads - 1);
@@ -727,7 +762,8 @@
     runAblation(); // the heads switched off stay off on a new sentence of the same model
     await head;
     loadMLP();
-    if (fresh && !a.showcase) findShowcase(model, text);
+    if (state.showcase) showcaseNote(state.showcase);
+    if (newText && !a.showcase) findShowcase(model, text);
     const entry = modelEntry(model);
     if (fresh && entry && entry.detectors_ready) loadDetectors();
   }
