@@ -251,7 +251,10 @@ def test_circuit_json_small_vocabulary_is_the_whole_grid(capsys, tmp_path):
 def test_json_on_the_older_commands_is_one_object(capsys, argv):
     code, out, err = run_cli(capsys, *argv, "--model", LESSON, "--json")
     assert code == 0, err
-    assert isinstance(json.loads(out), dict) and len(out.strip().splitlines()) == 1
+    value = json.loads(out)
+    assert isinstance(value, dict) and len(out.strip().splitlines()) == 1
+    if argv == ["heads"]:  # the causal column travels too: [layer][head] mean KL when switched off
+        assert len(value["switch_off_kl"]) == 2 and all(v >= 0 for row in value["switch_off_kl"] for v in row)
 
 
 ENCODER = "random:minilm-l6"

@@ -381,6 +381,8 @@ def heads(args) -> int:
         print_json(
             {"model": args.model or DEFAULT_MODEL, "on": on, "tables": tables}
             | {"skipped": found.skipped, "summary": found.summary()}
+            | {"switch_off_kl": None if found.switch_off is None else found.switch_off.tolist()}
+            | {"switch_off_on": found.switch_off_on}
         )
         return 0
     print(render_detection(found, args.model or DEFAULT_MODEL, model.config, on))
