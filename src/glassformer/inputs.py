@@ -110,3 +110,21 @@ def unknown_note(model: Transformer, text: str, unknown: list[str] | None = None
     shown = ", ".join(repr(w) if not w.strip() or len(w) == 1 else w for w in unknown[:12])
     more = f" and {len(unknown) - 12} more" if len(unknown) > 12 else ""
     return f"not in {where} (read as [UNK]): {shown}{more}"
+
+
+def single_token(model: Transformer, text: str, what: str = "token") -> int:
+    """The id of `text` when it is exactly one known token of this model (' Mary' with its
+    leading space, as it stands inside a sentence); else a one-line error naming its pieces."""
+    if not isinstance(text, str) or not text:
+        raise GlassformerError(f"the {what} is empty; give one token, e.g. ' Mary' with its leading space")
+    if model.tokenizer is None:
+        raise GlassformerError("this model has no tokenizer attached")
+    ids = model.tokenizer.encode(text)
+    if len(ids) != 1:
+        pieces = ", ".join(repr(t) for t in token_texts(model, ids)) or "no tokens"
+        raise GlassformerError(
+            f"the {what} {text!r} is {len(ids)} tokens in this model ({pieces}); give exactly one token"
+        )
+    if unknown_words(model, text):
+        raise GlassformerError(f"the {what} {text!r} is not in this model's vocabulary")
+    return int(ids[0])

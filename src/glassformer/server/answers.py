@@ -214,3 +214,120 @@ def detection(found: heads.Detection) -> dict:
         else [[None if v != v else round(v, 6) for v in row] for row in found.switch_off.tolist()],
         "switch_off_on": found.switch_off_on,
     }
+
+
+# --- the laboratory: switch off, patch, read weights ------------------------------------------
+def ablation(model, name: str, text: str, heads_off, mlps_off, mode: str, position: int | None, rows: int) -> dict:
+    """The next-token distribution before and after switching heads and MLPs off, which
+    later heads' patterns moved, and the Python lines that do the same."""
+    from ..inspect import edit
+
+    edit.need_decoder(model, "switching heads off and reading the next token")
+    ids = encode_batch(model, text)
+    T = ids.shape[1]
+    if position is not None and not 0 <= position < T:
+        raise GlassformerError(f"position {position} is out of range: the text has tokens 0..{T - 1}")
+    if not heads_off and not mlps_off:
+        raise GlassformerError("say what to switch off: heads [[layer, head], ...] or mlps [[layer, neuron|null], ...]")
+    reference = ids if mode == "mean" else None
+    edits = [edit.ablate_head(model, L, H, mode=mode, reference=reference) for L, H in heads_off]
+    edits += [edit.ablate_mlp(model, L, n, mode=mode, reference=reference) for L, n in mlps_off]
+    where = -1 if position is None else position
+    result = edit.compare_next_token(model, ids, edit.combine(*edits), position=where, k=rows)
+    moved = edit.pattern_change(model, ids, edit.combine(*edits))
+    names = token_texts(model, [i for i, _ in result.before] + [i for i, _ in result.after] + [result.top])
+
+    def listed(pairs, texts):
+        return [{"token": t, "id": i, "prob": round(p, 6)} for t, (i, p) in zip(texts, pairs)]
+
+    return {
+        "position": result.position,
+        "before": listed(result.before, names[:rows]),
+        "after": listed(result.after, names[rows:-1]),
+        "kl": round(result.kl, 6),
+        "top": {"token": names[-1], "id": result.top, "before": result.top_before, "after": result.top_after},
+        # [layer, head, largest change of any weight]: the heads whose pattern moved by more than 0.01
+        "changed": [[L, H, round(float(v), 4)] for (L, H), v in _nonzero(moved, 0.01)],
+        "python": ablation_python(name, heads_off, mlps_off, mode, text, where),
+    }
+
+
+def _nonzero(table: torch.Tensor, floor: float):
+    return [((int(i), int(j)), table[i, j]) for i, j in (table > floor).nonzero().tolist()]
+
+
+def ablation_python(name: str, heads_off, mlps_off, mode: str, text: str, position: int) -> str:
+    """The few lines of Python that do what the page just did."""
+    calls = [f"ablate_head(model, {L}, {H}{', mode=m, reference=ids' if mode == 'mean' else ''})" for L, H in heads_off]
+    calls += [
+        f"ablate_mlp(model, {L}{'' if n is None else f', {n}'}{', mode=m, reference=ids' if mode == 'mean' else ''})"
+        for L, n in mlps_off
+    ]
+    lines = [
+        "import glassformer as gf",
+        "from glassformer.inputs import encode_batch",
+        "from glassformer.inspect.edit import ablate_head, ablate_mlp, combine, compare_next_token",
+        "",
+        f"model = gf.load({name!r})",
+        f"ids = encode_batch(model, {text!r})",
+        *([f"m = {mode!r}"] if mode == "mean" else []),
+        f"r = compare_next_token(model, ids, combine({', '.join(calls)}), position={position})",
+        "print(model.tokenizer.token_texts([r.top]), r.top_before, '->', r.top_after, 'KL', r.kl)",
+    ]
+    return "\n".join(lines)
+
+
+def patching(model, clean: str, corrupt: str, answer: str | None, wrong: str | None) -> dict:
+    """Head-by-head patching from the clean text into the corrupted one: the share of the
+    logit difference each head's z brings back, [layer][head]."""
+    from ..inputs import single_token
+    from ..inspect import edit
+
+    edit.need_decoder(model, "patching")
+    clean_ids, corrupt_ids = encode_batch(model, clean), encode_batch(model, corrupt)
+    if clean_ids.shape != corrupt_ids.shape:
+        raise GlassformerError(
+            f"the clean text is {clean_ids.shape[1]} tokens and the corrupted one {corrupt_ids.shape[1]}; "
+            "patching goes position by position, so give texts of the same token count"
+        )
+    with torch.inference_mode():
+        a = single_token(model, answer, "answer") if answer else int(model(clean_ids, last_only=True)[0, -1].argmax())
+        w = (
+            single_token(model, wrong, "wrong token")
+            if wrong
+            else int(model(corrupt_ids, last_only=True)[0, -1].argmax())
+        )
+    if a == w:
+        raise GlassformerError("the answer and the wrong token are the same token; give answer and wrong")
+    found = edit.patch_heads(model, clean_ids, corrupt_ids, a, w)
+    texts = token_texts(model, [a, w])
+    return {
+        "answer": {"token": texts[0], "id": a},
+        "wrong": {"token": texts[1], "id": w},
+        "clean_diff": round(found.clean_diff, 4),
+        "corrupt_diff": round(found.corrupt_diff, 4),
+        "restored": rounded(found.restored, 4),
+    }
+
+
+def circuit(model, layer: int, head: int, k: int, token_ids: list[int], whole: bool) -> dict:
+    """One head's QK and OV circuits from its weights: the top pairs, the asked tokens'
+    best partners, what the reading leaves out (and the whole grids, if asked and small)."""
+    from ..inputs import check_layer_head
+    from ..inspect import circuit as circuits
+
+    check_layer_head(model, layer, head)
+    V = model.config.vocab_size
+    bad = [i for i in token_ids if not 0 <= i < V]
+    if bad:
+        raise GlassformerError(f"token id {bad[0]} is out of range: this model's ids are 0..{V - 1}")
+    if whole and V > circuits.SMALL_VOCAB:
+        raise GlassformerError(
+            f"the whole grids are for vocabularies of at most {circuits.SMALL_VOCAB} tokens, not {V}"
+        )
+    found = circuits.read_circuits(model, layer, head, k=k, whole=False)
+    value = circuits.circuit_json(model, found, token_ids, circuits.by_token(model, layer, head, token_ids, k))
+    if whole:
+        full = circuits.read_circuits(model, layer, head)
+        value["whole"] = circuits.circuit_json(model, full, [], {})
+    return value

@@ -17,7 +17,9 @@
     video: true, // the video's orientation: keys down the side, queries across the top
     pickedHead: false, // the learner chose a head: a late showcase answer must not move it
     showcase: null,
-    seq: { analyze: 0, head: 0, next: 0, mlp: 0, detect: 0 }, // newest request of each kind
+    off: [], // [layer, head] switched off: /api/ablate compares the next token without them
+    changed: [], // [layer, head, largest weight change]: later heads whose pattern moved
+    seq: { analyze: 0, head: 0, next: 0, mlp: 0, detect: 0, ablate: 0, patch: 0, circuit: 0 }, // newest of each kind
   };
 
   async function api(path, body) {
@@ -383,14 +385,20 @@
   function drawThumbs() {
     const a = state.analysis;
     if (!a) return;
-    Grid.thumbnails($("thumbs"), a.patterns, state.video, [state.layer, state.head], pickHead, a.thumbnail_tokens);
+    const pick = (l, h) => ($("off-mode").checked ? toggleOff(l, h) : pickHead(l, h));
+    Grid.thumbnails($("thumbs"), a.patterns, state.video, [state.layer, state.head], pick, a.thumbnail_tokens);
+    markThumbs();
   }
 
   // a new head only moves the outline: redrawing every thumbnail costs more than a forward pass
   function markThumbs() {
     for (const c of $("thumbs").querySelectorAll("canvas")) {
-      c.classList.toggle("selected", Number(c.dataset.layer) === state.layer && Number(c.dataset.head) === state.head);
+      const l = Number(c.dataset.layer), h = Number(c.dataset.head);
+      c.classList.toggle("selected", l === state.layer && h === state.head);
+      c.classList.toggle("off", isOff(l, h));
+      c.classList.toggle("changed", state.changed.some(([cl, ch]) => cl === l && ch === h));
     }
+    $("switch-off").textContent = isOff(state.layer, state.head) ? "switch this head back on" : "switch this head off";
   }
 
   function drawHead() {
@@ -553,6 +561,117 @@
     for (const [kind, why] of Object.entries(d.skipped)) box.appendChild(el("p", "muted small", `${kind}: not scored (${why})`));
   }
 
+  // --- the laboratory: switch off, patch, read weights ---------------------------------------------
+  function isOff(l, h) {
+    return state.off.some(([ol, oh]) => ol === l && oh === h);
+  }
+
+  function toggleOff(l, h) {
+    state.off = isOff(l, h) ? state.off.filter(([ol, oh]) => ol !== l || oh !== h) : [...state.off, [l, h]];
+    runAblation();
+  }
+
+  async function runAblation() {
+    const id = ++state.seq.ablate;
+    if (!state.off.length || !state.analysis || !state.analysis.decoder) {
+      state.changed = [];
+      $("ablated").hidden = true;
+      markThumbs();
+      return;
+    }
+    markThumbs();
+    try {
+      const r = await api("/api/ablate", { model: state.model, text: state.text, heads: state.off, rows: 8 });
+      if (id === state.seq.ablate) drawAblated(r);
+    } catch (err) {
+      if (id === state.seq.ablate) status(err.message, true);
+    }
+  }
+
+  function drawAblated(r) {
+    state.changed = r.changed;
+    $("ablated").hidden = false;
+    const off = state.off.map(([l, h]) => `layer ${l} head ${h}`).join(", ");
+    $("ablated-note").textContent = `switched off: ${off} · “${shown(r.top.token)}” ${r.top.before.toFixed(3)} → ` +
+      `${r.top.after.toFixed(3)} · KL ${r.kl.toFixed(4)} nats · ${r.changed.length} later heads' patterns moved`;
+    Grid.bars($("next-before"), r.before.map((x) => ({ token: x.token, prob: x.prob })));
+    Grid.bars($("next-after"), r.after.map((x) => ({ token: x.token, prob: x.prob })));
+    $("python").textContent = r.python;
+    markThumbs();
+  }
+
+  async function runPatch() {
+    const id = ++state.seq.patch;
+    const body = { model: state.model, clean: state.text, corrupt: $("corrupt").value };
+    if ($("answer").value) body.answer = $("answer").value;
+    if ($("wrong").value) body.wrong = $("wrong").value;
+    $("patch-note").textContent = "patching every head…";
+    try {
+      const r = await api("/api/patch", body);
+      if (id === state.seq.patch) drawPatch(r);
+    } catch (err) {
+      if (id === state.seq.patch) $("patch-note").textContent = err.message;
+    }
+  }
+
+  function drawPatch(r) {
+    $("patch-note").textContent = `logit(“${shown(r.answer.token)}”) − logit(“${shown(r.wrong.token)}”): ` +
+      `${r.clean_diff.toFixed(2)} on your sentence, ${r.corrupt_diff.toFixed(2)} corrupted. ` +
+      "Rows: layers, columns: heads; each cell: the share restored by that head's output from your sentence.";
+    const table = el("table", "patch-map");
+    const head = el("tr", "");
+    head.appendChild(el("th", "", ""));
+    r.restored[0].forEach((_, h) => head.appendChild(el("th", "", `h${h}`)));
+    table.appendChild(head);
+    r.restored.forEach((row, l) => {
+      const tr = el("tr", "");
+      tr.appendChild(el("th", "", `L${l}`));
+      row.forEach((v, h) => {
+        const td = el("td", "", v.toFixed(2));
+        const a = Math.min(1, Math.abs(v));
+        td.style.background = v >= 0 ? `rgba(59,111,182,${a})` : `rgba(200,80,60,${a})`;
+        td.dataset.layer = l;
+        td.dataset.head = h;
+        td.dataset.value = v;
+        td.title = `layer ${l}, head ${h}: ${v.toFixed(3)}`;
+        td.addEventListener("click", () => pickHead(l, h));
+        tr.appendChild(td);
+      });
+      table.appendChild(tr);
+    });
+    $("patch-map").replaceChildren(table);
+  }
+
+  async function runCircuit() {
+    const id = ++state.seq.circuit;
+    const a = state.analysis;
+    const body = { model: state.model, layer: state.layer, head: state.head, k: 8 };
+    if (a && a.ids) body.token_ids = [a.ids[state.query]];
+    $("circuit").replaceChildren(el("p", "muted small", "reading the weights…"));
+    try {
+      const r = await api("/api/circuit", body);
+      if (id === state.seq.circuit) drawCircuit(r);
+    } catch (err) {
+      if (id === state.seq.circuit) $("circuit").replaceChildren(el("p", "error", err.message));
+    }
+  }
+
+  function drawCircuit(r) {
+    const box = $("circuit");
+    box.replaceChildren(el("p", "small", `layer ${r.layer}, head ${r.head}`));
+    const pairs = (title, rows) => {
+      box.appendChild(el("h3", "", title));
+      const ul = el("ul", "circuit-list");
+      for (const [a, b, v] of rows) ul.appendChild(el("li", "", `“${shown(a)}” → “${shown(b)}”  ${v.toFixed(2)}`));
+      box.appendChild(ul);
+    };
+    for (const [t, row] of Object.entries(r.qk_by_token || {})) pairs(`“${shown(t)}” as a query: its best keys`, row.map(([k, v]) => [t, k, v]));
+    for (const [t, row] of Object.entries(r.ov_by_token || {})) pairs(`attending to “${shown(t)}” pushes up`, row.map(([o, v]) => [t, o, v]));
+    pairs("QK: the best query → key pairs of the whole vocabulary", r.qk);
+    if (r.ov) pairs("OV: attended token → output token it pushes up most", r.ov);
+    box.appendChild(el("p", "muted small", "left out: " + r.leaves_out.join("; ")));
+  }
+
   // --- choosing -------------------------------------------------------------------------------
   function pickQuery(i) {
     if (!state.walk) return;
@@ -669,6 +788,7 @@
       state.showcase = null;
       state.layer = 0;
       state.head = 0;
+      state.off = [];
       showcaseNote(null);
       if (a.showcase) useShowcase(a.showcase);
     } else if (newText) {
@@ -692,6 +812,7 @@
     drawUnknown();
     drawNextCard();
     drawThumbs();
+    runAblation(); // the heads switched off stay off on a new sentence of the same model
     await head;
     loadMLP();
     if (state.showcase) showcaseNote(state.showcase);
@@ -738,6 +859,10 @@
     drawThumbs();
   });
   $("detect").addEventListener("click", loadDetectors);
+  $("switch-off").addEventListener("click", () => toggleOff(state.layer, state.head));
+  $("all-on").addEventListener("click", () => { state.off = []; runAblation(); });
+  $("patch-run").addEventListener("click", runPatch);
+  $("circuit-run").addEventListener("click", runCircuit);
   let timer = null;
   for (const id of ["temperature", "top-k", "top-p"]) {
     $(id).addEventListener("input", () => { showSettings(); clearTimeout(timer); timer = setTimeout(loadNext, 60); });
