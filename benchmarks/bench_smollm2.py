@@ -47,7 +47,7 @@ def main() -> None:
     file = builtin_path("smollm2")
     hf = AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name, dtype=torch.float32).eval()
     ours = gf.load("smollm2", precision=args.precision)
-    if args.dtype == "bf16":
+    if args.precision == "bf16":
         hf = hf.to(torch.bfloat16)
     ids = torch.randint(0, 49152, (1, 256))
     with torch.inference_mode():
@@ -84,7 +84,7 @@ def main() -> None:
         f"weights {weight_bytes / 1e6:.0f} MB per token -> bound {bound:.1f} tok/s; "
         f"glassformer reaches {ours_tps / bound:.0%}, transformers {hf_tps / bound:.0%}"
     )
-    if args.dtype == "fp32":
+    if args.precision == "fp32":
         print(decode_time_split(ours))
 
 

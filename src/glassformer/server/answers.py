@@ -121,7 +121,7 @@ def head_walk(walk: HeadWalk, focus: int, model=None) -> dict:
     start, stop = window(len(walk.tokens), focus)
     rows = slice(start, stop)
     return {
-        **(head_notes(model, walk) if model is not None else {}),
+        **(head_notes(model, walk, range(start, stop)) if model is not None else {}),
         "layer": walk.layer,
         "head": walk.head,
         "kv_head": walk.kv_head,
@@ -149,22 +149,24 @@ def head_walk(walk: HeadWalk, focus: int, model=None) -> dict:
     }
 
 
-def head_notes(model, walk: HeadWalk) -> dict:
+def head_notes(model, walk: HeadWalk, queries: range) -> dict:
     """The sentences `explain` prints, the same words, for the story to show: what the
-    detectors say (once), and for each query its sink and negative-score notes and what its
-    ΔE does (against E, through W_U, along each adjective's value)."""
-    per_query = []
-    for q, r in enumerate(readings.read_deltas(model, walk)):
-        per_query.append(
-            {
-                "sink": readings.sink_note(walk, q),
-                "scores": readings.scores_note(walk, q),
-                "delta": r.sentences(walk.tokens[q]),
-                "up": [[t, round(v, 4)] for t, v in r.up],
-                "down": [[t, round(v, 4)] for t, v in r.down],
-                "cosines": [[p, w, round(c, 4)] for p, w, c in r.cosines],
-            }
-        )
+    detectors say (once), and for each of `queries` (the window the grids hold; null for
+    the others) its sink and negative-score notes and what its ΔE does (against E, through
+    W_U, along each adjective's value). A head whose numbers overflowed gets no notes."""
+    if not bool(torch.isfinite(walk.dE.tensor).all()):
+        return {}
+    per_query: list[dict | None] = [None] * len(walk.tokens)
+    for r in readings.read_deltas(model, walk, list(queries)):
+        q = r.query
+        per_query[q] = {
+            "sink": readings.sink_note(walk, q),
+            "scores": readings.scores_note(walk, q),
+            "delta": r.sentences(walk.tokens[q]),
+            "up": [[t, round(v, 4)] for t, v in r.up],
+            "down": [[t, round(v, 4)] for t, v in r.down],
+            "cosines": [[p, w, round(c, 4)] for p, w, c in r.cosines],
+        }
     return {"detectors": readings.detector_note(walk), "normed": walk.normed is not None, "per_query": per_query}
 
 

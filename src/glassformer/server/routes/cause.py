@@ -32,7 +32,7 @@ async def ablate(req: AblateRequest, ex: Ex) -> Response:
             req.rows,
         )
 
-    return json_answer(await ex.answer(req.model, job))
+    return json_answer(await ex.answer(req.model, job, req.text))
 
 
 @router.post(
@@ -41,7 +41,11 @@ async def ablate(req: AblateRequest, ex: Ex) -> Response:
 )
 async def patch(req: PatchRequest, ex: Ex) -> Response:
     return json_answer(
-        await ex.answer(req.model, lambda m: answers.patching(m, req.clean, req.corrupt, req.answer, req.wrong))
+        await ex.answer(
+            req.model,
+            lambda m: answers.patching(m, req.clean, req.corrupt, req.answer, req.wrong),
+            max(req.clean, req.corrupt, key=len),  # the two have the same token count, or are refused
+        )
     )
 
 
@@ -50,4 +54,4 @@ async def circuit(req: CircuitRequest, ex: Ex) -> Response:
     def job(model) -> dict:
         return answers.circuit(model, req.layer, req.head, req.k, req.token_ids, req.whole)
 
-    return json_answer(await ex.answer(req.model, job))
+    return json_answer(await ex.answer(req.model, job, None))  # no text: the weights alone

@@ -321,7 +321,7 @@
     const top = Math.max(1e-9, e, d, w.normed ? r : 0);
     for (const [i, v] of [e, d, r].entries()) if (bars[i]) bars[i].prob = v / top;
     Grid.bars($("delta"), bars);
-    const said = w.per_query ? w.per_query[q].delta : [
+    const said = w.per_query && w.per_query[q] ? w.per_query[q].delta : [
       `|ΔE| = ${d.toFixed(2)} is added to the residual stream E of “${name}”, |E| = ${e.toFixed(2)}: ` +
       `${(d / Math.max(e, 1e-9)).toFixed(2)} of its length`];
     said.forEach((line, i) => {
