@@ -119,7 +119,10 @@ class Space:
         self.tied = model.config.causal and model.config.tied_unembedding
 
     def token_of(self, word: str) -> int:
-        return word_token(self.model, word)
+        token = word_token(self.model, word)
+        if token >= self.unit.shape[0]:  # a tokenizer larger than the matrix
+            raise GlassformerError(f"{word!r} is token {token}, beyond this model's {self.unit.shape[0]} rows")
+        return token
 
     def vector(self, terms: list[Term]) -> torch.Tensor:
         """Σ weight · unit(word), [C]."""
@@ -204,11 +207,11 @@ class Arithmetic:
             "nearest": [{"token": n.text, "id": n.token, "cosine": n.cosine} for n in self.nearest],
             "left_out": self.left_out,
             "tied": self.tied,
-            "method": METHOD,
+            "method": METHOD + "; nearest by cosine",
         }
 
 
-METHOD = "each row centred on the mean of all rows and scaled to length 1; nearest by cosine"
+METHOD = "each row centred on the mean of all rows and scaled to length 1"
 
 
 @torch.no_grad()

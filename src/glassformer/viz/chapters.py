@@ -22,7 +22,7 @@ def render_arithmetic(found: Arithmetic, width: int = 80) -> str:
         for t, tok in zip(found.terms, found.tokens)
     ).removeprefix("+ ")
     lines = [f"{found.matrix}: {terms}"]
-    lines += wrap(f"({METHOD})", width)
+    lines += wrap(f"({METHOD}; nearest by cosine)", width)
     if found.matrix == "W_U" and found.tied:
         lines += wrap("(this model ties W_U to W_Eᵀ: the same vectors as W_E)", width)
     lines.append("")
@@ -31,7 +31,7 @@ def render_arithmetic(found: Arithmetic, width: int = 80) -> str:
         bar = "█" * max(0, round(n.cosine * 30))
         lines.append(f"{rank:>4}  {pad('[' + label(n.text, 16) + ']', 18, right=False)} {n.cosine:+.3f} {bar}"[:width])
     lines.append("")
-    left = ", ".join(f"[{label(t, 14)}]" for t in found.left_out)
+    left = ", ".join(f"[{label(t, 14)}]".replace(" ", "\xa0") for t in found.left_out)  # no break inside [ king]
     lines += wrap(f"left out as the expression's own words (any case, with or without the space): {left}", width)
     return "\n".join(lines)
 
@@ -190,7 +190,7 @@ def angles_picture(rows: list[Angles], title: str) -> Picture:
         counts, edges = np.histogram(a.degrees.numpy(), bins=180, range=(0, 180))
         data.append(counts)
         ax.bar(edges[:-1], counts / max(1, counts.sum()), width=1.0, align="edge", color="#1f5fbf")
-        ax.axvspan(90 - BAND, 90 + BAND, color="#f5b041", alpha=0.4, lw=0)
+        ax.axvspan(90 - BAND, 90 + BAND, color="#f5b041", alpha=0.5, lw=0, zorder=0)
         inside = a.summary()["within_band"]
         ax.set_ylabel("share", fontsize=8)
         ax.set_title(f"{a.name}: {a.vectors} directions, {inside:.1%} of pairs within 89-91°", fontsize=9, loc="left")
