@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 DEMO_MODELS ?= --model lesson:adjectives --model smollm2 --model minilm
 LESSONS := adjectives induction
 
-.PHONY: install browser lint test test-fast demo bench lessons clean
+.PHONY: install browser lint test test-fast test-kernels demo bench lessons clean
 
 install: $(STAMP)
 
@@ -44,6 +44,23 @@ test: $(STAMP) browser
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# The numeric tests under each kernel PyTorch has for this CPU (the portable one, AVX2 and,
+# where the CPU has it, AVX-512), at 1 and 2 threads: each rounds differently, and a tolerance
+# must hold on all of them. Each comparison's error, as a share of its scale, is logged; the
+# worst per tolerance is printed at the end (the spread the tests' comments quote).
+KERNEL_TESTS ?= tests/test_attention.py tests/test_inspect.py tests/test_generate.py tests/test_sampling.py \
+	tests/test_llama.py tests/test_gguf.py tests/test_pretrained.py tests/test_precision.py tests/test_layers.py
+KERNEL_LOG ?= build/tolerances.tsv
+test-kernels: $(STAMP)
+	@mkdir -p $(dir $(KERNEL_LOG)) && rm -f $(KERNEL_LOG)
+	@kernels="default avx2"; if grep -qw avx512f /proc/cpuinfo; then kernels="$$kernels avx512"; fi; \
+	for kernel in $$kernels; do for threads in 1 2; do \
+	  echo "== ATEN_CPU_CAPABILITY=$$kernel, $$threads thread(s)"; \
+	  ATEN_CPU_CAPABILITY=$$kernel OMP_NUM_THREADS=$$threads GLASSFORMER_TOLERANCE_LOG=$(abspath $(KERNEL_LOG)) \
+	    $(BIN)/python -m pytest -q -p no:cacheprovider $(KERNEL_TESTS) $(PYTEST_ARGS) || exit 1; \
+	done; done
+	@$(BIN)/python tests/tolerances.py $(KERNEL_LOG)
 
 demo: $(STAMP)
 	$(BIN)/glassformer serve $(DEMO_MODELS) $(DEMO_ARGS)

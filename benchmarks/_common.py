@@ -62,7 +62,7 @@ def decode_time_split(model, steps: int = 128, prompt_len: int = 16) -> str:
     Python. Best of three."""
     import numpy as np
 
-    from glassformer.decode import NumpyDecoder, one_torch_thread
+    from glassformer.cpu_decoder import NumpyDecoder, one_torch_thread
 
     prompt = torch.randint(0, model.config.vocab_size, (1, prompt_len))
     step = products = float("inf")

@@ -9,7 +9,7 @@ import torch
 
 from glassformer import lessons
 
-from conftest import assert_one_line_error, build, needs, run_cli, tiny_decoder, tree_digest
+from conftest import EPS, assert_close, assert_one_line_error, build, needs, run_cli, tiny_decoder, tree_digest
 
 run = run_cli
 
@@ -119,7 +119,8 @@ def test_explain_pattern_rows_sum_to_one():
 
     walk = walk_head(gf.load("random:lesson-tiny"), "hello there", 0, 1)
     pattern = walk.pattern.tensor  # [query, key]: each row (a query) sums to 1
-    assert torch.allclose(pattern.sum(-1), torch.ones(len(walk.tokens)), atol=1e-6)
+    # each row adds up len(tokens) weights ≤ 1, each sum rounded to EPS/2
+    assert_close(pattern.sum(-1), torch.ones(len(walk.tokens)), rtol=0, atol=len(walk.tokens) * EPS)
 
 
 @pytest.mark.parametrize(

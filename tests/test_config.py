@@ -61,3 +61,21 @@ def test_round_trip_and_replace():
 def test_unknown_preset():
     with pytest.raises(gf.GlassformerError, match="known presets"):
         gf.preset("gpt5")
+
+
+def test_a_changed_preset_works_its_sizes_out_again():
+    """Sizes a preset worked out (d_head, d_mlp, n_kv_heads) follow a change; given ones stay."""
+    import json
+
+    from glassformer.config import PRESETS, ModelConfig
+
+    changed = dataclasses.replace(PRESETS["gpt2"], n_heads=4, d_model=64)
+    assert (changed.d_head, changed.d_mlp, changed.n_kv_heads) == (16, 256, 4)
+    assert PRESETS["gpt2"].replace(n_heads=4, d_model=64) == changed
+    # SmolLM2 gives its key/value heads and MLP width: they stay when the depth changes
+    smaller = dataclasses.replace(PRESETS["smollm2-135m"], n_layers=2)
+    assert (smaller.n_kv_heads, smaller.d_mlp, smaller.d_head) == (3, 1536, 64)
+    assert dataclasses.replace(PRESETS["gpt2"], d_head=32).d_head == 32
+    # written out and read back, every size is a plain given number
+    again = ModelConfig.from_dict(json.loads(changed.to_json()))
+    assert again == changed and type(again.d_head) is int

@@ -7,7 +7,7 @@ import glassformer as gf
 from glassformer.cli import main
 from glassformer.generate import generate
 
-from conftest import build, tiny_decoder, tiny_encoder, tiny_llama
+from conftest import RTOL_REORDERED, assert_same_greedy, build, tiny_decoder, tiny_encoder, tiny_llama
 
 
 @pytest.fixture(scope="module", params=["gpt", "llama"])
@@ -21,7 +21,15 @@ def test_cached_greedy_equals_uncached(model, prompt_len):
     prompt = torch.randint(0, 97, (prompt_len,)).tolist()
     a = generate(model, prompt, max_new_tokens=40, temperature=0, use_cache=True)  # runs past the context
     b = generate(model, prompt, max_new_tokens=40, temperature=0, use_cache=False)
-    assert a == b and len(a) == prompt_len + 40
+    assert len(a) == len(b) == prompt_len + 40
+    window = model.config.context_length  # uncached, each step reads the last `window` tokens
+
+    def logits_of(ids):
+        with torch.no_grad():
+            return model(torch.tensor([ids[-window:]]))[0]
+
+    # equal up to a near-tie: a cached step multiplies other shapes, so rounding differs
+    assert_same_greedy(a, b, logits_of, start=prompt_len, margin=1e-4 * float(logits_of(b).abs().max()))
 
 
 def test_cached_sampling_equals_uncached_with_a_seed(model):
@@ -110,43 +118,26 @@ def test_cpu_decoding_restores_threads(model):
     assert torch.get_num_threads() == before
 
 
-@pytest.mark.parametrize(
-    "changes",
-    [
-        {},  # GPT-2: LayerNorm with biases, learned positions, GELU
-        {"family": "llama"},  # RMSNorm, rotary, SwiGLU, 4 query heads on 2 key/value heads
-        {"activation": "gelu", "bias": False, "tied_unembedding": False},
-        {"family": "llama", "n_kv_heads": 1, "tied_unembedding": True},
-        {"positions": "none", "activation": "relu"},
-    ],
-)
-def test_numpy_decoder_equals_the_modules(changes):
-    """The fast path reads the same weights and cache: its logits within 1e-4 of the
-    modules' at every step, and the same greedy tokens."""
-    from glassformer.decode import NumpyDecoder, suits
+@pytest.mark.parametrize("family", ["gpt", "llama"])
+def test_generation_takes_the_same_greedy_tokens_through_numpy_or_the_modules(family):
+    """tests/test_cpu_decoder.py holds the numpy decoder's logits to the modules'; here a whole
+    greedy generation goes through each and takes the same tokens, up to a near-tie."""
+    from glassformer.cpu_decoder import suits
 
-    changes = dict(changes)
-    make = tiny_llama if changes.pop("family", "gpt") == "llama" else tiny_decoder
-    model = build(make(context_length=40, **changes))
+    model = build((tiny_llama if family == "llama" else tiny_decoder)(context_length=40))
+    prompt = torch.randint(0, 97, (5,)).tolist()
     assert suits(model, 1)
-    prompt = torch.randint(0, 97, (1, 5))
-    with torch.inference_mode():
-        ours, theirs = model.new_cache(1), model.new_cache(1)
-        model(prompt, cache=ours)
-        model(prompt, cache=theirs)
-        fast = NumpyDecoder(model, ours)
-        token = 7
-        for position in range(5, 30):
-            a = fast.logits(token, position)
-            b = model(torch.tensor([[token]]), cache=theirs)[:, -1]
-            assert (a - b).abs().max() < 1e-4, f"step {position}: max |Δ| = {(a - b).abs().max()}"
-            token = int(b.argmax())
-    for p in (ours, theirs):
-        assert len(p) == 30
-    greedy = generate(model, prompt[0].tolist(), max_new_tokens=30, temperature=0)
+    greedy = generate(model, prompt, max_new_tokens=30, temperature=0)
     with model.hooks({"blocks.0.attn.q": lambda t, n: None}):  # a listening hook: the modules decode
         assert not suits(model, 1)
-        assert generate(model, prompt[0].tolist(), max_new_tokens=30, temperature=0) == greedy
+        by_modules = generate(model, prompt, max_new_tokens=30, temperature=0)
+
+    def logits_of(ids):
+        with torch.no_grad():
+            return model(torch.tensor([ids]))[0]
+
+    scale = float(logits_of(by_modules).abs().max())
+    assert_same_greedy(greedy, by_modules, logits_of, start=5, margin=RTOL_REORDERED * scale)
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
 """The house's layering: each module imports only from the layers below it (imports
-inside functions count too), and nothing imports in a circle. ../shared/DESIGN.md and the
+inside functions count too), and nothing imports in a circle. docs/DESIGN.md and the
 README's "How it is built" draw the same order."""
 
 import ast
@@ -15,7 +15,7 @@ LAYERS = [
     {"hardware", "hooks", "linear"},
     {"attention"},
     {"model"},
-    {"params", "tokenizer", "sampling", "inputs", "decode"},
+    {"params", "tokenizer", "sampling", "inputs", "cpu_decoder"},
     {"checkpoint", "lessons"},
     {"pretrained", "generate", "sentences"},
     {"train"},

@@ -10,7 +10,7 @@ import glassformer as gf
 from glassformer import hardware
 from glassformer.pretrained import resolve_dtype
 
-from conftest import FAMILIES, build, maxdiff, needs
+from conftest import FAMILIES, assert_same_greedy, build, maxdiff, needs
 
 
 def relative_error(low: torch.Tensor, full: torch.Tensor) -> float:
@@ -61,7 +61,11 @@ def test_bf16_smollm2_stays_close_on_real_text():
             a, b = full(ids), low(ids)
         d = (a - b).abs()
         assert d.mean() / a.std() < 0.05 and d.max() / a.std() < 0.25, text
-        assert torch.equal(a.argmax(-1), b.argmax(-1)), text
+        # the same top token, except where fp32's own top two are a near-tie (within 10% of
+        # the spread, where bf16's rounding, measured at 0.8-2.5% on average, may swap them)
+        top2 = a.topk(2, dim=-1).values
+        near_tie = top2[..., 0] - top2[..., 1] < 0.1 * a.std()
+        assert ((a.argmax(-1) == b.argmax(-1)) | near_tie).all(), text
     assert low.tokenizer.decode(gf.generate(low, full.tokenizer.encode("The capital of France is"), max_new_tokens=1,
                                             temperature=0)[-1:]) == " Paris"  # fmt: skip
 
@@ -93,7 +97,16 @@ def test_greedy_bf16_tokens_equal_hugging_faces_bf16_tokens():
         prompt = torch.randint(0, 300, (1, 6), generator=torch.Generator().manual_seed(seed))
         with torch.no_grad():
             ref = hf.generate(prompt, max_new_tokens=20, do_sample=False, pad_token_id=0, eos_token_id=None)
-        assert torch.equal(gf.generate(ours, prompt, max_new_tokens=20, temperature=0), ref)
+        mine = gf.generate(ours, prompt, max_new_tokens=20, temperature=0)[0].tolist()
+
+        def logits_of(ids):
+            with torch.no_grad():
+                return hf(torch.tensor([ids])).logits[0].float()
+
+        # equal up to a near-tie: bf16 keeps 8 bits, so two logits within a few 2^-8 of the
+        # scale may swap between HF's all-bf16 and our fp32 stream
+        margin = 4 * 2**-8 * float(logits_of(ref[0].tolist()).abs().max())
+        assert_same_greedy(mine, ref[0].tolist(), logits_of, start=6, margin=margin, what=f"seed {seed}")
 
 
 def test_auto_picks_bf16_only_where_the_chip_computes_it(monkeypatch):

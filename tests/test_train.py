@@ -17,7 +17,7 @@ from glassformer.cli import main
 from glassformer.train import TrainConfig, resume, train
 from glassformer.train.state import RunDir
 
-from conftest import assert_one_line_error, run_cli, tree_digest
+from conftest import RTOL_DEEP, assert_close, assert_one_line_error, run_cli, tree_digest
 
 SMALL = dict(preset="lesson-tiny", d_model=32, n_layers=1, batch_size=8, lr=3e-3, warmup=5, eval_batches=4)
 
@@ -224,8 +224,10 @@ def test_two_gloo_processes_equal_one_with_the_combined_batch(tmp_path):
     assert two.returncode == 0, two.stderr[-3000:]
     a = checkpoint.read_safetensors(tmp_path / "one" / "latest" / "model.safetensors")
     b = checkpoint.read_safetensors(tmp_path / "two" / "latest" / "model.safetensors")
-    worst = max((a[k] - b[k]).abs().max().item() for k in a)
-    assert worst <= 1e-5, f"max |Δ| between 1 and 2 processes = {worst}"
+    # two processes average their gradients in another order, and a few optimizer steps
+    # carry that rounding on: compared at each weight's own scale
+    for k in a:
+        assert_close(b[k], a[k], rtol=RTOL_DEEP, what=f"{k} in 1 and 2 processes:")
     assert not list((tmp_path / "two").glob("*/.*tmp*"))  # only rank 0 wrote
 
 

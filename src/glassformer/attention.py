@@ -268,8 +268,8 @@ class Attention(nn.Module):
         """The same numbers from a fused kernel that never stores the T×S grid."""
         dropout_p = self.dropout if self.training else 0.0
         if Q_BHTD.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-            # bf16 training on a CPU: the fused kernel's bf16 backward ran 4x slower than its
-            # fp32 one here, so attention itself stays in fp32 (the products around it do not)
+            # bf16 training on a CPU: the fused kernel's bf16 backward is several times slower
+            # than its fp32 one, so attention itself stays in fp32 (the products around it do not)
             with torch.autocast("cpu", enabled=False):
                 return self._sdpa(Q_BHTD.float(), K_BKSD.float(), V_BKSD.float(), keys_BS, dropout_p)
         return self._sdpa(Q_BHTD, K_BKSD, V_BKSD, keys_BS, dropout_p)

@@ -31,6 +31,21 @@ def _count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
+class Derived(int):
+    """A size the config worked out (d_head = d_model / n_heads, d_mlp = 4·d_model,
+    n_kv_heads = n_heads) rather than one it was given. It is an int everywhere, but handed
+    back to the constructor, as dataclasses.replace and ModelConfig.replace do, it is worked
+    out again, so `dataclasses.replace(PRESETS["gpt2"], n_heads=4, d_model=64)` gets d_head
+    16 and 4 key/value heads instead of keeping GPT-2's 64 and 12. JSON writes it as a plain
+    number, so a saved config reads back with every size given."""
+
+    def __repr__(self) -> str:
+        return int.__repr__(self)
+
+    def __deepcopy__(self, memo) -> Derived:
+        return self
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     vocab_size: int = 50257  # rows of W_E (and columns of W_U); bigger = more words, more parameters
@@ -61,14 +76,16 @@ class ModelConfig:
         for name in ("vocab_size", "context_length", "d_model", "n_heads", "n_layers"):
             if not _count(getattr(self, name)):
                 bad(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.d_head in (0, None):
+        # given as 0 or None, or worked out for another config (Derived): follows the others
+        follows = lambda name: getattr(self, name) in (0, None) or isinstance(getattr(self, name), Derived)  # noqa: E731
+        if follows("d_head"):
             if self.d_model % self.n_heads:
                 bad(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}; pass d_head explicitly")
-            object.__setattr__(self, "d_head", self.d_model // self.n_heads)
-        if self.d_mlp in (0, None):
-            object.__setattr__(self, "d_mlp", 4 * self.d_model)
-        if self.n_kv_heads in (0, None):
-            object.__setattr__(self, "n_kv_heads", self.n_heads)
+            object.__setattr__(self, "d_head", Derived(self.d_model // self.n_heads))
+        if follows("d_mlp"):
+            object.__setattr__(self, "d_mlp", Derived(4 * self.d_model))
+        if follows("n_kv_heads"):
+            object.__setattr__(self, "n_kv_heads", Derived(self.n_heads))
         for name in ("d_head", "d_mlp", "n_kv_heads"):
             if not _count(getattr(self, name)):
                 bad(f"{name} must be a positive integer, got {getattr(self, name)!r}")
@@ -217,4 +234,4 @@ def preset(name: str) -> ModelConfig:
         raise GlassformerError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}") from None
 
 
-__all__ = ["PRESETS", "SHAPE_ONLY", "GlassformerError", "ModelConfig", "preset"]
+__all__ = ["PRESETS", "SHAPE_ONLY", "Derived", "GlassformerError", "ModelConfig", "preset"]

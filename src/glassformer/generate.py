@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import torch
 
-from . import decode, sampling
+from . import cpu_decoder, sampling
 from .config import GlassformerError
 from .model import Transformer
 
@@ -72,7 +72,7 @@ def stream(
     """Yield each new token, [B] ids, as soon as it is chosen.
 
     On a CPU at batch 1, once the prompt is cached, each step runs through the numpy
-    decoder (decode.py) with PyTorch held at one thread until the stream ends or is closed.
+    decoder (cpu_decoder.py) with PyTorch held at one thread until the stream ends or is closed.
     """
     ids = as_ids(model, tokens)
     sampling.check(temperature, top_k, top_p)
@@ -83,7 +83,7 @@ def stream(
     # the cache holds only as many positions as this generation can reach
     cache = model.new_cache(ids.shape[0], max_len=min(context, ids.shape[1] + max_new_tokens)) if use_cache else None
     fresh = ids  # what the model has not seen yet
-    fast: decode.NumpyDecoder | None = None
+    fast: cpu_decoder.NumpyDecoder | None = None
     with contextlib.ExitStack() as one_thread:  # held while the numpy decoder runs
         for step in range(max_new_tokens):
             if cache is not None and len(cache) + fresh.shape[1] > cache.max_len:
@@ -98,9 +98,9 @@ def stream(
             probs_BV = sampling.probabilities(logits_BV, temperature, top_k, top_p)
             new = sampling.draw(probs_BV, greedy=greedy, generator=generator)
             ids = torch.cat([ids, new[:, None]], dim=1)
-            if step == 0 and cache is not None and decode.suits(model, ids.shape[0]):
-                one_thread.enter_context(decode.one_torch_thread())  # the prompt is cached: numpy from here
-                fast = decode.NumpyDecoder(model, cache)
+            if step == 0 and cache is not None and cpu_decoder.suits(model, ids.shape[0]):
+                one_thread.enter_context(cpu_decoder.one_torch_thread())  # the prompt is cached: numpy from here
+                fast = cpu_decoder.NumpyDecoder(model, cache)
             fresh = new[:, None]
             yield new
             if stop_token is not None and bool((new == stop_token).all()):

@@ -20,7 +20,7 @@ Key map (i = layer; Hugging Face names carry a leading "model." except lm_head):
 Why transpose: Hugging Face uses torch.nn.Linear, which stores [out, in]; ours stores
 [in, out] so that Q = E·W_Q reads as written (linear.py). Hugging Face already keeps
 each head's query and key rows in the "first half, second half" order that its rotary
-code turns, and so does ours: no permutation here (GGUF files differ: see gguf.py).
+code turns, and so does ours: no permutation here (GGUF files differ: see gguf_file.py).
 Deliberately not used: `rotary_emb.inv_freq` buffers that old exports saved (the angles
 are recomputed from rope_theta).
 """

@@ -1,17 +1,21 @@
 """Batch-1 decoding on a CPU, in numpy: the fast path of generation.
 
 Each new token multiplies one vector by every weight matrix, so decoding is as fast as
-the weights stream from memory. Here numpy's BLAS streams those one-row products at
-22-33 GB/s, while PyTorch spends as long again on the dozens of small operations around
-them in every layer (measured for SmolLM2-135M: 39 ms a token through the modules, of
-which 28 ms are the products; 24-26 ms a token here). So once the prompt is in the KV
-cache, `generate.stream` hands each step to `NumpyDecoder`, which runs the same blocks
-as model.py for one position: the same weights (numpy views of the model's own tensors,
-no copies), the same cache (it writes the model's KV cache tensors), the same rotary
-angles and activation functions (SiLU written out in numpy, the others the model's own).
-tests/test_generate.py holds its logits to the modules' within 1e-4 and its greedy
-tokens equal to theirs. The modules stay the reference: with a hook listening, on a GPU,
-in bf16, for post-norm models or batches of several, decoding runs through them.
+the weights stream from memory. numpy's BLAS streams those one-row products well, while
+PyTorch spends as long again on the dozens of small operations around them in every
+layer (the README's figures say how much). So once the prompt is in the KV cache,
+`generate.stream` hands each step to `NumpyDecoder`, which runs the same blocks as
+model.py for one position: the same weights (numpy views of the model's own tensors, no
+copies), the same cache (it writes the model's KV cache tensors), the same rotary angles
+and activation functions (SiLU written out in numpy, the others the model's own).
+
+This is a second implementation of the forward pass, so it says exactly what it
+implements: `IMPLEMENTS` lists every ModelConfig field with the values computed here, and
+`suits` refuses any model outside it (and any field it does not know: a new field makes
+tests/test_cpu_decoder.py fail until it is listed here). Those tests hold its logits to
+the modules' over random configs. The modules stay the reference: with a hook listening,
+on a GPU, in bf16, for post-norm models, encoders or batches of several, decoding runs
+through them.
 """
 
 from __future__ import annotations
@@ -23,18 +27,53 @@ import numpy as np
 import torch
 
 from .attention import KVCache
+from .config import ModelConfig
 from .model import ACTIVATION_FNS, Transformer
+
+ANY = None  # a size or a constant this decoder reads from the weights or the config as it is
+
+# Every ModelConfig field, and the values NumpyDecoder computes correctly for it.
+IMPLEMENTS: dict[str, frozenset | None] = {
+    "vocab_size": ANY,
+    "context_length": ANY,
+    "d_model": ANY,
+    "n_heads": ANY,
+    "d_head": ANY,
+    "n_layers": ANY,
+    "d_mlp": ANY,
+    "n_kv_heads": ANY,  # grouped queries: attend() groups them
+    "causal": frozenset({True}),  # one new token attends to the cache: a decoder
+    "norm": frozenset({"pre"}),  # x + f(norm(x)); post-norm is not written here
+    "normalization": frozenset({"layernorm", "rmsnorm"}),
+    "activation": frozenset({"gelu", "gelu_tanh", "relu", "silu"}),
+    "mlp": frozenset({"plain", "gated"}),
+    "positions": frozenset({"learned", "rotary", "none"}),
+    "rope_base": ANY,  # read through the model's own rotary angles
+    "bias": frozenset({True, False}),
+    "tied_unembedding": frozenset({True, False}),
+    "norm_eps": ANY,
+    "type_vocab_size": frozenset({0}),  # token-type rows are not added here
+    "dropout": ANY,  # never applied: `suits` refuses a model in training mode
+}
+
+
+def implements(config: ModelConfig) -> bool:
+    """Whether every field of `config` is one this decoder knows, at a value it computes."""
+    fields = config.to_dict()
+    if set(fields) != set(IMPLEMENTS):
+        return False  # a field added to ModelConfig and not yet decided on here
+    return all(allowed is ANY or fields[name] in allowed for name, allowed in IMPLEMENTS.items())
 
 
 def suits(model: Transformer, batch: int) -> bool:
-    """Whether this path can decode for `model`: float32 on the CPU, pre-norm, one
-    sequence, and no hook attached anywhere."""
+    """Whether this path can decode for `model`: a config it implements, float32 on the
+    CPU, one sequence, not training, and no hook attached anywhere."""
     return (
         batch == 1
+        and implements(model.config)
         and model.device.type == "cpu"
         and model.W_E.dtype == torch.float32
         and model.stream_dtype == torch.float32
-        and model.config.norm == "pre"
         and not model.training
         and not any(p.active for p in model.hook_points.values())
     )

@@ -1,0 +1,44 @@
+"""The attention cards: every head's pattern (POST /api/analyze) and one head step by step
+(POST /api/head)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from ...inspect import heads
+from ...inspect.explain import analyze, walk_head
+from .. import answers
+from ..replies import json_answer
+from ..schemas import AnalyzeRequest, HeadRequest, settings
+from .common import Ex
+
+router = APIRouter()
+
+
+@router.post("/api/analyze", summary="every layer's and head's attention pattern, and the next-token distribution")
+async def analyze_text(req: AnalyzeRequest, ex: Ex) -> Response:
+    how = settings(req)
+    slot = ex.slot_for(req.model)
+
+    def job(model) -> dict:
+        a = analyze(model, req.text)
+        out = {"model": req.model, **answers.analysis(a), **answers.unknowns(model, req.text)}
+        if a.last_logits is not None:
+            slot.remember_logits(req.text, a.last_logits)
+            out |= answers.next_tokens(model, a.last_logits, **how)
+        if req.showcase:
+            out["showcase"] = slot.showcase_for(req.text)
+        return out
+
+    return json_answer(await ex.answer(req.model, job))
+
+
+@router.post("/api/head", summary="one head step by step: Q, K, dot products, mask, pattern, V, ΔE")
+async def head(req: HeadRequest, ex: Ex) -> Response:
+    def job(model) -> dict:
+        walk = walk_head(model, req.text, req.layer, req.head)
+        follow = heads.query_to_follow(model, walk)
+        return {"model": req.model, **answers.head_walk(walk), "query": follow}
+
+    return json_answer(await ex.answer(req.model, job))

@@ -1,0 +1,65 @@
+"""What an API request may hold: one pydantic model per kind of request, strict (1.0 is not
+a layer, true is not a number, 5 is not a sentence) and closed (an unknown field is a 422).
+
+These classes are what /docs shows as each request's body. A new card whose request
+needs a field of its own subclasses `TextRequest` here:
+
+    class PatchRequest(TextRequest):
+        layer: int = Field(0, ge=0, le=MAX_INDEX)
+
+Imported only by the app (pydantic comes with FastAPI, the `serve` extra).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .. import sampling
+from ..inputs import EXAMPLE
+
+MAX_TEXT = 20_000  # characters; the body limit (64 KiB) is the real bound
+MAX_INDEX = 100_000  # layers, heads, positions: far beyond any model here, far below an overflow
+
+
+class Strict(BaseModel):
+    # strict: 1.0 is not a layer, true is not a number, 5 is not a sentence
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class TextRequest(Strict):
+    """A model and a sentence: what every card starts from."""
+
+    # the example becomes the server's first model name when the app is built (app.openapi)
+    model: str = Field(description="one of the names /api/models lists", max_length=200, examples=["lesson:adjectives"])
+    text: str = Field(description="the sentence to run", max_length=MAX_TEXT, examples=[EXAMPLE])
+
+
+class SamplingRequest(TextRequest):
+    """The next-token distribution's settings (the one sampler, `sampling`, judges them)."""
+
+    temperature: float = Field(1.0, ge=0, le=sampling.MAX_TEMPERATURE, allow_inf_nan=False)
+    top_k: int | None = Field(None, ge=1, le=10_000_000, description="keep the k likeliest tokens (none: all)")
+    top_p: float | None = Field(
+        None, gt=0, le=1, allow_inf_nan=False, description="keep the likeliest tokens up to this mass"
+    )
+    rows: int = Field(12, ge=1, le=100, description="how many of the likeliest tokens to list")
+
+
+class AnalyzeRequest(SamplingRequest):
+    showcase: bool = Field(False, description="also name the showcase head, if it is already known")
+
+
+class HeadRequest(TextRequest):
+    layer: int = Field(0, ge=0, le=MAX_INDEX)
+    head: int = Field(0, ge=0, le=MAX_INDEX)
+
+
+class MLPRequest(TextRequest):
+    position: int = Field(ge=0, le=MAX_INDEX, description="the token whose MLP step to show")
+    k: int = Field(8, ge=1, le=32, description="how many neurons")
+
+
+def settings(req: SamplingRequest) -> dict:
+    """The sampling settings as keyword arguments for answers.next_tokens, once judged."""
+    sampling.check(req.temperature, req.top_k, req.top_p)  # the one place settings are judged
+    return {"temperature": req.temperature, "top_k": req.top_k, "top_p": req.top_p, "rows": req.rows}
