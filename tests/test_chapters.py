@@ -141,11 +141,14 @@ def test_within_89_91_grows_with_the_dimension_and_the_built_bases_hold():
         assert float(worst) <= band + 1e-9
     assert emb.two_bases(12_288) == (24_576, pytest.approx(0.5169, abs=1e-4))
     assert emb.two_bases(576) is None
+    # the README: 10,000 vectors in 100 dimensions cannot all be within 89-91°
+    assert emb.welch_bound(10_000, 100) == pytest.approx(5.71, abs=0.01)
+    assert emb.welch_bound(24_576, 12_288) <= emb.two_bases(12_288)[1]  # the built set respects the bound
 
 
 # --- the toy model of superposition -------------------------------------------------------------
 def test_superposition_dense_keeps_two_and_sparse_makes_a_pentagon():
-    (dense, sparse) = toy.train(toy.Settings(sparsities=(0.0, 0.9), seed=0))
+    (dense, sparse) = toy.train(toy.Settings(sparsities=(0.0, 0.9), seed=0, steps=1000))
     assert len(dense.represented()) == 2
     assert len(sparse.represented()) == 5
     assert max(abs(g - 72) for g in sparse.gaps()) < 6  # measured: within 2.6° over seeds 0-4

@@ -455,3 +455,11 @@ def two_bases(dims: int) -> tuple[int, float] | None:
     if not hadamard_order(dims) or dims < 2:
         return None
     return 2 * dims, math.degrees(math.asin(1 / math.sqrt(dims)))
+
+
+def welch_bound(vectors: int, dims: int) -> float:
+    """The least the widest gap from 90° can be, in degrees, for `vectors` unit vectors in
+    `dims` dimensions (Welch 1974: some pair has |cos| ≥ √((N - d) / (d (N - 1))))."""
+    if vectors <= dims:
+        return 0.0  # the axes themselves: all at exactly 90°
+    return math.degrees(math.asin(math.sqrt((vectors - dims) / (dims * (vectors - 1)))))

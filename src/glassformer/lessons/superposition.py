@@ -201,10 +201,10 @@ def parse_sparsities(text: str) -> tuple[float, ...]:
     return tuple(values)
 
 
-def showcase(settings: Sequence[Run]) -> str:  # what a card says under the picture
+def summary(runs: Sequence[Run]) -> str:
     """One line per run: how many features fit, and how."""
     lines = []
-    for run in settings:
+    for run in runs:
         kept = run.represented()
         gaps = run.gaps()
         shape = f", neighbours {', '.join(f'{g:.0f}°' for g in gaps)} apart" if gaps else ""

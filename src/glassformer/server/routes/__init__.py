@@ -27,7 +27,7 @@ Adding a card (say, a patching map):
 
 from __future__ import annotations
 
-from . import attention, heads, mlp, models, next_token, page
+from . import attention, chapters, heads, mlp, models, next_token, page
 
 # in the order /docs lists them
-ROUTERS = [page.router, models.router, attention.router, next_token.router, mlp.router, heads.router]
+ROUTERS = [page.router, models.router, attention.router, next_token.router, mlp.router, heads.router, chapters.router]
