@@ -61,3 +61,11 @@ def test_superposition_trains_and_refuses_bad_settings(url):
     for bad in ({"sparsities": [1.0]}, {"importance": 0}, {"features": 0}, {"steps": 10**6}, {"sparsities": []}):
         r = post(url, "/api/superposition", bad)
         assert r.status_code == 422, (bad, r.text)
+
+
+def test_the_page_has_both_cards_and_serves_their_script(url):
+    page = httpx.get(f"{url}/").text
+    assert 'id="embed-card"' in page and 'id="toy-card"' in page and "/static/chapters.js" in page
+    script = httpx.get(f"{url}/static/chapters.js")
+    assert script.status_code == 200 and "/api/embed" in script.text and "/api/superposition" in script.text
+    assert "innerHTML" not in script.text  # text reaches the page only through textContent
