@@ -49,8 +49,8 @@ test-fast: $(STAMP)
 # where the CPU has it, AVX-512), at 1 and 2 threads: each rounds differently, and a tolerance
 # must hold on all of them. Each comparison's error, as a share of its scale, is logged; the
 # worst per tolerance is printed at the end (the spread the tests' comments quote).
-KERNEL_TESTS ?= tests/test_attention.py tests/test_inspect.py tests/test_generate.py tests/test_sampling.py \
-	tests/test_llama.py tests/test_gguf.py tests/test_pretrained.py tests/test_precision.py tests/test_layers.py
+KERNEL_TESTS ?= tests/test_attention.py tests/test_cpu_decoder.py tests/test_inspect.py tests/test_generate.py \
+	tests/test_sampling.py tests/test_llama.py tests/test_gguf.py tests/test_pretrained.py tests/test_precision.py tests/test_layers.py
 KERNEL_LOG ?= build/tolerances.tsv
 test-kernels: $(STAMP)
 	@mkdir -p $(dir $(KERNEL_LOG)) && rm -f $(KERNEL_LOG)
@@ -66,11 +66,13 @@ demo: $(STAMP)
 	$(BIN)/glassformer serve $(DEMO_MODELS) $(DEMO_ARGS)
 
 # The shipped lesson models, rebuilt by glassformer's own trainer with each lesson's
-# TRAIN_DEFAULTS (fixed seeds: the same files come out again on the same machine).
+# TRAIN_DEFAULTS (fixed seeds: the same files come out again on the same machine). The
+# progress bar's estimate says how long each takes (minutes each on 2 shared cores).
 lessons: $(STAMP)
 	@for name in $(LESSONS); do \
+	  echo "lesson:$$name (nice -n 5: the machine stays usable)"; \
 	  rm -rf build/lessons/$$name && \
-	  $(BIN)/glassformer train --data lesson:$$name --out build/lessons/$$name --quiet && \
+	  nice -n 5 $(BIN)/glassformer train --data lesson:$$name --out build/lessons/$$name && \
 	  rm -rf src/glassformer/lessons/models/$$name && mkdir -p src/glassformer/lessons/models/$$name && \
 	  cp build/lessons/$$name/best/config.json build/lessons/$$name/best/model.safetensors \
 	     build/lessons/$$name/best/tokenizer.json src/glassformer/lessons/models/$$name/ || exit 1; \

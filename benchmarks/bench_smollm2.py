@@ -6,7 +6,7 @@
 3. batch-1 greedy generation of 128 tokens, glassformer vs transformers `generate`, and
    each as a fraction of the memory-bandwidth bound (every weight read once per token).
 
-    .venv/bin/python benchmarks/bench_smollm2.py [--dtype fp32|bf16]
+    .venv/bin/python benchmarks/bench_smollm2.py [--precision fp32|bf16]
 """
 
 import argparse
@@ -37,17 +37,17 @@ def load_seconds(repeats: int = 3) -> list[float]:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     args = p.parse_args()
     from transformers import AutoModelForCausalLM
 
-    print(f"SmolLM2-135M-Instruct (Q4_1/Q8_0 GGUF, dequantized), {args.dtype}, {env_line()}")
+    print(f"SmolLM2-135M-Instruct (Q4_1/Q8_0 GGUF, dequantized), {args.precision}, {env_line()}")
     seconds = load_seconds()
     print(f"gf.load('smollm2') in a fresh process: {', '.join(f'{s:.2f}' for s in seconds)} s")
     file = builtin_path("smollm2")
     hf = AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name, dtype=torch.float32).eval()
-    ours = gf.load("smollm2", dtype=args.dtype)
-    if args.dtype == "bf16":
+    ours = gf.load("smollm2", precision=args.precision)
+    if args.precision == "bf16":
         hf = hf.to(torch.bfloat16)
     ids = torch.randint(0, 49152, (1, 256))
     with torch.inference_mode():
@@ -84,7 +84,7 @@ def main() -> None:
         f"weights {weight_bytes / 1e6:.0f} MB per token -> bound {bound:.1f} tok/s; "
         f"glassformer reaches {ours_tps / bound:.0%}, transformers {hf_tps / bound:.0%}"
     )
-    if args.dtype == "fp32":
+    if args.precision == "fp32":
         print(decode_time_split(ours))
 
 

@@ -87,7 +87,7 @@ def test_no_pickle_anywhere(tmp_path):
 def test_a_rewritten_file_keeps_its_permissions(tmp_path):
     import os
 
-    from glassformer.checkpoint import write_file_atomically
+    from glassformer.files import write_file_atomically
 
     private = tmp_path / "private.html"
     private.write_text("old")

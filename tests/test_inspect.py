@@ -210,8 +210,8 @@ def test_the_neurons_toward_the_guess_are_the_top_attributions_to_the_likeliest_
     assert_close(best[0][1], float(probs.max()), rtol=0, atol=RTOL_REORDERED)  # a probability: scale 1
     shares = neuron_logit_attribution(model, ids, best[0][0])
     # compared as numbers, not rounded to 5 places (two values either side of a rounding edge differ)
-    assert_close([v for _, _, v in toward], shares.flatten().topk(4).values, rtol=RTOL_REORDERED)
-    assert_close([v for _, _, v in toward], [shares[layer, n] for layer, n, _ in toward], rtol=RTOL_REORDERED)
+    assert_close([v for _, _, v, _ in toward], shares.flatten().topk(4).values, rtol=RTOL_REORDERED)
+    assert_close([v for _, _, v, _ in toward], [shares[layer, n] for layer, n, _, _ in toward], rtol=RTOL_REORDERED)
 
 
 def test_detectors_find_planted_heads():
@@ -282,7 +282,8 @@ def test_neurons_fire_and_write(decoder):
     _, c = decoder.run_with_cache(ids, names="blocks.*.mlp.post")
     layer, index, act = found[0]
     assert act == pytest.approx(c[f"blocks.{layer}.mlp.post"][0, -1, index].item())
-    assert act == max(c[f"blocks.{i}.mlp.post"][0, -1].max().item() for i in range(2))
+    # the hardest by size, with its sign: a SwiGLU/GELU neuron can fire negative
+    assert abs(act) == max(c[f"blocks.{i}.mlp.post"][0, -1].abs().max().item() for i in range(2))
     writes = neuron_tokens(decoder, layer, index, k=4)
     assert len(writes) == 4 and writes[0][1] >= writes[-1][1]
     with pytest.raises(gf.GlassformerError, match="out of range"):
@@ -298,18 +299,19 @@ def test_cli_heads_lens_neurons(capsys, tmp_path):
     for kind in ("previous-token", "duplicate-token", "induction", "first-token"):
         assert f"\n{kind}: " in out  # its table
     assert "the heads whose score reaches 0.4, strongest first:" in out
-    assert main(["lens", "hello", "--model", str(tmp_path / "m"), "-k", "2"]) == 0
+    assert main(["lens", "hello", "--model", str(tmp_path / "m"), "-k", "2", "--position", "all"]) == 0
     out = capsys.readouterr().out
     assert "embed:" in out and out.count("after [") == 5
-    assert main(["lens", "hello", "--model", str(tmp_path / "m"), "--position", "-1"]) == 0
+    assert main(["lens", "hello", "--model", str(tmp_path / "m")]) == 0  # the last position, by default
     out = capsys.readouterr().out
     assert out.count("after [") == 1 and "after [o] (position 4)" in out
+    assert "the embed row reads the token's own embedding" in " ".join(out.split())  # why odd rows appear
     assert main(["neurons", "hello", "--model", str(tmp_path / "m"), "-k", "3"]) == 0
     out = capsys.readouterr().out
     assert out.count(", neuron ") == 6  # the 3 firing hardest, then the 3 pushing hardest toward the guess
     assert "the model's own next-token guess here: [" in out and "push hardest toward [" in out
     for command in ("lens", "neurons"):  # matrices held in bf16, the stream in fp32: products still meet
-        assert main([command, "hello", "--model", str(tmp_path / "m"), "-k", "2", "--dtype", "bf16"]) == 0
+        assert main([command, "hello", "--model", str(tmp_path / "m"), "-k", "2", "--precision", "bf16"]) == 0
     assert "push hardest toward [" in capsys.readouterr().out
     assert main(["neurons", "--model", str(tmp_path / "m"), "--neuron", "x"]) == 2
     assert "LAYER.INDEX" in capsys.readouterr().err

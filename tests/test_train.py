@@ -12,8 +12,9 @@ import pytest
 import torch
 
 import glassformer as gf
-from glassformer import checkpoint
+from glassformer import files
 from glassformer.cli import main
+from glassformer.pretrained.build import load_checkpoint
 from glassformer.train import TrainConfig, resume, train
 from glassformer.train.state import RunDir
 
@@ -70,8 +71,8 @@ def test_resume_is_bit_identical(tmp_path):
     assert log_lines(split) == [
         {**r, "tokens_per_s": s["tokens_per_s"]} for r, s in zip(log_lines(full), log_lines(split))
     ]
-    a = checkpoint.read_safetensors(full / "latest" / "model.safetensors")
-    b = checkpoint.read_safetensors(split / "latest" / "model.safetensors")
+    a = files.read_safetensors(full / "latest" / "model.safetensors")
+    b = files.read_safetensors(split / "latest" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -85,7 +86,7 @@ def test_bf16_training_keeps_fp32_weights_and_records_its_precision(tmp_path):
     )
     log = log_lines(out)
     assert log[-1]["val_loss"] < log[0]["val_loss"]
-    weights = checkpoint.read_safetensors(out / "latest" / "model.safetensors")
+    weights = files.read_safetensors(out / "latest" / "model.safetensors")
     assert {w.dtype for w in weights.values()} == {torch.float32}
     assert RunDir(out).read_latest().settings.precision == "bf16"
     auto = tmp_path / "auto"
@@ -133,7 +134,7 @@ def test_sigkill_never_loses_the_last_good_checkpoint(tmp_path):
     ]
 
     def saved_step() -> int:
-        latest = checkpoint.find_dir(out / "latest")
+        latest = files.find_dir(out / "latest")
         try:
             return json.loads((latest / "train_state.json").read_text())["step"]
         except (TypeError, OSError, ValueError):
@@ -148,9 +149,9 @@ def test_sigkill_never_loses_the_last_good_checkpoint(tmp_path):
         time.sleep(delay)  # with a checkpoint every step, most of the time is spent writing one
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        latest = checkpoint.find_dir(out / "latest")
+        latest = files.find_dir(out / "latest")
         assert latest is not None, "the last good checkpoint was lost"
-        model = checkpoint.load(out / "latest")  # loads, with every tensor in place
+        model = load_checkpoint(out / "latest")  # loads, with every tensor in place
         assert model.config.n_layers == 2
         steps_seen.append(saved_step())
     steps_seen = steps_seen[1:]
@@ -222,20 +223,22 @@ def test_two_gloo_processes_equal_one_with_the_combined_batch(tmp_path):
         timeout=300,
     )
     assert two.returncode == 0, two.stderr[-3000:]
-    a = checkpoint.read_safetensors(tmp_path / "one" / "latest" / "model.safetensors")
-    b = checkpoint.read_safetensors(tmp_path / "two" / "latest" / "model.safetensors")
+    a = files.read_safetensors(tmp_path / "one" / "latest" / "model.safetensors")
+    b = files.read_safetensors(tmp_path / "two" / "latest" / "model.safetensors")
     # two processes average their gradients in another order, and a few optimizer steps
-    # carry that rounding on: compared at each weight's own scale
+    # carry that rounding on: compared at each weight's own scale, with the absolute 1e-5
+    # that held before as the floor for small weights
     for k in a:
-        assert_close(b[k], a[k], rtol=RTOL_DEEP, what=f"{k} in 1 and 2 processes:")
+        assert_close(b[k], a[k], rtol=RTOL_DEEP, atol=1e-5, what=f"{k} in 1 and 2 processes:")
     assert not list((tmp_path / "two").glob("*/.*tmp*"))  # only rank 0 wrote
 
 
 @pytest.mark.slow
 def test_default_adjectives_lesson_grows_an_adjective_head(tmp_path):
-    """At the lesson's own seed, as `make lessons` trains it. Over seeds 1337, 0, 1 and 2 the
-    best head measured 0.96-0.99 on own adjectives and 0.61-0.94 on the non-adjacent ones
-    (lessons/adjectives.py), so the thresholds, 0.8 and 0.5, hold with room to spare."""
+    """At the lesson's own seed, as `make lessons` trains it: a head whose nouns put most of
+    their attention on their own adjectives, each counted up to an equal share. Seed 1337
+    measured 0.84 (layer 0 head 3; 0.91 on own adjectives), seed 0 0.79 (layer 0 head 0,
+    which leans on the middle one of three): the thresholds, 0.7 and 0.8, hold for both."""
     from glassformer.inspect import heads
 
     code = subprocess.run(
@@ -254,11 +257,11 @@ def test_default_adjectives_lesson_grows_an_adjective_head(tmp_path):
     ).returncode
     assert code == 0
     model = gf.load(tmp_path / "adj")
-    own, far = heads.adjective_scores(model, n=300, seed=2024)  # held-out sentences
-    layer, head, score = heads.strongest(own)
-    print(f"\nadjective head {layer}.{head}: own {score:.2f}, non-adjacent {far[layer, head]:.2f}")
-    assert score >= 0.8, f"best head puts only {score:.2f} of a noun's attention on its adjectives"
-    assert far[layer, head] >= 0.5, f"head {layer}.{head} puts {far[layer, head]:.2f} on non-adjacent adjectives"
+    own, _, even = heads.adjective_scores(model, n=300, seed=2024)  # held-out sentences
+    layer, head, score = heads.strongest(even)
+    print(f"\nadjective head {layer}.{head}: even {score:.2f}, own {own[layer, head]:.2f}")
+    assert score >= 0.7, f"best head gathers only {score:.2f} of a noun's attention evenly on its adjectives"
+    assert own[layer, head] >= 0.8, f"head {layer}.{head} puts {own[layer, head]:.2f} on its noun's adjectives"
 
 
 # --- bad input -------------------------------------------------------------------------
@@ -390,15 +393,15 @@ if what == "append":
         original(self, record)
     state.RunDir.append_log = append_log
 else:
-    from glassformer import checkpoint
-    original = checkpoint.write_file_atomically
+    from glassformer import files
+    original = files.write_file_atomically
     def write_file_atomically(target, write):
         def half(tmp):  # the rewrite is half done in its temp file when the process dies
             write(tmp)
             tmp.write_text(tmp.read_text()[:20])
             os.kill(os.getpid(), signal.SIGKILL)
         return original(target, half)
-    checkpoint.write_file_atomically = write_file_atomically
+    files.write_file_atomically = write_file_atomically
 main(sys.argv[2:])
 """
 

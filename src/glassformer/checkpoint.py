@@ -1,26 +1,21 @@
 """Our checkpoint directory: config.json + model.safetensors + tokenizer.json.
 
-Nothing is ever unpickled: weights are safetensors, everything else is JSON.
-Writes are atomic: the new directory is written and fsynced beside the old one,
-then renamed into place, so a crash at any moment leaves either the old checkpoint
-or the new one, never a half-written mix.
+Nothing is ever unpickled: weights are safetensors, everything else is JSON. The folder
+is written atomically (files.write_dir_atomically); pretrained/build.py makes a model
+from what `read` returns.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from .config import GlassformerError, ModelConfig
+from .files import read_json, read_safetensors, read_text, save_tensors, write_dir_atomically
 from .model import Transformer
-from .params import check_fits
 from .tokenizer import Tokenizer, tokenizer_from_json
 
 FORMAT = "glassformer"
@@ -30,150 +25,14 @@ RUN_LOCK, RUN_LOG, LATEST, BEST = ".lock", "log.jsonl", "latest", "best"
 CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
 
 
-# --- atomic files and directories -------------------------------------------------------
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
-def remove_stale_temps(parent: Path, name: str) -> None:
-    """Remove `.NAME.tmp-PID-*` left by processes that are no longer running, never a
-    live process's work in progress."""
-    for stale in parent.glob(f".{name}.tmp-*"):
-        pid = stale.name.removeprefix(f".{name}.tmp-").split("-")[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            if stale.is_dir():
-                shutil.rmtree(stale, ignore_errors=True)
-            else:
-                stale.unlink(missing_ok=True)
-
-
-def _temp_name(target: Path) -> str:
-    return f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-def write_file_atomically(target: str | Path, write: Callable[[Path], object]) -> Path:
-    """Call `write(tmp_file)` beside `target`, fsync it, then rename it over `target`. On any
-    failure the previous file is untouched and the temp file is gone."""
-    target = Path(target)
-    tmp = target.parent / _temp_name(target)
-    try:
-        write(tmp)
-        _fsync(tmp)
-        os.chmod(tmp, _mode_for(target))
-        os.replace(tmp, target)
-    except OSError as err:
-        _remove_quietly(tmp)
-        raise GlassformerError(f"cannot write {target}: {err.strerror or err}") from None
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-    return target
-
-
-def _mode_for(target: Path) -> int:
-    """The permissions the file gets: those of the file it replaces (a private 0600 file
-    stays private), else what the umask gives a new file."""
-    try:
-        return target.stat().st_mode & 0o777
-    except OSError:
-        pass
-    try:  # the umask, read without changing it (os.umask would, for every thread at once)
-        with open("/proc/self/status") as status:
-            umask = next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
-    except (OSError, StopIteration, ValueError):
-        umask = 0o022
-    return 0o666 & ~umask
-
-
-def _remove_quietly(path: Path) -> None:
-    try:
-        path.unlink(missing_ok=True)
-    except OSError:
-        pass
-
-
-def write_dir_atomically(target: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp_dir)`, then put tmp_dir at `target` in one rename.
-
-    If `target` already exists it is first renamed aside (`.NAME.old-*`), so between the
-    two renames the last good copy still exists on disk and `find_dir` finds it.
-    """
-    target = Path(target)
-    parent = target.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=_temp_name(target) + "-", dir=parent))
-    except OSError as err:
-        raise GlassformerError(f"cannot write {target}: {err.strerror or err}") from None
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is an ordinary directory
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                os.chmod(f, 0o644)
-                _fsync(f)
-        _fsync(tmp)
-        if target.exists():
-            os.rename(target, parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(tmp, target)
-        _fsync(parent)
-    except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise GlassformerError(f"cannot write {target}: {err.strerror or err}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    # the copy this save renamed aside, those of earlier interrupted saves, and temp
-    # directories of processes that died mid-write (a live writer's are left alone)
-    for stale in parent.glob(f".{target.name}.old-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    remove_stale_temps(parent, target.name)
-    return target
-
-
-def find_dir(target: str | Path) -> Path | None:
-    """`target` if it exists, else the copy an interrupted save left renamed aside."""
-    target = Path(target)
-    if target.exists():
-        return target
-    aside = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
-    return aside[-1] if aside else None
-
-
 # --- checkpoints ----------------------------------------------------------------------
-def read_json(file: Path) -> object:
-    """A JSON file's contents, or one line naming the file and what is wrong with it."""
-    try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise GlassformerError(f"{file} is missing") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise GlassformerError(f"{file} is not valid JSON text ({err})") from None
-    except OSError as err:
-        raise GlassformerError(f"cannot read {file}: {err.strerror or err}") from None
-
-
 def is_checkpoint(path: str | Path) -> bool:
     config = Path(path) / CONFIG
     if not config.is_file():
         return False
     try:
         header = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+    except (OSError, ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return False
     return isinstance(header, dict) and header.get("format") == FORMAT
 
@@ -216,18 +75,6 @@ def save(
             extra(tmp)
 
     return write_dir_atomically(path, write)
-
-
-def save_tensors(tensors: dict[str, torch.Tensor], file: Path, metadata: dict | None = None) -> None:
-    """safetensors' save_file, its Rust-side write errors (a full disk) as one line."""
-    from safetensors import SafetensorError
-    from safetensors.torch import save_file
-
-    try:
-        save_file(tensors, str(file), metadata=metadata)
-    except SafetensorError as err:
-        reason = "no space left on the device" if "No space" in str(err) or "28" in str(err) else str(err)[:160]
-        raise GlassformerError(f"could not write {file.parent.name}: {reason}") from None
 
 
 def read_config(path: str | Path) -> tuple[ModelConfig, dict]:
@@ -275,86 +122,15 @@ def _state_v1(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, 
     return out
 
 
-def read_safetensors(file: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a safetensors file, with a one-line error if it is damaged."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    file = Path(file)
-    if not file.is_file():
-        raise GlassformerError(f"no weights file at {file}")
-    try:
-        return load_file(str(file))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise GlassformerError(f"{file} is corrupt or truncated ({first[:200]})") from None
-
-
-def check_against_weights(config: ModelConfig, state: dict[str, torch.Tensor]) -> None:
-    """The sizes a config claims, checked against the weights it comes with, before a
-    single module is built: a config may not ask for a billion layers that no file holds."""
-    layers = {int(k.split(".")[1]) for k in state if k.startswith("blocks.") and k.split(".")[1].isdigit()}
-    if len(layers) != config.n_layers or (layers and max(layers) != config.n_layers - 1):
-        raise GlassformerError(f"the config says {config.n_layers} layers but the weights hold {len(layers)}")
-    W_E = state.get("embed.W_E.weight")
-    if W_E is None or tuple(W_E.shape) != (config.vocab_size, config.d_model):
-        shape = "none" if W_E is None else list(W_E.shape)
-        raise GlassformerError(
-            f"the config says vocab {config.vocab_size} × d_model {config.d_model}, "
-            f"but the token embedding in the weights is {shape}"
-        )
-    for key, tensor in state.items():
-        if not tensor.is_floating_point():
-            raise GlassformerError(f"tensor {key!r} holds {tensor.dtype} numbers; weights must be floats")
-    check_fits(config)
-
-
-def build_with_weights(config: ModelConfig, state: dict[str, torch.Tensor]) -> Transformer:
-    """A model of `config` holding exactly `state` (our key names); every key checked.
-
-    The config is first checked against the weights, then the model is built on the
-    meta device, so no time is spent on random init that the weights would overwrite.
-    """
-    check_against_weights(config, state)
-    with torch.device("meta"):
-        model = Transformer(config)
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    if config.causal and config.tied_unembedding:
-        expected.pop("unembed.weight")
-    missing = sorted(set(expected) - set(state))
-    if missing:
-        raise GlassformerError(f"weights are missing tensor {missing[0]!r} ({len(missing)} missing)")
-    unexpected = sorted(set(state) - set(expected))
-    if unexpected:
-        raise GlassformerError(f"weights have unexpected tensor {unexpected[0]!r}")
-    for key, shape in expected.items():
-        if tuple(state[key].shape) != tuple(shape):
-            raise GlassformerError(f"tensor {key!r} has shape {list(state[key].shape)}, expected {list(shape)}")
-        if state[key].is_floating_point() and not bool(torch.isfinite(state[key]).all()):
-            raise GlassformerError(f"tensor {key!r} holds NaN or infinite numbers: these weights cannot be run")
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False, assign=True)
-    if config.causal and config.tied_unembedding:
-        model.unembed.weight = model.embed.W_E.weight
-    return model.eval()
-
-
-def load(path: str | Path) -> Transformer:
-    """Load a checkpoint directory written by `save`; the tokenizer comes attached."""
-    found = find_dir(path)
-    if found is None:
-        raise GlassformerError(f"no checkpoint at {path}")
-    config, header = read_config(found)
-    state = read_safetensors(found / WEIGHTS)
+def read(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer | None]:
+    """(config, weights under today's key names, tokenizer or None) of the checkpoint
+    directory at `path`, every file checked; pretrained.build makes the model."""
+    path = Path(path)
+    config, header = read_config(path)
+    state = read_safetensors(path / WEIGHTS)
     if header.get("version", 1) < 2:
         state = _state_v1(state, config)
-    model = build_with_weights(config, state)
-    if (found / TOKENIZER).is_file():
-        model.tokenizer = tokenizer_from_json(_read_text(found / TOKENIZER))
-    return model
-
-
-def _read_text(file: Path) -> str:
-    try:
-        return file.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise GlassformerError(f"{file} is not UTF-8 text") from None
+    tokenizer = None
+    if (path / TOKENIZER).is_file():
+        tokenizer = tokenizer_from_json(read_text(path / TOKENIZER), str(path / TOKENIZER))
+    return config, state, tokenizer

@@ -8,6 +8,9 @@
     glassformer lens TEXT --model M        the logit lens
     glassformer neurons TEXT --model M     MLP neurons that fire, and what they write
     glassformer show TEXT --model M --out FILE.html|.png|.svg
+    glassformer ablate TEXT --model M --layer L --head H | --mlp L   switch heads or MLPs off
+    glassformer patch CLEAN CORRUPT --model M   which heads restore the answer
+    glassformer circuit --model M --layer L --head H   a head's QK and OV circuits from weights
     glassformer serve [--model M ...] [--host H] [--port P]
     glassformer embed EXPRESSION --model M   word arithmetic on W_E; --direction, --pca
     glassformer angles [--model M]           nearly orthogonal directions
@@ -31,6 +34,7 @@ import signal
 import sys
 import threading
 import typing
+import warnings
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
@@ -92,8 +96,8 @@ def yes_no(text: str) -> bool:  # the on/off model flags
 
 
 def model_flag(p: argparse.ArgumentParser, **kwargs) -> None:
-    """--model, and --dtype: the precision the model's matrices are held and multiplied in."""
-    from .pretrained import DTYPES, NAMES_HELP
+    """--model, and --precision: what the model's matrices are held and multiplied in."""
+    from .pretrained import NAMES_HELP, PRECISIONS
 
     if kwargs.get("required"):
         note = ""
@@ -103,8 +107,10 @@ def model_flag(p: argparse.ArgumentParser, **kwargs) -> None:
         note = f" (default: {DEFAULT_MODEL})"
     p.add_argument("--model", "-m", help=NAMES_HELP + note, **kwargs)
     p.add_argument(
-        "--dtype",
-        choices=DTYPES,
+        "--precision",
+        "--dtype",  # the name it had before; one idea, one word
+        dest="precision",
+        choices=PRECISIONS,
         default="fp32",
         help="fp32 (default), bf16 (matrices in bf16; stream, "
         "norms and attention pattern in fp32), or auto (bf16 where the chip computes it natively)",
@@ -114,7 +120,7 @@ def model_flag(p: argparse.ArgumentParser, **kwargs) -> None:
 def load_model(args):
     from .pretrained import load
 
-    return load(DEFAULT_MODEL if args.model is None else args.model, dtype=args.dtype)
+    return load(DEFAULT_MODEL if args.model is None else args.model, precision=args.precision)
 
 
 def say_unknown_words(model, text: str) -> None:
@@ -172,6 +178,7 @@ def explain_arguments(p: argparse.ArgumentParser) -> None:
         "(negative counts from the end; default: the one that looks most sharply at another)",
     )
     p.add_argument("--usual", action="store_true", help="grids with queries down the side (rows sum to 1)")
+    json_flag(p)
 
 
 @command(explain_arguments, "walk one attention head through a sentence, step by step")
@@ -181,6 +188,7 @@ def explain(args) -> int:
     from .inputs import encode_batch, unknown_note
     from .inspect.explain import walk_head
     from .inspect.heads import choose_head, query_to_follow
+    from .inspect.readings import read_delta
     from .viz.text import render_walk
 
     model = load_model(args)
@@ -190,14 +198,24 @@ def explain(args) -> int:
     if args.query is not None and not -len(walk.tokens) <= args.query < len(walk.tokens):
         raise GlassformerError(f"--query {args.query} is out of range for {len(walk.tokens)} tokens")
     note = unknown_note(model, args.text)
+    query = (args.query if args.query is not None else query_to_follow(model, walk)) % len(walk.tokens)
+    if args.json:
+        steps = {name: step_json(getattr(walk, name)) for name in ("E", "W_Q", "Q", "W_K", "K", "dots", "mask")}
+        steps |= {name: step_json(getattr(walk, name)) for name in ("pattern", "V", "dE")}
+        print_json(
+            {"layer": walk.layer, "head": walk.head, "why": chosen.why, "tokens": walk.tokens, "query": query}
+            | {"unknown": note, "steps": steps}
+        )
+        return 0
     print(
         render_walk(
             walk,
             terminal_style(not args.usual),
-            query=args.query if args.query is not None else query_to_follow(model, walk),
+            query=query,
             why=chosen.why,
             questions=chosen.questions,
             notes=[note] if note else None,
+            reading=read_delta(model, walk, query),
         )
     )
     return 0
@@ -208,7 +226,12 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
     """Every TrainConfig field becomes a flag, typed and described by the field itself."""
     from .train import TrainConfig
 
-    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly where it stopped")
+    p.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the run in DIR exactly where it stopped, with its own settings "
+        "(--steps, --stop-at, --device and --compile may change; any other setting given must be the run's)",
+    )
     readers: dict[type, Callable[[str], object]] = {int: whole, float: finite, bool: yes_no, str: str}
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
@@ -237,7 +260,7 @@ def train(args) -> int:
     from . import lessons
     from .train import TrainConfig, resume
     from .train import train as start
-    from .train.config import MODEL_FIELDS
+    from .train.loop import RESUME_MAY_CHANGE
 
     names = {f.name for f in dataclasses.fields(TrainConfig)} - {"data", "out"}
     given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
@@ -251,18 +274,31 @@ def train(args) -> int:
             f"{r['tokens_per_s']:,.0f} tokens/s"
         )
 
+    def on_estimate(e) -> None:  # said early, so a long run is never a surprise
+        from tqdm.auto import tqdm
+
+        tqdm.write(
+            f"estimated time left: {duration(e.seconds_left)} for {e.steps_left:,} more steps and "
+            f"{e.evaluations} evaluations ({e.seconds_per_step:.3g} s a step over the steps just taken; "
+            "the progress bar's own estimate follows the pace as it goes)"
+        )
+
     if args.resume:
         if args.out and Path(args.out) != Path(args.resume):
             raise GlassformerError("--resume continues a run in its own directory; drop --out")
-        expect = {f: given[f] for f in (*MODEL_FIELDS, "preset") if f in given}
+        # any other setting given must be the run's own: refused, never silently ignored
+        expect = {f: v for f, v in given.items() if f not in RESUME_MAY_CHANGE}
         result = resume(
             args.resume,
             steps=given.get("steps"),
             stop_at=given.get("stop_at"),
+            device=given.get("device"),
+            compile=args.compile or None,
             expect=expect,
             data=args.data,
             progress=not args.quiet,
             on_eval=on_eval,
+            on_estimate=on_estimate,
         )
     else:
         if not args.data or not args.out:
@@ -271,11 +307,18 @@ def train(args) -> int:
         if defaults and "tokenizer" in given:
             raise GlassformerError(f"{args.data} brings its own word tokenizer; drop --tokenizer")
         settings = TrainConfig(data=args.data, out=args.out, **{**defaults, **given})
-        result = start(settings, progress=not args.quiet, on_eval=on_eval)
+        result = start(settings, progress=not args.quiet, on_eval=on_eval, on_estimate=on_estimate)
     last = f"; last val loss {result.history[-1]['val_loss']:.4f}" if result.history else ""
     print(f"trained to step {result.step} ({result.precision}){last}; best val loss {result.best_val_loss:.4f}")
     print(f"model: {result.out} (glassformer generate --model {result.out} --prompt ...)")
     return 0
+
+
+def duration(seconds: float) -> str:
+    """12 s, 3.4 min, 1.2 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 # --- generate ------------------------------------------------------------------------------
@@ -322,6 +365,7 @@ def generate(args) -> int:
 def heads_arguments(p: argparse.ArgumentParser) -> None:
     model_flag(p)
     p.add_argument("--text", help="score on this text instead of repeated random segments")
+    json_flag(p)
 
 
 @command(heads_arguments, "score every head: previous-token, duplicate, induction, sink, adjective")
@@ -329,15 +373,34 @@ def heads(args) -> int:
     """Run the head detectors and print a [layer, head] table for each, then the heads
     whose scores reach the threshold."""
     from .inputs import encode_batch
+    from .inspect import detector_cache
     from .inspect.heads import detect_all
     from .viz.text import render_detection
 
     model = load_model(args)
     given = args.text is not None  # "" is a text too: encode_batch refuses it in one line
-    found = detect_all(model, encode_batch(model, args.text) if given else None)
+    found = detect_all(model, encode_batch(model, args.text)) if given else detector_cache.detect_all(model)
     on = "this text" if given else "repeated random segments of 5, 9, 13 and 17 tokens"
+    if args.json:
+        tables = {kind: table.tolist() for kind, table in found.tables.items()}
+        print_json(
+            {"model": args.model or DEFAULT_MODEL, "on": on, "tables": tables}
+            | {"skipped": found.skipped, "summary": found.summary()}
+            | {"switch_off_kl": None if found.switch_off is None else found.switch_off.tolist()}
+            | {"switch_off_on": found.switch_off_on}
+        )
+        return 0
     print(render_detection(found, args.model or DEFAULT_MODEL, model.config, on))
     return 0
+
+
+def position_or_all(text: str) -> int | None:
+    if text == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give a position (a whole number) or all, not {text!r}") from None
 
 
 def lens_arguments(p: argparse.ArgumentParser) -> None:
@@ -345,8 +408,13 @@ def lens_arguments(p: argparse.ArgumentParser) -> None:
     model_flag(p)
     p.add_argument("-k", type=at_least(1), default=5, help="guesses per position (default: 5)")
     p.add_argument(
-        "--position", type=whole, help="only this token position (negative counts from the end; default: every one)"
+        "--position",
+        type=position_or_all,
+        default=-1,
+        help="the token position to read (negative counts from the end; default: the last, whose guess is "
+        "the model's next token), or all",
     )
+    json_flag(p)
 
 
 @command(lens_arguments, "the logit lens: what the stream predicts after each layer")
@@ -366,8 +434,20 @@ def lens(args) -> int:
     if args.position is not None and not -T <= args.position < T:
         raise GlassformerError(f"--position {args.position} is out of range for {T} tokens")
     positions = None if args.position is None else [args.position % T]
+    rows = logit_lens(model, ids, k=args.k)
+    if args.json:
+        shown = positions if positions is not None else list(range(T))
+        layers = [
+            {
+                "layer": r.layer,
+                "guesses": {str(t): [[w, p] for w, p in zip(r.tokens[t], r.probs[t].tolist())] for t in shown},
+            }
+            for r in rows
+        ]
+        print_json({"tokens": token_texts(model, ids), "k": args.k, "layers": layers})
+        return 0
     say_unknown_words(model, args.text)
-    print(render_lens(logit_lens(model, ids, k=args.k), token_texts(model, ids), args.k, positions))
+    print(render_lens(rows, token_texts(model, ids), args.k, positions))
     return 0
 
 
@@ -377,6 +457,7 @@ def neurons_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--position", type=whole, default=-1, help="token position (default: the last)")
     p.add_argument("--neuron", help="LAYER.INDEX: show what one neuron writes instead")
     p.add_argument("-k", type=at_least(1), default=10, help="how many neurons (default: 10)")
+    json_flag(p)
 
 
 @command(neurons_arguments, "the MLP as a store of facts: neurons that fire, tokens they push")
@@ -406,23 +487,75 @@ def neurons(args) -> int:
         if args.k > every:
             raise GlassformerError(f"-k {args.k} is more than the {every} MLP neurons this model has")
         token = token_texts(model, [int(ids[0, args.position])])[0]
-        say_unknown_words(model, args.text)
-        print(f"MLP neurons firing hardest at [{label(token, 16)}] (position {args.position % T})")
+        if not args.json:
+            say_unknown_words(model, args.text)
+            print(
+                f"MLP neurons firing hardest at [{label(token, 16)}] (position {args.position % T}), by the size of "
+                "their signed activation (a neuron at −2 writes its row of W_out twice, negated)"
+            )
         found = list(top_neurons(model, ids, args.position, k=args.k))
-    pushes = [[t for t, _ in neuron_tokens(model, L, i, k=6)] if model.config.causal else None for L, i, _ in found]
-    print(render_neurons([(L, i, act, push) for (L, i, act), push in zip(found, pushes)]))
+    rows = []
+    for L, i, act in found:
+        pushes = [t for t, _ in neuron_tokens(model, L, i, k=6, sign=act or 1.0)] if model.config.causal else None
+        rows.append((L, i, act, pushes))
+    if args.json:
+        print_json(neurons_json(model, args, ids if not args.neuron else None, rows))
+        return 0
+    print(render_neurons(rows))
+    if model.config.causal:
+        print(PIECES_NOTE)
     if model.config.causal and not args.neuron:  # what all of them, and everything else, add up to
         best, toward = neurons_toward_guess(model, ids, position=args.position, k=args.k)
         names = token_texts(model, [i for i, _ in best])
         guesses = ", ".join(f"[{label(t, 16)}] {p:.2f}" for t, (_, p) in zip(names, best))
         print(f"the model's own next-token guess here: {guesses}")
         print(
-            f"the neurons that push hardest toward [{label(names[0], 16)}] "
-            "(activation × what the neuron writes, read through the final norm and W_U):"
+            f"the neurons that push hardest toward [{label(names[0], 16)}]: how much each adds to its logit "
+            "(activation × its row of W_out, read through the final norm and W_U; the direct path only)"
         )
-        pushes = [[t for t, _ in neuron_tokens(model, L, i, k=6)] for L, i, _ in toward]
-        print(render_neurons([(L, i, v, push) for (L, i, v), push in zip(toward, pushes)], "logit"))
+        along = [(L, i, a, [t for t, _ in neuron_tokens(model, L, i, k=6, sign=a)]) for L, i, _, a in toward]
+        print(render_neurons(along, shares=[v for _, _, v, _ in toward], target=names[0]))
     return 0
+
+
+PIECES_NOTE = (
+    "(tokens are word pieces, shown in brackets with their spaces: [ strugg] is the start of a longer word, "
+    "not a word of its own; pushes: the tokens whose logits the neuron raises directly, given its sign)"
+)
+
+
+def neurons_json(model, args, ids, rows) -> dict:
+    """`neurons --json`: the neurons that fire (or the one asked for), what each pushes up,
+    and, for a decoder and a text, the model's guess and the neurons that push toward it."""
+    from .inputs import token_texts
+    from .inspect.edit import neurons_toward_guess
+    from .inspect.lens import neuron_tokens
+
+    value: dict = {"neurons": [{"layer": L, "neuron": i, "activation": a, "pushes": p} for L, i, a, p in rows]}
+    if ids is not None:
+        value["position"] = args.position % ids.shape[1]
+        value["tokens"] = token_texts(model, ids)
+    if model.config.causal and ids is not None:
+        best, toward = neurons_toward_guess(model, ids, position=args.position, k=args.k)
+        names = token_texts(model, [i for i, _ in best])
+        value["guess"] = [{"token": t, "p": p} for t, (_, p) in zip(names, best)]
+        value["toward_guess"] = [
+            {
+                "layer": L,
+                "neuron": i,
+                "logit": v,
+                "activation": a,
+                "pushes": [t for t, _ in neuron_tokens(model, L, i, k=6, sign=a)],
+            }
+            for L, i, v, a in toward
+        ]
+    return value
+
+
+def step_json(step) -> dict:
+    """One step of the walk: its numbers (−∞ as null) and what its rows and columns are."""
+    values = [[v if math.isfinite(v) else None for v in row] for row in step.tensor.tolist()]
+    return {"symbol": step.symbol, "title": step.title, "rows": step.rows, "cols": step.cols, "values": values}
 
 
 # --- show ----------------------------------------------------------------------------------
@@ -450,7 +583,7 @@ def show(args) -> int:
     network. PNG/SVG: one head (dot products beside the pattern), all heads, or the
     next-token distribution."""
     from . import sampling
-    from .checkpoint import write_file_atomically
+    from .files import write_file_atomically
     from .inputs import check_layer_head, encode_batch
     from .inspect.heads import choose_head
 
@@ -513,16 +646,30 @@ def serve(args) -> int:
 
     from .pretrained import config_of
     from .server.app import create_app, default_registry, run
+    from .server.serving import network_warning
 
-    registry = default_registry(args.model or [DEFAULT_MODEL], dtype=args.dtype)
+    registry = default_registry(args.model or [DEFAULT_MODEL], precision=args.precision)
     first = next(iter(registry.slots))
     print(f"loading {first} ...", flush=True)
     registry[first].get()  # fail now, with one line, rather than on the first request
     for name in list(registry.slots)[1:]:  # the others load on first use; their files must be there now
         config_of(name)
 
+    def load_the_others() -> None:
+        # in the background, so that switching model does not wait for a load; a model that
+        # fails here fails again, in one line, when a request asks for it
+        for name in list(registry.slots)[1:]:
+            try:
+                registry[name].get()
+            except Exception as err:
+                logging.getLogger(__name__).info("%s not loaded ahead: %s", name, err)
+
     def ready(url: str) -> None:  # called only once the port is ours
         print(f"glassformer explorer on {url}  (models: {', '.join(registry.slots)}; Ctrl-C stops)", flush=True)
+        threading.Thread(target=load_the_others, name="load-ahead", daemon=True).start()
+        warning = network_warning(args.host)
+        if warning:
+            print(f"glassformer: warning: {warning}", file=sys.stderr, flush=True)
         if args.open or (args.open is None and os.environ.get("DISPLAY")):
             threading.Timer(1.0, lambda: webbrowser.open(url)).start()
 
@@ -530,9 +677,54 @@ def serve(args) -> int:
     return 0
 
 
-# --- chapters 5 and 7: embeddings, nearly orthogonal directions, superposition -----------------
+# --- cache ---------------------------------------------------------------------------------
+def cache_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--clear", action="store_true", help="remove the converted weights and detector scores")
+
+
+@command(cache_arguments, "where converted weights are kept, how big they are; --clear removes them")
+def cache(args) -> int:
+    """SmolLM2 and other GGUF models are dequantized once and kept as float32 safetensors
+    files, mapped on later loads; head-detector scores are kept beside them. The folder is
+    $GLASSFORMER_CACHE, else $XDG_CACHE_HOME/glassformer, else ~/.cache/glassformer
+    (GLASSFORMER_CACHE=off: no cache)."""
+    from .pretrained import weights_cache
+
+    def size(n_files: int, n_bytes: int) -> str:
+        return f"{n_files} file{'s' if n_files != 1 else ''}, {n_bytes / 1e6:.1f} MB"
+
+    if args.clear:
+        folder, n_files, n_bytes = weights_cache.clear()
+        print(
+            f"removed {size(n_files, n_bytes)} from {folder}" if folder else "the cache is off (GLASSFORMER_CACHE=off)"
+        )
+        return 0
+    folder, files, n_bytes = weights_cache.summary()
+    if folder is None:
+        print("the cache is off (GLASSFORMER_CACHE=off)")
+    elif not files:
+        print(f"cache directory: {folder} (empty)")
+    else:
+        print(f"cache directory: {folder}: {size(len(files), n_bytes)}")
+        for f in files:
+            print(f"  {f.relative_to(folder)}  {f.stat().st_size / 1e6:.1f} MB")
+    return 0
+
+
+# --- cause: switch off, patch, read weights --------------------------------------------------
+def print_json(value) -> None:
+    """One JSON object on stdout, for notebooks and scripts."""
+    import json
+
+    print(json.dumps(value, ensure_ascii=False))
+
+
+def json_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout instead of text")
+
+
 def picture_path(out: str | None) -> Path | None:
-    """--out checked before any work: .png or .svg, in a folder that exists, not a folder."""
+    """--out checked before any work: a .png or .svg in a folder that exists."""
     if out is None:
         return None
     path = Path(out)
@@ -545,12 +737,213 @@ def picture_path(out: str | None) -> Path | None:
     return path
 
 
-def print_json(value) -> None:
-    import json
+def ablate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("text", help="the sentence whose next token is read")
+    model_flag(p)
+    p.add_argument("--layer", "-l", type=at_least(0), action="append", default=[], help="a head's layer (repeat)")
+    p.add_argument("--head", type=at_least(0), action="append", default=[], help="its head index (repeat, in pairs)")
+    p.add_argument("--mlp", type=at_least(0), action="append", default=[], help="switch off this layer's MLP (repeat)")
+    p.add_argument("--neuron", type=at_least(0), action="append", default=[], help="only this neuron of the one --mlp")
+    p.add_argument(
+        "--mode",
+        choices=["zero", "mean"],
+        default="zero",
+        help="zero (default), or mean: the activation's average over this text's positions",
+    )
+    p.add_argument(
+        "--position", type=whole, default=-1, help="where the next token is read (negative counts from the end)"
+    )
+    p.add_argument("-k", type=at_least(1), default=5, help="tokens shown before and after (default: 5)")
+    json_flag(p)
 
-    print(json.dumps(value, ensure_ascii=False, allow_nan=False))
+
+@command(ablate_arguments, "switch heads or MLPs off and see what the next token does")
+def ablate(args) -> int:
+    """Switch off attention heads (their z set to zero or to its mean) or MLPs (the whole
+    layer's output, or single neurons) at every position, and compare the next-token
+    distribution before and after: KL and the top token's probability. With --mlp, also
+    each layer's MLP push on the top token's logit."""
+    from .inputs import encode_batch, token_texts
+    from .inspect.edit import ablate_head, ablate_mlp, combine, compare_next_token, mlp_logit_attribution
+    from .viz.text import bracketed
+
+    if len(args.layer) != len(args.head):
+        raise GlassformerError(f"give --layer and --head in pairs: {len(args.layer)} --layer, {len(args.head)} --head")
+    if args.neuron and len(args.mlp) != 1:
+        raise GlassformerError("--neuron picks neurons inside one layer: give exactly one --mlp L with it")
+    if not args.layer and not args.mlp:
+        raise GlassformerError("say what to switch off: --layer L --head H, or --mlp L [--neuron N]")
+    model = load_model(args)
+    if not model.config.causal:
+        raise GlassformerError(f"{args.model} is an encoder; ablate reads the next token, which needs a decoder")
+    ids = encode_batch(model, args.text)
+    T = ids.shape[1]
+    if not -T <= args.position < T:
+        raise GlassformerError(f"--position {args.position} is out of range for {T} tokens")
+    if args.k > model.config.vocab_size:
+        raise GlassformerError(f"-k {args.k} is more than the {model.config.vocab_size} tokens this model knows")
+    reference = ids if args.mode == "mean" else None
+    edits = [ablate_head(model, L, H, mode=args.mode, reference=reference) for L, H in zip(args.layer, args.head)]
+    off = [f"layer {L} head {H}" for L, H in zip(args.layer, args.head)]
+    for L in args.mlp:
+        for n in args.neuron or [None]:
+            edits.append(ablate_mlp(model, L, n, mode=args.mode, reference=reference))
+            off.append(f"layer {L} MLP" + ("" if n is None else f" neuron {n}"))
+    result = compare_next_token(model, ids, combine(*edits), position=args.position, k=args.k)
+    pushes = mlp_logit_attribution(model, ids, result.top, position=args.position).tolist() if args.mlp else None
+    names = token_texts(model, [i for i, _ in result.before] + [i for i, _ in result.after] + [result.top])
+    before, after, top = names[: args.k], names[args.k : -1], names[-1]
+    if args.json:
+        print_json(
+            {
+                "model": args.model or DEFAULT_MODEL,
+                "tokens": token_texts(model, ids),
+                "position": result.position,
+                "switched_off": off,
+                "mode": args.mode,
+                "before": [{"token": t, "id": i, "p": p} for t, (i, p) in zip(before, result.before)],
+                "after": [{"token": t, "id": i, "p": p} for t, (i, p) in zip(after, result.after)],
+                "kl": result.kl,
+                "top": {"token": top, "id": result.top, "before": result.top_before, "after": result.top_after},
+                **({"mlp_logit": pushes} if pushes is not None else {}),
+            }
+        )
+        return 0
+    say_unknown_words(model, args.text)
+    print(f"switched off ({args.mode}, at every position): {', '.join(off)}")
+    print(f"next token after position {result.position}:   before                after")
+    for (bt, (_, bp)), (at, (_, ap)) in zip(zip(before, result.before), zip(after, result.after)):
+        print(f"  [{bracketed(bt, 14)}] {bp:.3f}".ljust(40) + f"[{bracketed(at, 14)}] {ap:.3f}")
+    change = result.top_after - result.top_before
+    print(f"[{bracketed(top, 14)}] {result.top_before:.3f} -> {result.top_after:.3f} ({change:+.3f})")
+    print(f"KL(before ‖ after) = {result.kl:.4f} nats")
+    if pushes is not None:
+        print(f"each layer's MLP push on [{bracketed(top, 14)}]'s logit (read through the final norm and W_U):")
+        for first in range(0, len(pushes), 10):  # ten layers a line: fits 80 columns
+            print("  " + "  ".join(f"{i:>2}:{v:+6.2f}" for i, v in enumerate(pushes) if first <= i < first + 10))
+    return 0
 
 
+def patch_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("clean", help="the clean text (the model gets it right)")
+    p.add_argument("corrupt", help="the corrupted text, same number of tokens")
+    model_flag(p)
+    p.add_argument("--answer", help="the clean answer token, e.g. ' Mary' (default: the clean run's top token)")
+    p.add_argument("--wrong", help="the wrong token (default: the corrupted run's top token)")
+    p.add_argument("--top", type=at_least(1), default=10, help="heads listed (default: 10)")
+    p.add_argument("--out", "-o", help="draw the [layer × head] map to FILE.png or FILE.svg")
+    json_flag(p)
+
+
+@command(patch_arguments, "patch each head from a clean run into a corrupted one: which heads restore the answer")
+def patch(args) -> int:
+    """Activation patching: each head's z (every position) is taken from the clean run and
+    put into the corrupted one; the share of the logit difference (answer - wrong) it
+    brings back, (patched - corrupt) / (clean - corrupt), for every layer and head."""
+    from .inputs import encode_batch, single_token, token_texts
+    from .inspect.edit import patch_heads
+
+    out = picture_path(args.out)
+    model = load_model(args)
+    if not model.config.causal:
+        raise GlassformerError(
+            f"{args.model} is an encoder; patching compares next-token logits, which needs a decoder"
+        )
+    clean, corrupt = encode_batch(model, args.clean), encode_batch(model, args.corrupt)
+    if clean.shape != corrupt.shape:
+        raise GlassformerError(
+            f"the clean text is {clean.shape[1]} tokens and the corrupted one {corrupt.shape[1]}; "
+            "patching goes position by position, so give texts of the same token count"
+        )
+    answer = single_token(model, args.answer, "--answer") if args.answer is not None else None
+    wrong = single_token(model, args.wrong, "--wrong") if args.wrong is not None else None
+    if answer is None or wrong is None:
+        import torch
+
+        with torch.inference_mode():
+            answer = int(model(clean, last_only=True)[0, -1].argmax()) if answer is None else answer
+            wrong = int(model(corrupt, last_only=True)[0, -1].argmax()) if wrong is None else wrong
+    if answer == wrong:
+        raise GlassformerError("the answer and the wrong token are the same token; give --answer and --wrong")
+    found = patch_heads(model, clean, corrupt, answer, wrong, progress=not args.json)
+    a, w = token_texts(model, [answer, wrong])
+    table = found.restored.tolist()
+    ranked = sorted(((v, i, h) for i, row in enumerate(table) for h, v in enumerate(row)), reverse=True)
+    if out is not None:
+        from .viz.cause import patching_picture
+
+        patching_picture(found.restored, f"{args.model or DEFAULT_MODEL}: patching [{a}] vs [{w}]").save(out)
+    if args.json:
+        print_json(
+            {
+                "model": args.model or DEFAULT_MODEL,
+                "answer": {"token": a, "id": answer},
+                "wrong": {"token": w, "id": wrong},
+                "clean_diff": found.clean_diff,
+                "corrupt_diff": found.corrupt_diff,
+                "restored": table,
+            }
+        )
+        return 0
+    from .viz.text import bracketed
+
+    print(f"logit([{bracketed(a, 14)}]) - logit([{bracketed(w, 14)}]) at the last position:")
+    print(f"  clean {found.clean_diff:+.2f}, corrupted {found.corrupt_diff:+.2f}")
+    print("share restored when one head's z (every position) comes from the clean run, by layer (rows) and head:")
+    print("layer " + " ".join(f"{f'h{h}':>6}" for h in range(len(table[0]))))
+    print("\n".join(f"{i:>5} " + " ".join(f"{v:+6.2f}" for v in row) for i, row in enumerate(table)))
+    print("heads that restore most: " + "; ".join(f"{i}.{h} {v:+.2f}" for v, i, h in ranked[: args.top]))
+    if out is not None:
+        print(f"wrote {out}")
+    return 0
+
+
+def circuit_arguments(p: argparse.ArgumentParser) -> None:
+    model_flag(p)
+    p.add_argument("--layer", "-l", type=at_least(0), required=True, help="layer index, from 0")
+    p.add_argument("--head", type=at_least(0), required=True, help="head index, from 0")
+    p.add_argument("-k", type=at_least(1), default=15, help="top pairs listed (default: 15)")
+    p.add_argument("--token", action="append", default=[], help="also list this token's best keys and outputs (repeat)")
+    p.add_argument("--out", "-o", help="draw the whole QK and OV grids to FILE.png or .svg (vocabularies ≤ 1000)")
+    json_flag(p)
+
+
+@command(circuit_arguments, "read one head's QK and OV circuits from its weights alone")
+def circuit(args) -> int:
+    """The QK circuit (which tokens' queries match which tokens' keys) and the OV circuit
+    (which output tokens a token pushes up when attended to), from the weights alone, with
+    no sentence; it says what that leaves out. Whole grids for a small vocabulary, the top
+    pairs (searched in chunks) for a large one."""
+    from .inputs import check_layer_head, single_token, token_texts
+    from .inspect.circuit import SMALL_VOCAB, by_token, circuit_json, read_circuits
+
+    out = picture_path(args.out)
+    model = load_model(args)
+    check_layer_head(model, args.layer, args.head)
+    if out is not None and model.config.vocab_size > SMALL_VOCAB:
+        raise GlassformerError(
+            f"a picture of the whole grid is for vocabularies of at most {SMALL_VOCAB} tokens; "
+            f"this one has {model.config.vocab_size}: drop --out (or use --json for the top pairs)"
+        )
+    asked = [single_token(model, t, "--token") for t in args.token]
+    found = read_circuits(model, args.layer, args.head, k=args.k)
+    per_token = by_token(model, args.layer, args.head, asked, args.k)
+    if out is not None:
+        from .viz.cause import circuit_picture
+
+        circuit_picture(found, f"{args.model or DEFAULT_MODEL}").save(out)
+    if args.json:
+        print_json(circuit_json(model, found, asked, per_token))
+        return 0
+    from .viz.cause import render_circuit
+
+    print(render_circuit(found, lambda ids: token_texts(model, ids), args.k, asked, per_token))
+    if out is not None:
+        print(f"wrote {out}")
+    return 0
+
+
+# --- chapters 5 and 7: embeddings, nearly orthogonal directions, superposition -----------------
 def embed_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "words",
@@ -745,7 +1138,7 @@ def superposition(args) -> int:
 def build_parser() -> Parser:
     p = Parser(prog="glassformer", description="A transformer you can see through.")
     p.add_argument("--version", action="version", version=f"glassformer {version('glassformer')}")
-    p.add_argument("--verbose", "-v", action="store_true", help="log what happens")
+    p.add_argument("--verbose", "-v", action="store_true", help="log what happens, and show other libraries' warnings")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     for name, (help, arguments, run) in COMMANDS.items():
@@ -756,10 +1149,23 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if sys.stdout is None:  # started with stdout closed (>&-): Python leaves sys.stdout None
+        return fail("standard output is closed; give the command somewhere to write, e.g. > FILE or > /dev/null")
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    with warnings.catch_warnings():
+        # other libraries' warnings (torch, tokenizers, ...) are for developers: shown with
+        # --verbose, through logging; otherwise each failure is our one line and nothing else
+        if args.verbose:
+            logging.captureWarnings(True)
+        else:
+            warnings.simplefilter("ignore")
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     except ValueError:  # not the main thread (main() called from a test's thread): leave it be
@@ -819,6 +1225,8 @@ def _silence_broken_stdout() -> None:
 def fail(message: str) -> int:
     from .viz.text import visible  # the message may quote the user's text, escapes and all
 
+    if sys.stderr is None:  # started with stderr closed: the exit status is all we can say
+        return 2
     try:
         print(f"glassformer: error: {visible(message)}", file=sys.stderr)
     except OSError:

@@ -200,13 +200,12 @@ PRESETS: dict[str, ModelConfig] = {
         rope_base=100000.0,
     ),  # 135M
     # small sizes for lessons and experiments; vocab 256 so raw bytes fit until a tokenizer sets it
-    "lesson-tiny": ModelConfig(
-        vocab_size=256, context_length=64, d_model=64, n_heads=4, n_layers=2
-    ),  # 0.1M: the adjectives lesson
+    "lesson-tiny": ModelConfig(vocab_size=256, context_length=64, d_model=64, n_heads=4, n_layers=2),  # 0.1M
     "lesson-llama": ModelConfig(
         **_LLAMA, vocab_size=256, context_length=64, d_model=64, n_heads=4, n_layers=2
-    ),  # 0.1M, the Llama family in small: the induction lesson (rotary positions let a
-    # previous-token head form where learned position rows did not, in 8,000 steps)
+    ),  # 0.1M, the Llama family in small: both lessons (rotary positions let a previous-token
+    # head form where learned position rows did not, in 8,000 steps; and let the adjectives
+    # lesson's head find adjectives where learned rows averaged a fixed window of words)
     "lesson-small": ModelConfig(vocab_size=256, context_length=128, d_model=128, n_heads=4, n_layers=4),  # 0.8M
     "shakespeare-char": ModelConfig(
         vocab_size=65,

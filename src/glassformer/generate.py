@@ -15,6 +15,7 @@ import torch
 
 from . import cpu_decoder, sampling
 from .config import GlassformerError
+from .inputs import tokenizer_of
 from .model import Transformer
 
 MAX_SEED = 2**63 - 1  # torch.Generator takes a signed 64-bit seed
@@ -110,7 +111,7 @@ def stream(
 def stream_text(model: Transformer, ids: list[int], **kwargs) -> Iterator[str]:
     """The continuation of `ids` as text, piece by piece as `stream` chooses tokens; a
     piece that would end in half of a multi-byte character waits for the rest."""
-    text_of = model.tokenizer.decode
+    text_of = tokenizer_of(model).decode
     every, shown = list(ids), text_of(ids)
     for new in stream(model, ids, **kwargs):
         every.append(int(new[0]))

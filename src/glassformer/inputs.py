@@ -9,6 +9,7 @@ import torch
 
 from .config import GlassformerError
 from .model import Transformer
+from .tokenizer import Tokenizer
 
 # The video's sentence: the default wherever a sentence is needed and none was given.
 EXAMPLE = "a fluffy blue creature roamed the verdant forest"
@@ -27,9 +28,7 @@ def encode(model: Transformer, text: str, *, crop: bool = False, blank_ok: bool 
             f"the text holds a character that is not valid Unicode text at position {err.start} "
             "(a lone surrogate, or a byte that is not UTF-8 on the command line); give UTF-8 text"
         ) from None
-    if model.tokenizer is None:
-        raise GlassformerError("this model has no tokenizer attached")
-    ids = model.tokenizer.encode(text)
+    ids = tokenizer_of(model).encode(text)
     if not ids:
         raise GlassformerError(
             f"the text {text!r} has no tokens in this model's vocabulary; give a sentence (generate: --prompt)"
@@ -40,6 +39,13 @@ def encode(model: Transformer, text: str, *, crop: bool = False, blank_ok: bool 
             raise GlassformerError(f"the text is {len(ids)} tokens; this model's context is {limit} tokens")
         ids = ids[-limit:]
     return ids
+
+
+def tokenizer_of(model: Transformer) -> Tokenizer:
+    """The model's tokenizer, or one line saying it has none."""
+    if model.tokenizer is None:
+        raise GlassformerError("this model has no tokenizer attached; set model.tokenizer, or give token ids")
+    return model.tokenizer
 
 
 def as_batch(model: Transformer, ids: list[int]) -> torch.Tensor:
@@ -80,8 +86,7 @@ def unknown_pieces(model: Transformer, text: str) -> list[tuple[int, str]]:
     """(token position, word) for each piece of `text` the model's vocabulary does not know
     (it became [UNK]): a lesson's word list is small, and a learner should be told which
     words it skipped, and where."""
-    finder = getattr(model.tokenizer, "unknown_pieces", None)
-    return finder(text) if finder is not None else []
+    return model.tokenizer.unknown_pieces(text) if model.tokenizer is not None else []
 
 
 def unknown_words(model: Transformer, text: str) -> list[str]:
@@ -91,8 +96,7 @@ def unknown_words(model: Transformer, text: str) -> list[str]:
 
 def vocabulary(model: Transformer) -> list[str] | None:
     """The words of a word-level vocabulary (the lessons'), or None for any other kind."""
-    words = getattr(model.tokenizer, "words", None)
-    return words() if words is not None else None
+    return model.tokenizer.words() if model.tokenizer is not None else None
 
 
 def unknown_note(model: Transformer, text: str, unknown: list[str] | None = None) -> str | None:
@@ -106,3 +110,21 @@ def unknown_note(model: Transformer, text: str, unknown: list[str] | None = None
     shown = ", ".join(repr(w) if not w.strip() or len(w) == 1 else w for w in unknown[:12])
     more = f" and {len(unknown) - 12} more" if len(unknown) > 12 else ""
     return f"not in {where} (read as [UNK]): {shown}{more}"
+
+
+def single_token(model: Transformer, text: str, what: str = "token") -> int:
+    """The id of `text` when it is exactly one known token of this model (' Mary' with its
+    leading space, as it stands inside a sentence); else a one-line error naming its pieces."""
+    if not isinstance(text, str) or not text:
+        raise GlassformerError(f"the {what} is empty; give one token, e.g. ' Mary' with its leading space")
+    if model.tokenizer is None:
+        raise GlassformerError("this model has no tokenizer attached")
+    ids = model.tokenizer.encode(text)
+    if len(ids) != 1:
+        pieces = ", ".join(repr(t) for t in token_texts(model, ids)) or "no tokens"
+        raise GlassformerError(
+            f"the {what} {text!r} is {len(ids)} tokens in this model ({pieces}); give exactly one token"
+        )
+    if unknown_words(model, text):
+        raise GlassformerError(f"the {what} {text!r} is not in this model's vocabulary")
+    return int(ids[0])

@@ -20,12 +20,20 @@ def matmul(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     return (x.to(W.dtype) @ W).to(x.dtype)
 
 
+def on_meta() -> bool:
+    """Whether modules are being built on the meta device, only to receive loaded weights.
+    Then there is nothing to initialise, and a random init there is slow: torch runs it in
+    Python (2 ms a matrix) after importing its compiler (about a second, once)."""
+    return torch.empty(0).device.type == "meta"
+
+
 class Linear(nn.Module):
     def __init__(self, d_in: int, d_out: int, bias: bool = True) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(d_in, d_out))  # [in, out]
         self.bias = nn.Parameter(torch.zeros(d_out)) if bias else None
-        nn.init.normal_(self.weight, std=0.02)
+        if not on_meta():
+            nn.init.normal_(self.weight, std=0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, cast
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,8 @@ from .attention import Attention, KVCache, Rotary
 from .config import GlassformerError, ModelConfig
 from .hooks import ActivationCache, HookFn, HookPoint, Names, attach, match, name_hook_points
 from .hooks import run_with_cache as capture
-from .linear import Linear, matmul
+from .linear import Linear, matmul, on_meta
+from .tokenizer import Tokenizer
 
 ACTIVATION_FNS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,  # exact erf form (BERT)
@@ -50,16 +51,22 @@ def make_norm(config: ModelConfig) -> nn.LayerNorm | RMSNorm:
     return nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias)
 
 
+def _embedding(n: int, C: int) -> nn.Embedding:
+    if on_meta():  # built to receive loaded weights: no init to draw
+        return nn.Embedding(n, C, _weight=torch.empty(n, C))
+    return nn.Embedding(n, C)
+
+
 class Embeddings(nn.Module):
     """Token rows of W_E, plus learned positions (GPT-2, BERT) and token types (BERT)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         C = config.d_model
-        self.W_E = nn.Embedding(config.vocab_size, C)
+        self.W_E = _embedding(config.vocab_size, C)
         learned = config.positions == "learned"
-        self.W_pos = nn.Embedding(config.context_length, C) if learned else None
-        self.W_type = nn.Embedding(config.type_vocab_size, C) if config.type_vocab_size else None
+        self.W_pos = _embedding(config.context_length, C) if learned else None
+        self.W_type = _embedding(config.type_vocab_size, C) if config.type_vocab_size else None
         # post-LN models (BERT) normalise the summed embedding before the first block
         self.ln = make_norm(config) if config.norm == "post" else None
         self.dropout = nn.Dropout(config.dropout)
@@ -165,8 +172,11 @@ class Transformer(nn.Module):
                 self.unembed.weight = self.embed.W_E.weight  # W_U = W_Eᵀ
             self.hook_ln_final = HookPoint()  # [B, T, C]
             self.hook_logits = HookPoint()  # [B, T, V]
-        self.tokenizer: Any = None  # attached by loaders; encode(text) -> ids, decode(ids) -> text
+        self.tokenizer: Tokenizer | None = None  # attached by loaders (tokenizer.Tokenizer)
+        self.weights_key: str | None = None  # converted weights: the version of their source file
         self.hook_points: dict[str, HookPoint] = name_hook_points(self)
+        if on_meta():  # built only to receive loaded weights: nothing to draw
+            return
         self.apply(self._init_weights)
         # GPT-2: residual projections scaled by 1/√(2·layers) so the stream's variance
         # does not grow with depth (Radford et al. 2019, §2.3)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .config import GlassformerError, ModelConfig
 
-# bytes one parameter takes in memory, by the dtype it is held in
+# bytes one parameter takes in memory, by the precision it is held in
 DTYPE_BYTES = {"fp32": 4, "bf16": 2}
 
 
@@ -136,14 +136,14 @@ def describe(name: str, config: ModelConfig) -> str:
     return f"{shape}\n\n{count_params(config).table()}"
 
 
-def check_fits(config: ModelConfig, *, dtype: str = "fp32", available: int | None = None) -> None:
+def check_fits(config: ModelConfig, *, precision: str = "fp32", available: int | None = None) -> None:
     """Refuse, before anything is allocated, a model whose weights alone would not fit in
     the memory this machine has free (`available` bytes; read from the OS when None)."""
-    need = count_params(config).total * DTYPE_BYTES[dtype]
+    need = count_params(config).total * DTYPE_BYTES[precision]
     have = available if available is not None else available_memory()
     if have is not None and need > have:
         raise GlassformerError(
-            f"this model needs {need / 2**30:,.1f} GiB for its weights alone ({dtype}), "
+            f"this model needs {need / 2**30:,.1f} GiB for its weights alone ({precision}), "
             f"more than the {have / 2**30:,.1f} GiB of memory free here; choose a smaller shape"
         )
 

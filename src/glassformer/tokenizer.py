@@ -1,7 +1,7 @@
 """Text <-> token ids.
 
-Three kinds, one interface (`encode(text) -> list[int]`, `decode(ids) -> str`,
-`vocab_size`, `token_texts(ids)`, `to_json()`):
+Three kinds, one interface, the `Tokenizer` protocol below (what a model's `.tokenizer`
+offers; nothing probes for methods with getattr):
 
 - CharTokenizer: one token per character seen in a training text (nanoGPT's
   Shakespeare-char); unseen characters are refused by name.
@@ -15,10 +15,35 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from .config import GlassformerError
 
 _MARK = "glassformer_tokenizer"  # key that tells our own formats from Hugging Face's
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What every tokenizer offers; a model's `.tokenizer` is one of these (or None)."""
+
+    kind: str  # "char", "bytes" or "hf"
+
+    @property
+    def vocab_size(self) -> int: ...  # how many ids it gives (W_E may have more rows)
+
+    def encode(self, text: str) -> list[int]: ...  # special tokens added as the model expects
+
+    def decode(self, ids: Iterable[int]) -> str: ...
+
+    def token_texts(self, ids: Iterable[int]) -> list[str]: ...  # each id as its own piece of text
+
+    def token_id(self, token: str) -> int | None: ...  # the id of one whole token, or None
+
+    def unknown_pieces(self, text: str) -> list[tuple[int, str]]: ...  # (position, piece) that became [UNK]
+
+    def words(self) -> list[str] | None: ...  # a word-level vocabulary's words, else None
+
+    def to_json(self) -> str: ...
 
 
 def _byte_level_alphabet() -> dict[str, int]:
@@ -73,6 +98,15 @@ class CharTokenizer:
         n = len(self.chars)  # a model may have more rows in W_E than the tokenizer has tokens
         return [self.chars[i] if 0 <= i < n else f"<{i}>" for i in ids]
 
+    def token_id(self, token: str) -> int | None:
+        return self.index.get(token)
+
+    def unknown_pieces(self, text: str) -> list[tuple[int, str]]:
+        return []  # encode refuses an unknown character by name instead
+
+    def words(self) -> list[str] | None:
+        return None
+
     def to_json(self) -> str:
         return json.dumps({_MARK: "char", "chars": self.chars}, ensure_ascii=False)
 
@@ -89,6 +123,16 @@ class ByteTokenizer:
 
     def token_texts(self, ids: Iterable[int]) -> list[str]:
         return [bytes([i]).decode("utf-8", errors="replace") if 0 <= i < 256 else f"<{i}>" for i in ids]
+
+    def token_id(self, token: str) -> int | None:
+        raw = token.encode("utf-8")
+        return raw[0] if len(raw) == 1 else None
+
+    def unknown_pieces(self, text: str) -> list[tuple[int, str]]:
+        return []  # every string is bytes
+
+    def words(self) -> list[str] | None:
+        return None
 
     def to_json(self) -> str:
         return json.dumps({_MARK: "bytes"})
@@ -169,23 +213,25 @@ class HFTokenizer:
         return self.tok.to_str()
 
 
-Tokenizer = CharTokenizer | ByteTokenizer | HFTokenizer
-
-
-def tokenizer_from_json(text: str) -> Tokenizer:
+def tokenizer_from_json(text: str, source: str = "tokenizer.json") -> Tokenizer:
+    """The tokenizer a tokenizer.json holds; errors name `source`, the file it came from."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise GlassformerError(f"tokenizer.json is not valid JSON ({err.msg})") from None
+        raise GlassformerError(f"{source} is not valid JSON ({err.msg})") from None
+    except RecursionError:
+        raise GlassformerError(f"{source} nests its JSON too deeply to read; it is not a tokenizer") from None
+    except ValueError:  # an integer of more digits than Python converts (4300)
+        raise GlassformerError(f"{source} holds a number of over 4,300 digits; it is not a tokenizer") from None
     if isinstance(data, dict) and _MARK in data:
         if data[_MARK] == "char":
             chars = data.get("chars")
             if not isinstance(chars, list) or not all(isinstance(c, str) for c in chars):
-                raise GlassformerError('tokenizer.json: a char tokenizer needs a "chars" list of characters')
+                raise GlassformerError(f'{source}: a char tokenizer needs a "chars" list of characters')
             return CharTokenizer(chars)
         if data[_MARK] == "bytes":
             return ByteTokenizer()
-        raise GlassformerError(f"unknown tokenizer kind {data[_MARK]!r} in tokenizer.json")
+        raise GlassformerError(f"unknown tokenizer kind {data[_MARK]!r} in {source}")
     from tokenizers import Tokenizer as _HF
 
     try:
@@ -194,7 +240,7 @@ def tokenizer_from_json(text: str) -> Tokenizer:
         tok.no_truncation()
         return HFTokenizer(tok)
     except Exception as err:  # the Rust library raises plain Exceptions
-        raise GlassformerError(f"tokenizer.json could not be read: {err}") from None
+        raise GlassformerError(f"{source} could not be read: {err}") from None
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
@@ -207,7 +253,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise GlassformerError(f"{path} is not UTF-8 text; a tokenizer.json is JSON") from None
-    return tokenizer_from_json(text)
+    return tokenizer_from_json(text, str(path))
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, *, special_tokens=("<|endoftext|>",)) -> HFTokenizer:

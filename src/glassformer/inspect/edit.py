@@ -8,34 +8,257 @@ Each helper returns a mapping for `model.hooks(...)`, so edits compose:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from ..attention import LayerCache
 from ..config import GlassformerError
-from ..inputs import check_layer_head
+from ..inputs import check_layer_head, check_neuron
+from ..linear import matmul
 from ..model import Transformer
 
 
-def ablate_head(model: Transformer, layer: int, head: int, *, mode: str = "zero", reference=None) -> dict:
+def ablate_head(
+    model: Transformer, layer: int, head: int, *, mode: str = "zero", reference=None, position: int | None = None
+) -> dict:
     """Remove head `head` of `layer`: its z (pattern-weighted values) is set to zero, or
-    to its mean over `reference` token ids (mode="mean"), so its ΔE becomes 0 (or average)."""
+    to its mean over `reference` token ids (mode="mean"), so its ΔE becomes 0 (or average).
+    `position`: only there (default: at every position)."""
     check_layer_head(model, layer, head)
     name = f"blocks.{layer}.attn.z"
-    if mode == "zero":
-        replacement = None
-    elif mode == "mean":
-        if reference is None:
-            raise GlassformerError("mean ablation needs reference token ids to average over")
-        _, cache = model.run_with_cache(reference, names=name)
-        replacement = cache[name][:, head].mean(dim=(0, 1))  # [D]
-    else:
-        raise GlassformerError(f"unknown ablation mode {mode!r}; use zero or mean")
+    replacement = _replacement(model, name, mode, reference, lambda t: t[:, head])
 
     def fn(z_BHTD: torch.Tensor, _name: str) -> torch.Tensor:
         z_BHTD = z_BHTD.clone()
-        z_BHTD[:, head] = 0.0 if replacement is None else replacement.to(z_BHTD)
+        where = slice(None) if position is None else position
+        z_BHTD[:, head, where] = 0.0 if replacement is None else replacement.to(z_BHTD)
         return z_BHTD
 
     return {name: fn}
+
+
+def ablate_mlp(
+    model: Transformer,
+    layer: int,
+    neuron: int | None = None,
+    *,
+    mode: str = "zero",
+    reference=None,
+    position: int | None = None,
+) -> dict:
+    """Remove the MLP of `layer` (what it adds to the stream set to zero, or its mean over
+    `reference`), or only one neuron's activation when `neuron` is given."""
+    if neuron is None:
+        check_layer_head(model, layer, 0)
+        name, pick = f"blocks.{layer}.mlp.out", (lambda t: t)
+    else:
+        check_neuron(model, layer, neuron)
+        name, pick = f"blocks.{layer}.mlp.post", (lambda t: t[..., neuron])
+    replacement = _replacement(model, name, mode, reference, pick)
+
+    def fn(x_BTX: torch.Tensor, _name: str) -> torch.Tensor:
+        x_BTX = x_BTX.clone()
+        where = slice(None) if position is None else position
+        value = 0.0 if replacement is None else replacement.to(x_BTX)
+        if neuron is None:
+            x_BTX[:, where] = value
+        else:
+            x_BTX[:, where, neuron] = value
+        return x_BTX
+
+    return {name: fn}
+
+
+def _replacement(model: Transformer, name: str, mode: str, reference, pick) -> torch.Tensor | None:
+    """None for zero ablation; for mean ablation, the activation `pick` chooses, averaged
+    over the reference run's batch and positions."""
+    if mode == "zero":
+        return None
+    if mode != "mean":
+        raise GlassformerError(f"unknown ablation mode {mode!r}; use zero or mean")
+    if reference is None:
+        raise GlassformerError("mean ablation needs reference token ids to average over")
+    _, cache = model.run_with_cache(reference, names=name)
+    chosen = pick(cache[name])
+    # z is [B, H, T, D]: after picking the head, positions are dim 1 as for [B, T, ...]
+    return chosen.float().mean(dim=(0, 1))
+
+
+def combine(*edits: dict) -> dict:
+    """Several edits as one mapping for `model.hooks`: edits of the same activation run
+    one after another (two heads of one layer both switched off)."""
+    merged: dict = {}
+    for edit in edits:
+        for name, fn in edit.items():
+            if name in merged:
+                first = merged[name]
+                merged[name] = lambda t, n, first=first, fn=fn: fn(first(t, n), n)
+            else:
+                merged[name] = fn
+    return merged
+
+
+@dataclass
+class Ablation:
+    """The next-token distribution at one position before and after an edit."""
+
+    position: int
+    before: list[tuple[int, float]]  # the k likeliest tokens before: (id, probability)
+    after: list[tuple[int, float]]  # the k likeliest tokens after
+    kl: float  # KL(before ‖ after) in nats
+    top: int  # the likeliest token before the edit
+    top_before: float  # its probability before
+    top_after: float  # and after
+
+
+@torch.inference_mode()
+def compare_next_token(model: Transformer, ids, edits: dict, *, position: int = -1, k: int = 5) -> Ablation:
+    """Run `ids` as they are and with `edits` hooked in; the next-token distribution at
+    `position` both ways, their KL divergence and what happened to the top token."""
+    need_decoder(model, "the next-token distribution")
+    clean = model(ids)[0, position].float().log_softmax(-1)
+    with model.hooks(edits):
+        edited = model(ids)[0, position].float().log_softmax(-1)
+    kl = float((clean.exp() * (clean - edited)).sum())
+    top = int(clean.argmax())
+    k = min(k, clean.numel())
+
+    def best(logp: torch.Tensor) -> list[tuple[int, float]]:
+        values, indices = logp.exp().topk(k)
+        return [(int(i), float(v)) for i, v in zip(indices, values)]
+
+    T = ids.shape[-1]
+    return Ablation(
+        position % T, best(clean), best(edited), max(kl, 0.0), top, float(clean[top].exp()), float(edited[top].exp())
+    )
+
+
+@torch.inference_mode()
+def pattern_change(model: Transformer, ids, edits: dict) -> torch.Tensor:
+    """[layer, head]: the largest change of any attention weight when `edits` are hooked
+    in; a head switched off keeps its own pattern (its output is what goes), so only the
+    heads downstream of an edit move."""
+    names = "blocks.*.attn.pattern"
+    _, before = model.run_with_cache(ids, names=names)
+    with model.hooks(edits):
+        _, after = model.run_with_cache(ids, names=names)
+    L = model.config.n_layers
+    return torch.stack(
+        [
+            (after[f"blocks.{i}.attn.pattern"] - before[f"blocks.{i}.attn.pattern"]).abs().amax(dim=(0, 2, 3))
+            for i in range(L)
+        ]
+    ).float()
+
+
+def need_decoder(model: Transformer, what: str) -> None:
+    if not model.config.causal:
+        raise GlassformerError(f"{what} needs a decoder (a GPT or Llama model with W_U); this model is an encoder")
+
+
+@dataclass
+class Patching:
+    """Head-by-head activation patching from a clean run into a corrupted one."""
+
+    answer: int  # the token the clean run should give
+    wrong: int  # the token the corrupted run gives instead
+    clean_diff: float  # logit(answer) - logit(wrong), clean run
+    corrupt_diff: float  # the same, corrupted run
+    restored: torch.Tensor  # [layer, head]: (patched - corrupt) / (clean - corrupt)
+
+
+@torch.inference_mode()
+def patch_heads(
+    model: Transformer, clean_ids, corrupt_ids, answer: int, wrong: int, *, progress: bool = False
+) -> Patching:
+    """For every head: its z from the clean run, at every position, put into the corrupted
+    run, and the share of the logit difference (answer - wrong) that comes back.
+
+    Only what can change is recomputed. Below a patched head's layer the run is the
+    corrupted one, so a head's batch row joins the run at its own layer, from the
+    corrupted stream entering it: one pass through the layers whose batch grows by a layer's
+    heads at each (few large products, not one run per head). Before the first token where
+    the two texts differ, every z is the same in both runs (a decoder looks only back), so
+    those positions are read from the corrupted run's keys and values, as generation does."""
+    need_decoder(model, "patching")
+    clean_ids, corrupt_ids = _as_2d(clean_ids), _as_2d(corrupt_ids)
+    if clean_ids.shape != corrupt_ids.shape:
+        raise GlassformerError(
+            f"the two texts must have the same number of tokens to patch position by position: "
+            f"{clean_ids.shape[-1]} vs {corrupt_ids.shape[-1]}"
+        )
+    L, H = model.config.n_layers, model.config.n_heads
+    clean_logits, clean_cache = model.run_with_cache(clean_ids, names=[f"blocks.{i}.attn.z" for i in range(L)])
+    corrupt_logits, corrupt_cache = model.run_with_cache(
+        corrupt_ids, names=["blocks.*.resid_pre", "blocks.*.attn.k", "blocks.*.attn.v"]
+    )
+
+    def diff(logits_BV: torch.Tensor) -> torch.Tensor:
+        return (logits_BV[:, answer] - logits_BV[:, wrong]).float()
+
+    clean_diff, corrupt_diff = float(diff(clean_logits[:, -1])[0]), float(diff(corrupt_logits[:, -1])[0])
+    if abs(clean_diff - corrupt_diff) < 1e-6:
+        raise GlassformerError("the clean and corrupted texts give the same logit difference; nothing to restore")
+    T = corrupt_ids.shape[1]
+    start = int((clean_ids[0] != corrupt_ids[0]).nonzero()[0])  # the first position that differs
+    rotation = model.rotary(start, T - start, model.device) if model.rotary is not None else None
+    from tqdm.auto import tqdm
+
+    x = corrupt_cache["blocks.0.resid_pre"][:0, start:]  # no rows yet: [0, T - start, C]
+    for layer in tqdm(range(L), desc="patching heads, layer by layer", disable=not progress):
+        joining = corrupt_cache[f"blocks.{layer}.resid_pre"][:, start:].expand(H, -1, -1)
+        x = torch.cat([x, joining])  # rows layer·H + h: head h of this layer, patched here
+        put = _patch_rows(clean_cache[f"blocks.{layer}.attn.z"][0, :, start:], [(layer * H + h, h) for h in range(H)])
+        with model.hooks({f"blocks.{layer}.attn.z": put}):
+            x = model.block(layer)(x, rotation=rotation, cache=_prefix(model, corrupt_cache, layer, start, x.shape[0]))
+    # the end of Transformer.forward, at the last position only
+    patched = diff(matmul(model.ln_final(x[:, -1]), model.W_U)).cpu().view(L, H)
+    restored = (patched - corrupt_diff) / (clean_diff - corrupt_diff)
+    return Patching(answer, wrong, clean_diff, corrupt_diff, restored)
+
+
+def _prefix(model: Transformer, cache, layer: int, start: int, batch: int) -> LayerCache:
+    """Layer `layer`'s keys and values of the positions before `start`, from a cached run,
+    for `batch` rows."""
+    c = model.config
+    T = cache[f"blocks.{layer}.attn.k"].shape[2]
+    past = LayerCache(batch, c.n_kv_heads, T, c.d_head, dtype=model.stream_dtype, device=model.device)
+    past.append(cache[f"blocks.{layer}.attn.k"][:, :, :start], cache[f"blocks.{layer}.attn.v"][:, :, :start])
+    return past
+
+
+def _patch_rows(clean_HTD: torch.Tensor, rows: list[tuple[int, int]]):
+    """A hook that puts the clean z of head h into batch row r, for each (r, h)."""
+
+    def fn(z_BHTD: torch.Tensor, _name: str) -> torch.Tensor:
+        z_BHTD = z_BHTD.clone()
+        for r, h in rows:
+            z_BHTD[r, h] = clean_HTD[h].to(z_BHTD)
+        return z_BHTD
+
+    return fn
+
+
+def _as_2d(ids) -> torch.Tensor:
+    ids = torch.as_tensor(ids)
+    return ids[None] if ids.dim() == 1 else ids
+
+
+@torch.inference_mode()
+def mlp_logit_attribution(model: Transformer, ids, token: int, *, position: int = -1) -> torch.Tensor:
+    """ "How much does each layer's MLP push this token?": [layer], what each MLP adds to
+    the stream at `position`, read on `token`'s logit through the final norm linearised
+    as in head_logit_attribution."""
+    need_decoder(model, "direct logit attribution")
+    L = model.config.n_layers
+    names = [f"blocks.{i}.mlp.out" for i in range(L)] + [f"blocks.{L - 1}.resid_post"]
+    _, cache = model.run_with_cache(_as_2d(ids), names=names)
+    direction, centre = final_norm_direction(model, cache[f"blocks.{L - 1}.resid_post"][0, position], token)
+    rows = torch.stack([cache[f"blocks.{i}.mlp.out"][0, position].float() for i in range(L)])  # [L, C]
+    if centre:
+        rows = rows - rows.mean(-1, keepdim=True)
+    return rows @ direction
 
 
 def patch(model: Transformer, source, names) -> dict:
@@ -93,8 +316,8 @@ def neuron_logit_attribution(model: Transformer, ids, token: int, *, position: i
 @torch.inference_mode()
 def neurons_toward_guess(model: Transformer, ids, *, position: int = -1, k: int = 10, guesses: int = 3):
     """The model's own likeliest next tokens at `position` [(id, probability)], and the k
-    neurons that push hardest toward the first of them [(layer, neuron, logit)], from one
-    forward pass."""
+    neurons that push hardest toward the first of them [(layer, neuron, logit, activation)]:
+    what each adds to that token's logit and its signed activation, from one forward pass."""
     logits, cache = _neuron_run(model, ids)
     probs = logits[0, position].float().softmax(-1)
     top = probs.topk(min(guesses, probs.numel()))
@@ -102,7 +325,8 @@ def neurons_toward_guess(model: Transformer, ids, *, position: int = -1, k: int 
     shares = _neuron_shares(model, cache, best[0][0], position)
     values, flat = shares.flatten().topk(min(k, shares.numel()))
     d_mlp = shares.shape[1]
-    return best, [(int(f) // d_mlp, int(f) % d_mlp, float(v)) for v, f in zip(values, flat)]
+    found = [(int(f) // d_mlp, int(f) % d_mlp, float(v)) for v, f in zip(values, flat)]
+    return best, [(L, i, v, float(cache[f"blocks.{L}.mlp.post"][0, position, i])) for L, i, v in found]
 
 
 def _neuron_run(model: Transformer, ids):

@@ -28,6 +28,7 @@ import torch
 from ..config import GlassformerError
 from ..inputs import unknown_words
 from ..model import Transformer
+from ..tokenizer import HFTokenizer, Tokenizer
 
 MATRICES = ("W_E", "W_U")
 PREFIX = "a"  # a word is encoded after this one, so it gets the form it has inside a sentence
@@ -131,7 +132,7 @@ class Space:
         return weights @ self.unit[ids]
 
     def texts(self, ids) -> list[str]:
-        return self.model.tokenizer.token_texts([int(i) for i in ids])
+        return _tokenizer(self.model).token_texts([int(i) for i in ids])
 
 
 _SPACES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {matrix: Space}
@@ -145,11 +146,17 @@ def space(model: Transformer, matrix: str = "W_E") -> Space:
     return per_model[matrix]
 
 
+def _tokenizer(model: Transformer) -> Tokenizer:
+    if model.tokenizer is None:
+        raise GlassformerError("this model has no tokenizer: words cannot be read")
+    return model.tokenizer
+
+
 def _encode(model: Transformer, text: str) -> list[int]:
-    try:  # special tokens ([CLS], <s>) are not part of a word
-        return model.tokenizer.encode(text, add_special_tokens=False)
-    except TypeError:  # the char and byte tokenizers have none
-        return model.tokenizer.encode(text)
+    tok = _tokenizer(model)
+    if isinstance(tok, HFTokenizer):  # special tokens ([CLS], <s>) are not part of a word
+        return tok.encode(text, add_special_tokens=False)
+    return tok.encode(text)  # the char and byte tokenizers have none
 
 
 def word_pieces(model: Transformer, word: str) -> list[int]:
@@ -169,7 +176,7 @@ def word_token(model: Transformer, word: str) -> int:
         raise GlassformerError(f"{word!r} is not in this model's vocabulary (it would be read as [UNK])")
     pieces = word_pieces(model, word)
     if len(pieces) != 1:
-        shown = ", ".join(repr(t) for t in model.tokenizer.token_texts(pieces))
+        shown = ", ".join(repr(t) for t in _tokenizer(model).token_texts(pieces))
         raise GlassformerError(
             f"{word!r} is {len(pieces)} tokens inside a sentence ({shown}), not one; "
             "word arithmetic needs words that are a single token: pick another word"

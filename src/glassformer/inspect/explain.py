@@ -37,7 +37,7 @@ class HeadWalk:
     head: int
     kv_head: int  # the key/value head this query head reads (= head unless heads are grouped)
     causal: bool
-    E: Step  # embeddings entering attention [token, d_model]
+    E: Step  # the residual stream entering the block, that ΔE is added to [token, d_model]
     W_Q: Step  # [d_model, d_head]
     Q: Step  # [token, d_head]
     W_K: Step
@@ -47,15 +47,19 @@ class HeadWalk:
     pattern: Step  # softmax, each row sums to 1 [query, key]
     V: Step  # [token, d_head]
     dE: Step  # this head's ΔE [token, d_model]
-    stream: torch.Tensor  # [token, d_model] the residual stream ΔE is added to
+    stream: torch.Tensor  # [token, d_model] the residual stream ΔE is added to (= E.tensor)
+    value_out: torch.Tensor  # [token, d_model] each token's value mapped up, V·W_O: what it would add
+    final: torch.Tensor | None  # [token, d_model] the stream after the last block (decoders), for W_U
     rotated: bool = False  # Q and K were turned by position (rotary models) before the grid
     precision: str = "fp32"  # what computed these numbers (model.precision)
+    normed: Step | None = None  # norm(E), what W_Q, W_K, W_V read (pre-norm models; None: they read E)
 
     @property
     def steps(self) -> list[Step]:
         """The steps in the video's order."""
         return [
             self.E,
+            *([self.normed] if self.normed is not None else []),
             self.W_Q,
             self.Q,
             self.W_K,
@@ -90,19 +94,19 @@ def walk_head(model: Transformer, text: str, layer: int, head: int) -> HeadWalk:
     ids = encode_batch(model, text)
     b = f"blocks.{layer}."
     c = model.config
-    E_name = b + ("ln1" if c.norm == "pre" else "resid_pre")
-    names = [E_name, b + "resid_pre"] + [b + f"attn.{n}" for n in ("q", "k", "v", "dots", "scores", "pattern", "z")]
+    pre = c.norm == "pre"
+    names = [b + "resid_pre"] + [b + f"attn.{n}" for n in ("q", "k", "v", "dots", "scores", "pattern", "z")]
+    names += [b + "ln1"] if pre else []
+    names += [f"blocks.{c.n_layers - 1}.resid_post"] if c.causal else []
     _, cache = model.run_with_cache(ids, names=names, device="cpu")
     attn = model.block(layer).attn
     h, g = head, attn.kv_head(head)
-    D, C = c.d_head, c.d_model
+    D = c.d_head
     rotated = c.positions == "rotary"
     scores = cache[b + "attn.scores"][0, h].float()
     mask = torch.where(torch.isinf(scores), float("-inf"), 0.0)
-    norm = " (after this block's norm)" if c.norm == "pre" else ""
-    position = "position included" if c.positions == "learned" else "position enters below, by rotation"
-    turned = ", then turned by its position (rotary)" if rotated else ""
-    group = f" (key head {g}, shared by a group of query heads)" if attn.group > 1 else ""
+    read = "norm(E)" if pre else "E"
+    W_O = _cpu(attn.W_O[h])  # [D, C]
     if c.causal:
         mask_meaning = "−∞ where a later token would inform an earlier one; those cells get weight 0"
     else:
@@ -116,46 +120,11 @@ def walk_head(model: Transformer, text: str, layer: int, head: int) -> HeadWalk:
         rotated=rotated,
         precision=model.precision,
         stream=cache[b + "resid_pre"][0].float(),
-        E=Step(
-            "E",
-            "embeddings entering attention",
-            cache[E_name][0].float(),
-            f"one {C}-number vector per token: the meaning so far, {position}{norm}",
-            "token",
-            "d_model",
-        ),
-        W_Q=Step(
-            "W_Q",
-            f"query matrix of head {h}",
-            _cpu(attn.W_Q[h]),
-            f"learned; turns a {C}-d embedding into a {D}-d question",
-            "d_model",
-            "d_head",
-        ),
-        Q=Step(
-            "Q = E·W_Q",
-            "queries",
-            cache[b + "attn.q"][0, h].float(),
-            f"what each token is looking for{turned}",
-            "token",
-            "d_head",
-        ),
-        W_K=Step(
-            "W_K",
-            f"key matrix of head {h}{group}",
-            _cpu(attn.W_K[h]),
-            f"learned; turns a {C}-d embedding into a {D}-d answer",
-            "d_model",
-            "d_head",
-        ),
-        K=Step(
-            "K = E·W_K",
-            "keys",
-            cache[b + "attn.k"][0, g].float(),
-            f"what each token offers to the queries{turned}",
-            "token",
-            "d_head",
-        ),
+        value_out=cache[b + "attn.v"][0, g].float() @ W_O,
+        final=cache[f"blocks.{c.n_layers - 1}.resid_post"][0].float() if c.causal else None,
+        E=_stream_step(model, layer, cache[b + "resid_pre"][0].float()),
+        normed=_normed_step(model, cache[b + "ln1"][0].float()) if pre else None,
+        **_query_key_steps(model, cache, layer, head, "norm(E)" if pre else "E"),
         dots=Step(
             "Q·Kᵀ/√d",
             "the grid of dot products",
@@ -174,7 +143,7 @@ def walk_head(model: Transformer, text: str, layer: int, head: int) -> HeadWalk:
             "key",
         ),
         V=Step(
-            "V = E·W_V",
+            f"V = {read}·W_V",
             "values (value-down)",
             cache[b + "attn.v"][0, g].float(),
             f"what each token would say if attended to, in {D} numbers",
@@ -184,11 +153,83 @@ def walk_head(model: Transformer, text: str, layer: int, head: int) -> HeadWalk:
         dE=Step(
             "ΔE = pattern·V·W_O",
             "the update (value-up)",
-            cache[b + "attn.z"][0, h].float() @ _cpu(attn.W_O[h]),
-            "the weighted values mapped back to the embedding; added to E as this head's share of E ← E + ΣΔE",
+            cache[b + "attn.z"][0, h].float() @ W_O,
+            "the weighted values mapped back up to the stream's size; added to E"
+            + (" (the residual stream, not norm(E))" if pre else "")
+            + " as this head's share of E ← E + ΣΔE",
             "token",
             "d_model",
         ),
+    )
+
+
+def _query_key_steps(model: Transformer, cache, layer: int, h: int, read: str) -> dict[str, Step]:
+    """W_Q, Q, W_K, K of head h: the question, and every token's answer."""
+    c, attn, b = model.config, model.block(layer).attn, f"blocks.{layer}."
+    g, D, C = attn.kv_head(h), c.d_head, c.d_model
+    turned = ", then turned by its position (rotary)" if c.positions == "rotary" else ""
+    group = f" (key head {g}, shared by a group of query heads)" if attn.group > 1 else ""
+    return {
+        "W_Q": Step(
+            "W_Q",
+            f"query matrix of head {h}",
+            _cpu(attn.W_Q[h]),
+            f"learned; turns a {C}-d {read} into a {D}-d question",
+            "d_model",
+            "d_head",
+        ),
+        "Q": Step(
+            f"Q = {read}·W_Q",
+            "queries",
+            cache[b + "attn.q"][0, h].float(),
+            f"what each token is looking for{turned}",
+            "token",
+            "d_head",
+        ),
+        "W_K": Step(
+            "W_K",
+            f"key matrix of head {h}{group}",
+            _cpu(attn.W_K[h]),
+            f"learned; turns a {C}-d {read} into a {D}-d answer",
+            "d_model",
+            "d_head",
+        ),
+        "K": Step(
+            f"K = {read}·W_K",
+            "keys",
+            cache[b + "attn.k"][0, g].float(),
+            f"what each token offers to the queries{turned}",
+            "token",
+            "d_head",
+        ),
+    }
+
+
+def _stream_step(model: Transformer, layer: int, stream: torch.Tensor) -> Step:
+    """E: the residual stream entering the block, that every head's ΔE is added to."""
+    c = model.config
+    position = "position included" if c.positions == "learned" else "position enters below, by rotation"
+    meaning = f"one {c.d_model}-number vector per token: the meaning so far, {position}"
+    if c.norm == "pre":
+        meaning += "; each head's ΔE is added to it"
+    else:  # post-norm (BERT): the stream was normalised at the end of the block before
+        meaning += (
+            ", already normalised by the previous block's norm; W_Q, W_K and W_V read it as it is, "
+            "and ΔE is added to it"
+        )
+    return Step("E", f"the residual stream entering block {layer}", stream, meaning, "token", "d_model")
+
+
+def _normed_step(model: Transformer, normed: torch.Tensor) -> Step:
+    """norm(E): what a pre-norm block's W_Q, W_K and W_V read."""
+    return Step(
+        "norm(E)",
+        "E through this block's norm: what W_Q, W_K and W_V read",
+        normed,
+        f"each token's E scaled to a steady size ({model.config.normalization}) and weighted; the head reads "
+        "this, while its ΔE is added to E itself",
+        "token",
+        "d_model",
     )
 
 

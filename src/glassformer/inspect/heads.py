@@ -8,13 +8,14 @@ head, and the summary says that none qualifies.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from .. import lessons
 from ..config import GlassformerError
-from ..inputs import check_layer_head
+from ..inputs import check_layer_head, tokenizer_of
 from ..model import Transformer
 from .explain import HeadWalk, sharpest_query
 
@@ -25,13 +26,14 @@ DETECTORS = {
     "duplicate-token": "weight on earlier copies of the query's own token",
     "induction": "weight on the token after an earlier copy of the query's token (repeated random segments)",
     "first-token": "weight on position 0 (an attention sink)",
-    "adjective-noun": "share of a noun's attention on its own adjectives (adjectives lesson)",
+    "adjective-noun": "share of a noun's attention on its own adjectives, each counted up to an equal share "
+    "(a head that gathers them all scores high, one that picks one does not; adjectives lesson)",
 }
 
 
-def _patterns(model: Transformer, ids: torch.Tensor) -> torch.Tensor:
+def _patterns(model: Transformer, ids: torch.Tensor, last_only: bool = False) -> torch.Tensor:
     """[L, B, H, T, S] attention patterns for a batch of token ids."""
-    _, cache = model.run_with_cache(ids, names="blocks.*.attn.pattern", device="cpu")
+    _, cache = model.run_with_cache(ids, names="blocks.*.attn.pattern", device="cpu", last_only=last_only)
     return torch.stack([cache[f"blocks.{i}.attn.pattern"] for i in range(model.config.n_layers)]).float()
 
 
@@ -118,27 +120,29 @@ def random_repeats(model: Transformer, n_each: int = 6, lengths=(5, 9, 13, 17), 
 
 
 def _token_id(model: Transformer, token: str) -> int | None:
-    finder = getattr(model.tokenizer, "token_id", None)
-    return finder(token) if finder is not None else None
+    return model.tokenizer.token_id(token) if model.tokenizer is not None else None
 
 
 def adjective_noun(
     model: Transformer, sentences: list | None = None, *, n: int = 200, seed: int = 12345
 ) -> torch.Tensor:
-    """Share of each noun's attention that lands on its own adjectives, averaged over
-    the nouns that have at least one (the adjectives lesson's grammar)."""
-    return adjective_scores(model, sentences, n=n, seed=seed)[0]
+    """Share of each noun's attention that lands on its own k adjectives, each counted up
+    to 1/k, averaged over the nouns that have at least one (the adjectives lesson's
+    grammar): the video's head, which gathers every adjective, scores near 1; a head that
+    looks at one of three scores at most 1/3 + what it spreads on the others."""
+    return adjective_scores(model, sentences, n=n, seed=seed)[2]
 
 
 def adjective_scores(model: Transformer, sentences=None, *, n: int = 200, seed: int = 12345):
-    """(own, far): `own` as in `adjective_noun`; `far` the share on the noun's own
-    adjectives other than the one right before it, over nouns with two or more."""
+    """(own, far, even): `own` the share of a noun's attention on its own adjectives, over
+    nouns with one or more; `far` the share on those other than the one right before it,
+    over nouns with two or more; `even` as `own` with each adjective counted up to 1/k."""
     if sentences is None:
         sentences = lessons.adjectives.sentences(n, seed)
     L, H = model.config.n_layers, model.config.n_heads
-    own, far = torch.zeros(L, H), torch.zeros(L, H)
+    own, far, even = torch.zeros(L, H), torch.zeros(L, H), torch.zeros(L, H)
     n_own = n_far = 0
-    rows = [model.tokenizer.encode(" ".join(w for w, _, _ in sent)) for sent in sentences]
+    rows = [tokenizer_of(model).encode(" ".join(w for w, _, _ in sent)) for sent in sentences]
     if any(len(ids) != len(sent) for ids, sent in zip(rows, sentences)):
         raise GlassformerError("this model's tokenizer does not split the lesson one word per token")
     # one forward for every sentence, padded on the right: in a decoder no query looks at
@@ -157,11 +161,12 @@ def adjective_scores(model: Transformer, sentences=None, *, n: int = 200, seed: 
             adjs = [j for j, (_, p, owner) in enumerate(sent) if p == "ADJ" and owner == i]
             if adjs:
                 own += P[:, :, i, adjs].sum(-1)
+                even += P[:, :, i, adjs].clamp(max=1 / len(adjs)).sum(-1)
                 n_own += 1
             if len(adjs) >= 2:
                 far += P[:, :, i, [j for j in adjs if j != i - 1]].sum(-1)
                 n_far += 1
-    return own / max(n_own, 1), far / max(n_far, 1)
+    return own / max(n_own, 1), far / max(n_far, 1), even / max(n_own, 1)
 
 
 def strongest(scores: torch.Tensor) -> tuple[int, int, float]:
@@ -190,6 +195,8 @@ class Detection:
 
     tables: dict[str, torch.Tensor]
     skipped: dict[str, str] = field(default_factory=dict)
+    switch_off: torch.Tensor | None = None  # [layer, head] mean KL on the next token with the head's z at zero
+    switch_off_on: str = ""  # the texts that KL was measured on, or why it was not
 
     def summary(self) -> list[str]:
         """One line per kind: every head that reaches STRONG, strongest first, else the best
@@ -210,16 +217,35 @@ class Detection:
         return lines
 
 
+def one_pass(model: Transformer, ids: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
+    """The four text detectors on `ids` from one forward pass: every pattern is captured
+    once (unembedding only the last position, which no detector reads) and each detector
+    reads the same patterns, where calling them one by one ran the model four times."""
+    P = _patterns(model, ids, last_only=True)
+    share = _target_share
+
+    def previous() -> torch.Tensor:
+        if ids.shape[1] < 2:
+            raise GlassformerError("one token has no previous token to attend to")
+        return P.diagonal(offset=-1, dim1=-2, dim2=-1).mean(dim=(1, 3))
+
+    earlier = torch.ones(ids.shape[1], ids.shape[1], dtype=torch.bool).tril(-1)
+    same = (ids[:, :, None] == ids[:, None, :]) & earlier
+    no_repeat = "no token repeats in this text"
+    no_distant = "no token repeats at a distance in this text, so induction heads cannot be scored"
+    return {
+        "previous-token": previous,
+        "duplicate-token": lambda: share(P, same, no_repeat),
+        "induction": lambda: share(P, induction_targets(ids), no_distant),
+        "first-token": lambda: P[..., 0].mean(dim=(1, 3)),
+    }
+
+
 def detect_all(model: Transformer, ids: torch.Tensor | None = None) -> Detection:
     """Every detector that applies to this model, on `ids` (else on repeated random
     segments); one that cannot be scored on this text is skipped with the reason."""
     probe = random_repeats(model) if ids is None else ids
-    detectors = {
-        "previous-token": lambda: previous_token(model, probe),
-        "duplicate-token": lambda: duplicate_token(model, probe),
-        "induction": lambda: induction(model, probe),
-        "first-token": lambda: first_token(model, probe),
-    }
+    detectors = one_pass(model, probe)
     if speaks_adjectives(model):
         detectors["adjective-noun"] = lambda: adjective_noun(model)
     found = Detection({})
@@ -228,6 +254,14 @@ def detect_all(model: Transformer, ids: torch.Tensor | None = None) -> Detection
             found.tables[kind] = score()
         except GlassformerError as err:
             found.skipped[kind] = str(err)
+    if model.config.causal:
+        only = switch_off_heads(model, found.tables)
+        texts, where, found.switch_off_on = switch_off_texts(model, ids, None if only is None else len(only))
+        found.switch_off = switch_off_table(model, texts, where, only)
+        if only is not None:
+            found.switch_off_on += f"; only the {CANDIDATES} best heads of each detector (the others: ·)"
+    else:
+        found.switch_off_on = "not measured: an encoder predicts no next token"
     return found
 
 
@@ -282,26 +316,165 @@ def noun_with_most_adjectives(tokens: list[str]) -> int | None:
     return best
 
 
+CANDIDATES = 4  # the switch-off check runs on this many of the best pattern heads: one batch of 5 on 30 × 9 heads
+FULL_SWEEP = 32  # up to this many heads, `heads` switches off every one; above, the detectors' best
+SWEEP_TOKENS = 2048  # above FULL_SWEEP: token positions the switch-off column may run (rows × length × heads)
+LOGITS_PER_PASS = 2**25  # floats of logits one switch-off pass may hold (128 MB)
+
+
+def switch_off_kl(
+    model: Transformer, ids: torch.Tensor, chosen: list[tuple[int, int]], where: torch.Tensor | None = None
+) -> torch.Tensor:
+    """[len(chosen)] the mean KL(before ‖ after) of the next-token distribution when each
+    (layer, head)'s z is set to zero, over the positions `where` ([B, T] bool; default
+    all). One forward for all of them: row block k of a stacked batch loses head k."""
+    if not model.config.causal:
+        raise GlassformerError("switching a head off is measured on the next token, and an encoder predicts none")
+    B, T = ids.shape
+    where = torch.ones(B, T, dtype=torch.bool) if where is None else where
+    K = len(chosen)
+    by_layer: dict[int, list[tuple[int, int]]] = {}
+    for k, (layer, head) in enumerate(chosen):
+        check_layer_head(model, layer, head)
+        by_layer.setdefault(layer, []).append((k, head))
+
+    def off(rows: list[tuple[int, int]]):
+        def fn(z_BHTD: torch.Tensor, _name: str) -> torch.Tensor:
+            z_BHTD = z_BHTD.clone()
+            for k, head in rows:
+                z_BHTD[(k + 1) * B : (k + 2) * B, head] = 0.0
+            return z_BHTD
+
+        return fn
+
+    hooks = {f"blocks.{layer}.attn.z": off(rows) for layer, rows in by_layer.items()}
+    with torch.inference_mode(), model.hooks(hooks):
+        logits = model(ids.repeat(K + 1, 1).to(model.device)).float().cpu()
+    logp = logits.log_softmax(-1).view(K + 1, B, T, -1)
+    kl = (logp[0].exp() * (logp[0] - logp[1:])).sum(-1)  # [K, B, T]
+    return (kl * where).sum(dim=(1, 2)) / where.sum().clamp(min=1)
+
+
+def switch_off_table(
+    model: Transformer, ids: torch.Tensor, where: torch.Tensor | None = None, only: list[tuple[int, int]] | None = None
+) -> torch.Tensor:
+    """[layer, head] switch_off_kl for every head (or those in `only`, the rest NaN), a
+    few heads per forward pass."""
+    L, H = model.config.n_layers, model.config.n_heads
+    chosen = [(layer, head) for layer in range(L) for head in range(H)] if only is None else only
+    step = max(1, LOGITS_PER_PASS // (ids.numel() * model.config.vocab_size) - 1)
+    table = torch.full((L, H), float("nan"))
+    for i in range(0, len(chosen), step):
+        part = chosen[i : i + step]
+        for (layer, head), kl in zip(part, switch_off_kl(model, ids, part, where).tolist()):
+            table[layer, head] = kl
+    return table
+
+
+def switch_off_heads(model: Transformer, tables: dict[str, torch.Tensor]) -> list[tuple[int, int]] | None:
+    """The heads the `heads` switch-off column measures: all of them on a model with at
+    most FULL_SWEEP, else the CANDIDATES best of each detector (one pass per head on 30 × 9
+    heads would take minutes)."""
+    L, H = model.config.n_layers, model.config.n_heads
+    if L * H <= FULL_SWEEP:
+        return None
+    chosen: list[tuple[int, int]] = []
+    for table in tables.values():
+        for i in table.flatten().argsort(descending=True)[:CANDIDATES].tolist():
+            if divmod(i, H) not in chosen:
+                chosen.append(divmod(i, H))
+    return chosen
+
+
+def switch_off_texts(
+    model: Transformer, ids: torch.Tensor | None = None, heads: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(ids, where, what): the texts the `heads` switch-off column runs on: `ids`, else the
+    adjectives lesson's sentences for a model that reads them, else repeated random
+    segments; when only `heads` of a large model's heads are measured, kept to a few rows
+    (SWEEP_TOKENS) so that the column costs a few forward passes of the detectors' texts."""
+    if ids is not None:
+        rows, what = ids, "this text"
+    elif speaks_adjectives(model):
+        return (*lesson_nouns(model, n=200, seed=12345, every_position=True), "200 lesson sentences")
+    else:
+        rows, what = random_repeats(model), "repeated random segments"
+    keep = rows.shape[0] if heads is None else max(1, min(rows.shape[0], SWEEP_TOKENS // (rows.shape[1] * heads)))
+    if keep < rows.shape[0]:
+        what += f" (the first {keep} of {rows.shape[0]} rows)"
+    rows = rows[:keep]
+    return rows, torch.ones(rows.shape, dtype=torch.bool), what
+
+
+def lesson_nouns(model: Transformer, n: int = 200, seed: int = 12345, every_position: bool = False):
+    """(ids [B, T] right-padded, where [B, T]): the adjectives lesson's sentences and the
+    nouns that have adjectives (or, with every_position, every real token)."""
+    sentences = lessons.adjectives.sentences(n, seed)
+    rows = [tokenizer_of(model).encode(" ".join(w for w, _, _ in sent)) for sent in sentences]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    where = torch.zeros(ids.shape, dtype=torch.bool)
+    for b, sent in enumerate(sentences):
+        for i, (_, pos, _) in enumerate(sent):
+            owned = any(owner == i for _, _, owner in sent)
+            where[b, i] = every_position or (pos == "NOUN" and owned)
+    return ids, where
+
+
+def _pick(pattern: torch.Tensor, model: Transformer, ids: torch.Tensor, where: torch.Tensor):
+    """(layer, head, pattern score, KL or None for an encoder) by the one rule: of the
+    CANDIDATES heads with the best pattern scores, those whose switching off moves the
+    next token (at the positions that show the pattern) at least half as much as the one
+    that moves it most; of those, the one with the best pattern score."""
+    if not model.config.causal:  # nothing to switch off against: the pattern alone decides
+        layer, head, score = strongest(pattern)
+        return layer, head, score, None
+    flat = pattern.flatten().argsort(descending=True)[:CANDIDATES].tolist()
+    chosen = [divmod(i, pattern.shape[1]) for i in flat]  # best pattern first
+    kls = switch_off_kl(model, ids, chosen, where).tolist()
+    k = next(k for k, kl in enumerate(kls) if kl >= max(kls) / 2)
+    layer, head = chosen[k]
+    return layer, head, float(pattern[layer, head]), kls[k]
+
+
 def showcase_head(model: Transformer, ids: torch.Tensor) -> Showcase:
-    """The head that best shows what this model does, for a first look: the adjectives
-    lesson's adjective head; the induction lesson's induction head; for any other model
-    the head whose last token looks most sharply at one earlier token (other than the
+    """The head that best shows what this model does, for a first look, by one rule for
+    every model (see `_pick`): it shows the pattern and the model needs it. The pattern is
+    the adjectives lesson's (nouns on their own adjectives), the induction lesson's, or
+    for any other model how sharply the last token looks at one earlier token (not the
     first, where many heads park attention they have no use for)."""
     if speaks_adjectives(model):
-        layer, head, score = strongest(adjective_noun(model))
-        why = f"the adjective head (nouns put {score:.0%} of their attention on their own adjectives)"
+        nouns, where = lesson_nouns(model)
+        owns, _, evens = adjective_scores(model)
+        layer, head, score, kl = _pick(evens, model, nouns, where)
+        own = owns[layer, head]
+        why = (
+            f"the adjective head: nouns put {own:.0%} of their attention on their own adjectives "
+            f"({score:.0%} counting each up to an equal share), and switched off it moves the word "
+            f"after the noun by KL {kl:.2f}"
+        )
         questions = ("is there an adjective in front of me?", "I am an adjective!")
         return Showcase(layer, head, why, questions, per_text=False)
     if _token_id(model, f"t{lessons.induction.VOCAB - 1}") is not None:
-        layer, head, score = strongest(induction(model))
-        why = f"the induction head ({score:.0%} of its attention goes to what came next last time)"
+        probe = random_repeats(model)
+        where = induction_targets(probe).any(-1)
+        layer, head, score, kl = _pick(induction(model, probe), model, probe, where)
+        why = (
+            f"the induction head: {score:.0%} of its attention goes to what came next last time, and "
+            f"switched off it moves the next token there by KL {kl:.2f}"
+        )
         questions = ("where was my token before?", "the token just before me was this one")
         return Showcase(layer, head, why, questions, per_text=False)
+    ids = ids[:1]
     P = _patterns(model, ids)[:, 0, :, -1]  # [L, H, S]: every head's last query
     offset = 1 if P.shape[-1] > 2 else 0
     if offset:
         P = P[..., 1:-1]  # neither the first token nor the query itself
-    layer, head, weight = strongest(P.amax(-1))
+    last = torch.zeros(ids.shape, dtype=torch.bool)
+    last[:, -1] = True
+    layer, head, weight, kl = _pick(P.amax(-1), model, ids, last)
     key = int(P[layer, head].argmax()) + offset
-    why = f"the head whose last token looks most sharply at one earlier token (position {key}, weight {weight:.2f})"
+    why = f"the head whose last token looks sharply at one earlier token (position {key}, weight {weight:.2f})"
+    if kl is not None:
+        why += f", and switched off it moves the next token by KL {kl:.2f}"
     return Showcase(layer, head, why)

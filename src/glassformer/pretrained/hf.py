@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import read_json, read_safetensors
 from ..config import GlassformerError, ModelConfig
+from ..files import read_json, read_safetensors
 from ..tokenizer import HFTokenizer, load_tokenizer
 from . import bert, gpt2, llama
 
@@ -94,9 +94,13 @@ def read_torch_bin(file: Path) -> dict[str, torch.Tensor]:
     containers are rebuilt, and any other object is refused before it is created."""
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, OSError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise GlassformerError(f"refused {file}: it is not a plain file of tensors ({first[:160]})") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, OSError):
+        # torch's own message advises weights_only=False, the very thing we refuse to do
+        raise GlassformerError(
+            f"refused {file}: it is not a file of tensors as torch.save writes them (it is a plain pickle, "
+            "holds other objects, or is damaged), and reading it any further could run code hidden in it; "
+            "convert it to model.safetensors with a tool you trust"
+        ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise GlassformerError(f"refused {file}: it does not hold a dictionary of tensors")
     return state

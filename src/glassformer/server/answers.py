@@ -11,9 +11,10 @@ import torch
 from .. import sampling
 from ..config import GlassformerError
 from ..inputs import encode_batch, token_texts, unknown_note, unknown_pieces, vocabulary
-from ..inspect import heads, lens
+from ..inspect import heads, lens, readings
 from ..inspect.explain import Analysis, HeadWalk
 from ..viz.page import rounded
+from .limits import THUMB, window
 
 
 def to_json(data: dict) -> bytes:
@@ -32,14 +33,33 @@ def to_json(data: dict) -> bytes:
 
 
 def analysis(a: Analysis) -> dict:
+    """Tokens and every head's pattern as a thumbnail: the whole pattern up to THUMB
+    tokens, pooled to THUMB × THUMB beyond (`thumbnail_tokens`: tokens per pixel)."""
+    T = a.patterns.shape[-1]
     return {
         "tokens": a.tokens,
         "ids": a.ids,
         "decoder": a.causal,
         "n_layers": a.patterns.shape[0],
         "n_heads": a.patterns.shape[1],
-        "patterns": packed(a.patterns),
+        "patterns": packed(thumbnails(a.patterns)),
+        "thumbnail_tokens": T / min(T, THUMB),
     }
+
+
+def thumbnails(patterns: torch.Tensor, side: int = THUMB) -> torch.Tensor:
+    """[..., T, T] patterns pooled to [..., side, side] when T > side: each pixel is the
+    mean over its block of queries of the weight summed over its block of keys, so a row
+    still sums to 1."""
+    T = patterns.shape[-1]
+    if T <= side:
+        return patterns
+    edges = torch.linspace(0, T, side + 1).round().long()
+    block = torch.zeros(side, T, dtype=patterns.dtype)
+    for i in range(side):
+        block[i, edges[i] : edges[i + 1]] = 1
+    keys = patterns @ block.T  # [..., T, side]: weight per block of keys
+    return (block / block.sum(-1, keepdim=True)) @ keys  # [..., side, side]: mean per block of queries
 
 
 def packed(weights: torch.Tensor) -> dict:
@@ -66,8 +86,14 @@ def next_tokens(
     model, logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None, rows: int
 ) -> dict:
     """The `rows` likeliest tokens by logit (the same rows at every setting, so a cut shows
-    as a row falling to 0), their probabilities under these settings, and one sample."""
+    as a row falling to 0), their probabilities under these settings, and one sample.
+    `cut`: tokens top-k/top-p set to 0; `underflow`: tokens whose probability at this
+    temperature is too small for float32 and is 0 without any cut (T = 0.1 on a 49152-token
+    vocabulary leaves a few hundred above 0)."""
     probs = sampling.probabilities(logits, temperature, top_k, top_p)
+    uncut = sampling.probabilities(logits, temperature) if temperature > 0 else None
+    underflow = int((uncut == 0).sum()) if uncut is not None else 0
+    cut = int(((probs == 0) & (uncut > 0)).sum()) if uncut is not None else 0
     order = logits.float().topk(min(rows, logits.numel())).indices.tolist()
     sample = int(sampling.draw(probs[None], greedy=temperature == 0)[0])
     texts = token_texts(model, [*order, sample])
@@ -76,6 +102,8 @@ def next_tokens(
         "top_k": top_k,
         "top_p": top_p,
         "kept": int((probs > 0).sum()),
+        "cut": cut,
+        "underflow": underflow,
         "vocab_size": int(probs.numel()),
         "next": [
             {"token": t, "id": i, "prob": round(float(probs[i]), 6), "logit": round(float(logits[i]), 4)}
@@ -85,9 +113,15 @@ def next_tokens(
     }
 
 
-def head_walk(walk: HeadWalk) -> dict:
-    """One head for every token: the step-by-step tensors the page's story reads a query from."""
+def head_walk(walk: HeadWalk, focus: int, model=None) -> dict:
+    """One head for every token: the step-by-step tensors the page's story reads a query
+    from, and (given the model) what `explain` says beside them, for every query. The
+    grids (dots, mask, pattern) hold the rows of the WINDOW queries around `focus`, rows[0]
+    to rows[1] − 1, each over every key: all of them on a short text."""
+    start, stop = window(len(walk.tokens), focus)
+    rows = slice(start, stop)
     return {
+        **(head_notes(model, walk, range(start, stop)) if model is not None else {}),
         "layer": walk.layer,
         "head": walk.head,
         "kv_head": walk.kv_head,
@@ -98,10 +132,13 @@ def head_walk(walk: HeadWalk) -> dict:
         "q": rounded(walk.Q.tensor),
         "k": rounded(walk.K.tensor),
         "v": rounded(walk.V.tensor),
-        "dots": rounded(walk.dots.tensor),  # before the mask: what each query and key make of each other
-        "mask": torch.isinf(walk.mask.tensor).tolist(),  # True: −∞, the key comes after the query
-        "pattern": rounded(walk.pattern.tensor),
-        "e_norm": rounded(walk.E.tensor.norm(dim=-1)),  # the vector the head reads (normed first in pre-norm models)
+        "focus": focus,
+        "rows": [start, stop],
+        "dots": rounded(walk.dots.tensor[rows]),  # before the mask: what each query and key make of each other
+        "mask": torch.isinf(walk.mask.tensor[rows]).tolist(),  # True: −∞, the key comes after the query
+        "pattern": rounded(walk.pattern.tensor[rows]),
+        # |norm(E)|: what W_Q, W_K, W_V read (pre-norm models); post-norm models read E itself
+        "e_norm": rounded((walk.normed or walk.E).tensor.norm(dim=-1)),
         # the residual stream ΔE is added to: the length ΔE is measured against
         "stream_norm": rounded(walk.stream.norm(dim=-1)),
         "delta_e_norm": rounded(walk.dE.tensor.norm(dim=-1)),
@@ -110,6 +147,27 @@ def head_walk(walk: HeadWalk) -> dict:
             for s in walk.steps
         ],
     }
+
+
+def head_notes(model, walk: HeadWalk, queries: range) -> dict:
+    """The sentences `explain` prints, the same words, for the story to show: what the
+    detectors say (once), and for each of `queries` (the window the grids hold; null for
+    the others) its sink and negative-score notes and what its ΔE does (against E, through
+    W_U, along each adjective's value). A head whose numbers overflowed gets no notes."""
+    if not bool(torch.isfinite(walk.dE.tensor).all()):
+        return {}
+    per_query: list[dict | None] = [None] * len(walk.tokens)
+    for r in readings.read_deltas(model, walk, list(queries)):
+        q = r.query
+        per_query[q] = {
+            "sink": readings.sink_note(walk, q),
+            "scores": readings.scores_note(walk, q),
+            "delta": r.sentences(walk.tokens[q]),
+            "up": [[t, round(v, 4)] for t, v in r.up],
+            "down": [[t, round(v, 4)] for t, v in r.down],
+            "cosines": [[p, w, round(c, 4)] for p, w, c in r.cosines],
+        }
+    return {"detectors": readings.detector_note(walk), "normed": walk.normed is not None, "per_query": per_query}
 
 
 def mlp_step(model, text: str, position: int, k: int) -> dict:
@@ -123,7 +181,10 @@ def mlp_step(model, text: str, position: int, k: int) -> dict:
     for layer, index, activation in lens.top_neurons(model, ids, position, k):
         pushes = None
         if model.config.causal:
-            pushes = [{"token": t, "score": round(s, 4)} for t, s in lens.neuron_tokens(model, layer, index, 5)]
+            pushes = [
+                {"token": t, "score": round(s, 4)}
+                for t, s in lens.neuron_tokens(model, layer, index, 5, sign=activation)
+            ]
         neurons.append({"layer": layer, "neuron": index, "activation": round(activation, 4), "pushes": pushes})
     return {
         "position": position,
@@ -149,4 +210,126 @@ def detection(found: heads.Detection) -> dict:
         },
         "skipped": dict(found.skipped),
         "summary": found.summary(),
+        # [layer][head] mean KL on the next token with the head's z at zero; null where not measured
+        "switch_off": None
+        if found.switch_off is None
+        else [[None if v != v else round(v, 6) for v in row] for row in found.switch_off.tolist()],
+        "switch_off_on": found.switch_off_on,
     }
+
+
+# --- the laboratory: switch off, patch, read weights ------------------------------------------
+def ablation(model, name: str, text: str, heads_off, mlps_off, mode: str, position: int | None, rows: int) -> dict:
+    """The next-token distribution before and after switching heads and MLPs off, which
+    later heads' patterns moved, and the Python lines that do the same."""
+    from ..inspect import edit
+
+    edit.need_decoder(model, "switching heads off and reading the next token")
+    ids = encode_batch(model, text)
+    T = ids.shape[1]
+    if position is not None and not 0 <= position < T:
+        raise GlassformerError(f"position {position} is out of range: the text has tokens 0..{T - 1}")
+    if not heads_off and not mlps_off:
+        raise GlassformerError("say what to switch off: heads [[layer, head], ...] or mlps [[layer, neuron|null], ...]")
+    reference = ids if mode == "mean" else None
+    edits = [edit.ablate_head(model, L, H, mode=mode, reference=reference) for L, H in heads_off]
+    edits += [edit.ablate_mlp(model, L, n, mode=mode, reference=reference) for L, n in mlps_off]
+    where = -1 if position is None else position
+    result = edit.compare_next_token(model, ids, edit.combine(*edits), position=where, k=rows)
+    moved = edit.pattern_change(model, ids, edit.combine(*edits))
+    names = token_texts(model, [i for i, _ in result.before] + [i for i, _ in result.after] + [result.top])
+
+    def listed(pairs, texts):
+        return [{"token": t, "id": i, "prob": round(p, 6)} for t, (i, p) in zip(texts, pairs)]
+
+    return {
+        "position": result.position,
+        "before": listed(result.before, names[:rows]),
+        "after": listed(result.after, names[rows:-1]),
+        "kl": round(result.kl, 6),
+        "top": {"token": names[-1], "id": result.top, "before": result.top_before, "after": result.top_after},
+        # [layer, head, largest change of any weight]: the heads whose pattern moved by more than 0.01
+        "changed": [[L, H, round(float(v), 4)] for (L, H), v in _nonzero(moved, 0.01)],
+        "python": ablation_python(name, heads_off, mlps_off, mode, text, where),
+    }
+
+
+def _nonzero(table: torch.Tensor, floor: float):
+    return [((int(i), int(j)), table[i, j]) for i, j in (table > floor).nonzero().tolist()]
+
+
+def ablation_python(name: str, heads_off, mlps_off, mode: str, text: str, position: int) -> str:
+    """The few lines of Python that do what the page just did."""
+    calls = [f"ablate_head(model, {L}, {H}{', mode=m, reference=ids' if mode == 'mean' else ''})" for L, H in heads_off]
+    calls += [
+        f"ablate_mlp(model, {L}{'' if n is None else f', {n}'}{', mode=m, reference=ids' if mode == 'mean' else ''})"
+        for L, n in mlps_off
+    ]
+    lines = [
+        "import glassformer as gf",
+        "from glassformer.inputs import encode_batch",
+        "from glassformer.inspect.edit import ablate_head, ablate_mlp, combine, compare_next_token",
+        "",
+        f"model = gf.load({name!r})",
+        f"ids = encode_batch(model, {text!r})",
+        *([f"m = {mode!r}"] if mode == "mean" else []),
+        f"r = compare_next_token(model, ids, combine({', '.join(calls)}), position={position})",
+        "print(model.tokenizer.token_texts([r.top]), r.top_before, '->', r.top_after, 'KL', r.kl)",
+    ]
+    return "\n".join(lines)
+
+
+def patching(model, clean: str, corrupt: str, answer: str | None, wrong: str | None) -> dict:
+    """Head-by-head patching from the clean text into the corrupted one: the share of the
+    logit difference each head's z brings back, [layer][head]."""
+    from ..inputs import single_token
+    from ..inspect import edit
+
+    edit.need_decoder(model, "patching")
+    clean_ids, corrupt_ids = encode_batch(model, clean), encode_batch(model, corrupt)
+    if clean_ids.shape != corrupt_ids.shape:
+        raise GlassformerError(
+            f"the clean text is {clean_ids.shape[1]} tokens and the corrupted one {corrupt_ids.shape[1]}; "
+            "patching goes position by position, so give texts of the same token count"
+        )
+    with torch.inference_mode():
+        a = single_token(model, answer, "answer") if answer else int(model(clean_ids, last_only=True)[0, -1].argmax())
+        w = (
+            single_token(model, wrong, "wrong token")
+            if wrong
+            else int(model(corrupt_ids, last_only=True)[0, -1].argmax())
+        )
+    if a == w:
+        raise GlassformerError("the answer and the wrong token are the same token; give answer and wrong")
+    found = edit.patch_heads(model, clean_ids, corrupt_ids, a, w)
+    texts = token_texts(model, [a, w])
+    return {
+        "answer": {"token": texts[0], "id": a},
+        "wrong": {"token": texts[1], "id": w},
+        "clean_diff": round(found.clean_diff, 4),
+        "corrupt_diff": round(found.corrupt_diff, 4),
+        "restored": rounded(found.restored, 4),
+    }
+
+
+def circuit(model, layer: int, head: int, k: int, token_ids: list[int], whole: bool) -> dict:
+    """One head's QK and OV circuits from its weights: the top pairs, the asked tokens'
+    best partners, what the reading leaves out (and the whole grids, if asked and small)."""
+    from ..inputs import check_layer_head
+    from ..inspect import circuit as circuits
+
+    check_layer_head(model, layer, head)
+    V = model.config.vocab_size
+    bad = [i for i in token_ids if not 0 <= i < V]
+    if bad:
+        raise GlassformerError(f"token id {bad[0]} is out of range: this model's ids are 0..{V - 1}")
+    if whole and V > circuits.SMALL_VOCAB:
+        raise GlassformerError(
+            f"the whole grids are for vocabularies of at most {circuits.SMALL_VOCAB} tokens, not {V}"
+        )
+    found = circuits.read_circuits(model, layer, head, k=k, whole=False)
+    value = circuits.circuit_json(model, found, token_ids, circuits.by_token(model, layer, head, token_ids, k))
+    if whole:
+        full = circuits.read_circuits(model, layer, head)
+        value["whole"] = circuits.circuit_json(model, full, [], {})
+    return value

@@ -14,7 +14,9 @@ Where things live:
     replies.py   exceptions -> 4xx/503 JSON refusals
     slots.py     the models (loaded on first use), their lanes, background jobs
     lanes.py     one thread per model; the shadow model the background work runs on
+    limits.py    how long a text may be (layers × heads × tokens²), grid windows, thumbnails
     guard.py     the front door: Host check, body limits, security headers
+    connections.py  uvicorn's HTTP/1.1 with bounds on connections; its refusals in JSON
     static.py    where the page lives: the package's viz/static/ (explorer.html, .js, .css)
     serving.py   the socket and uvicorn, with the explorer's limits
 
@@ -22,7 +24,7 @@ No request can name a file: `model` must be one of the registered names (anythin
 a 404 and loads nothing), and static files come only from the package's own folder. Every
 request passes `guard.Guard` (Host check against DNS rebinding, body limits, security
 headers); every refusal is a 4xx with a JSON body {"detail": "one line"}, but for a busy
-model: 503 with Retry-After, by design.
+model (503 with Retry-After: 1, by design: its queue is short) and a stopping server (503).
 
 Forward passes run in one lane per model (`lanes.Lane`: one at a time per model, a short
 queue, never on the event loop). Head detectors and the showcase head are slow, so they

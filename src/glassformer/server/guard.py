@@ -10,8 +10,10 @@
 - every answer carries a Content-Security-Policy (scripts only from this server, no
   inline script, no framing), nosniff, X-Frame-Options and no-referrer.
 
-`guarded_h11(header_timeout)` is uvicorn's HTTP/1.1 protocol with a deadline for the
-request line and headers; uvicorn's keep-alive timer restarts on every byte received.
+`connections.guarded_h11(header_timeout, max_connections, per_client)` is uvicorn's
+HTTP/1.1 protocol with a deadline for the request line and headers (uvicorn's keep-alive timer restarts on
+every byte received), bounds on connections that close idle ones first, and refusals of
+its own (400, 503) in JSON with the headers above.
 """
 
 from __future__ import annotations
@@ -147,6 +149,11 @@ class Guard:
 
         try:
             await self.app(scope, replay, send_secured)
+        except asyncio.CancelledError:
+            # the server stopped before this request's work ended (after its grace period):
+            # answered in JSON with our headers, not with uvicorn's 500 and a traceback
+            if not started:
+                await self.refuse(send_secured, 503, "the server is stopping; this request was not answered")
         except Exception:
             # a bug, not a bad request: logged, and answered in JSON with the headers above
             log.exception("error answering %s %s", scope.get("method"), scope.get("path"))
@@ -175,40 +182,9 @@ class Guard:
         await send({"type": "http.response.body", "body": body})
 
 
-def guarded_h11(header_timeout: float):
-    """uvicorn's h11 protocol class, closing a connection that has not sent a complete
-    request head within `header_timeout` s of opening or of its last answer."""
-    import h11
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    class GuardedH11(H11Protocol):
-        _deadline: asyncio.TimerHandle | None = None
-
-        def connection_made(self, transport) -> None:
-            super().connection_made(transport)
-            self._arm()
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            self._arm()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-
-        def _arm(self) -> None:
-            self._disarm()
-            if not self.transport.is_closing():
-                self._deadline = self.loop.call_later(header_timeout, self._expire)
-
-        def _disarm(self) -> None:
-            if self._deadline is not None:
-                self._deadline.cancel()
-                self._deadline = None
-
-        def _expire(self) -> None:
-            between_requests = self.cycle is None or self.cycle.response_complete
-            if between_requests and self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-                self.transport.close()
-
-    return GuardedH11
+def refusal_message(status: int, detail: str, extra=()) -> tuple[dict, dict]:
+    """A refusal as the two ASGI messages, with every security header: for answers written
+    outside the app (the connection limits below), which Guard never sees."""
+    headers, body = json_body(status, detail)
+    start = {"type": "http.response.start", "status": status, "headers": [*headers, *extra, *SECURITY_HEADERS]}
+    return start, {"type": "http.response.body", "body": body}

@@ -5,8 +5,10 @@
     GlassformerError   422  a user's mistake, in the project's own words
     RequestValidation  422  a body or query that does not fit schemas.py (named, never echoed)
     UnknownModel       404  a model this server was not started with
+    TooLong            413  a text over limits.MAX_WEIGHTS on this model (the line says its limit)
     LoadFailed         503  a registered model whose files are missing or broken
     Busy               503  + Retry-After: 1, the model's queue is full (by design: try again)
+    Stopping           503  the server is shutting down
     HTTPException      its own status
 """
 
@@ -20,7 +22,8 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
 from ..config import GlassformerError
-from .lanes import Busy
+from .lanes import Busy, Stopping
+from .limits import TooLong
 from .slots import LoadFailed, UnknownModel
 
 
@@ -77,6 +80,14 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(UnknownModel)
     async def unknown_model(_request: Request, exc: UnknownModel) -> Response:
         return refusal(404, str(exc))
+
+    @app.exception_handler(TooLong)
+    async def too_long(_request: Request, exc: TooLong) -> Response:
+        return refusal(413, str(exc))
+
+    @app.exception_handler(Stopping)
+    async def stopping(_request: Request, exc: Stopping) -> Response:
+        return refusal(503, "the server is stopping; this request was not answered", {"connection": "close"})
 
     @app.exception_handler(LoadFailed)
     async def load_failed(_request: Request, exc: LoadFailed) -> Response:

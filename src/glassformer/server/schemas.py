@@ -12,6 +12,8 @@ Imported only by the app (pydantic comes with FastAPI, the `serve` extra).
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import sampling
@@ -52,6 +54,12 @@ class AnalyzeRequest(SamplingRequest):
 class HeadRequest(TextRequest):
     layer: int = Field(0, ge=0, le=MAX_INDEX)
     head: int = Field(0, ge=0, le=MAX_INDEX)
+    query: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_INDEX,
+        description="the query the grids' window of rows is centred on (none: the one a first look follows)",
+    )
 
 
 class MLPRequest(TextRequest):
@@ -63,6 +71,46 @@ def settings(req: SamplingRequest) -> dict:
     """The sampling settings as keyword arguments for answers.next_tokens, once judged."""
     sampling.check(req.temperature, req.top_k, req.top_p)  # the one place settings are judged
     return {"temperature": req.temperature, "top_k": req.top_k, "top_p": req.top_p, "rows": req.rows}
+
+
+# --- the laboratory: switch off, patch, read weights ------------------------------------------
+Pair = Annotated[list[int], Field(min_length=2, max_length=2)]
+
+
+class AblateRequest(TextRequest):
+    """Heads and MLPs to switch off, and where to read the next token."""
+
+    heads: list[Pair] = Field(default_factory=list, max_length=1000, description="[layer, head] pairs to switch off")
+    mlps: list[int] = Field(default_factory=list, max_length=1000, description="layers whose whole MLP to switch off")
+    neurons: list[Pair] = Field(
+        default_factory=list, max_length=1000, description="[layer, neuron] pairs: single MLP neurons to switch off"
+    )
+    mode: str = Field("zero", pattern="^(zero|mean)$", description="zero, or mean over this text's positions")
+    position: int | None = Field(None, ge=0, le=MAX_INDEX, description="where the next token is read (default: last)")
+    rows: int = Field(8, ge=1, le=100, description="how many of the likeliest tokens to list, before and after")
+
+
+class PatchRequest(Strict):
+    """Two texts of the same token count, and optionally the tokens whose logits to compare."""
+
+    model: str = Field(description="one of the names /api/models lists", max_length=200, examples=["lesson:adjectives"])
+    clean: str = Field(description="the text the model gets right", max_length=MAX_TEXT)
+    corrupt: str = Field(description="the corrupted text, same token count", max_length=MAX_TEXT)
+    answer: str | None = Field(None, max_length=200, description="one token (default: the clean run's top token)")
+    wrong: str | None = Field(None, max_length=200, description="one token (default: the corrupted run's top token)")
+
+
+class CircuitRequest(Strict):
+    """One head, read from its weights alone."""
+
+    model: str = Field(description="one of the names /api/models lists", max_length=200, examples=["lesson:adjectives"])
+    layer: int = Field(0, ge=0, le=MAX_INDEX)
+    head: int = Field(0, ge=0, le=MAX_INDEX)
+    k: int = Field(12, ge=1, le=200, description="how many top pairs of each circuit")
+    token_ids: list[int] = Field(
+        default_factory=list, max_length=20, description="token ids whose best keys and outputs to list"
+    )
+    whole: bool = Field(False, description="the whole grids too (vocabularies of at most 1000 tokens)")
 
 
 # --- chapters 5 and 7: the embeddings card and the superposition card ---------------------------

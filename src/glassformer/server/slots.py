@@ -5,8 +5,10 @@
 - `Registry`: the fixed set of slots a server was started with; nothing else can be named.
 - `Background`: slow jobs (head detectors, the showcase head), each started once.
 - `Explorer`: what the routes reach through `routes.common.Ex`: the registry, the
-  learner's traffic and the background jobs, and `answer(name, fn)`, which runs
-  fn(model) in the model's lane and writes its JSON there too.
+  learner's traffic and the background jobs, and `answer(name, fn, text)`, which checks
+  the text against `limits`, runs fn(model) in the model's lane and writes its JSON there.
+  `stop()` (the server is shutting down) answers every waiting request with Stopping
+  (503) and stops running forward passes at their next block.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import functools
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,8 +28,8 @@ import torch
 from .. import lessons
 from ..config import GlassformerError
 from ..inputs import EXAMPLE, encode_batch
-from ..inspect import heads
-from . import answers
+from ..inspect import detector_cache, heads
+from . import answers, limits
 from .lanes import Lane, Traffic, shadow
 
 log = logging.getLogger(__name__)
@@ -51,6 +54,7 @@ class ModelSlot:
     lane: Lane = field(init=False)  # the learner's requests
     background: Lane = field(init=False)  # detectors and the showcase head, on the shadow
     shadow_model: Any = None  # same weights, own hook points: for the background lane
+    learner_model: Any = None  # same weights, stops at its next block when the server stops
     showcases: dict[str, dict] = field(default_factory=dict)  # text -> {layer, head, why, questions}
     showcase_any: dict | None = None  # when the showcase does not depend on the text
     detection: dict | None = None
@@ -71,6 +75,14 @@ class ModelSlot:
             if self.shadow_model is None:
                 self.shadow_model = shadow(self.get(), traffic)
             return self.shadow_model
+
+    def get_learner(self, traffic: Traffic):
+        """The model as the learner's requests run it: a shadow that never waits, but stops
+        at its next block once the server stops (the model itself carries no hook)."""
+        with self.lock:
+            if self.learner_model is None:
+                self.learner_model = shadow(self.get(), traffic, give_way=False)
+            return self.learner_model
 
     def showcase_for(self, text: str) -> dict | None:
         with self.lock:
@@ -110,13 +122,13 @@ class Registry:
         return self.slots[name]
 
 
-def default_registry(names: list[str], dtype: str = "fp32") -> Registry:
+def default_registry(names: list[str], precision: str = "fp32") -> Registry:
     """Exactly the models named on the command line, loaded on first use (in `dtype`)."""
     from ..pretrained import load
 
     reg = Registry()
     for name in names:
-        reg.add(name, functools.partial(load, name, dtype=dtype))
+        reg.add(name, functools.partial(load, name, precision=precision))
     return reg
 
 
@@ -169,6 +181,9 @@ class Explorer:
         self.registry = registry
         self.background = Background()
         self.traffic = Traffic()  # the learner's forward passes: background work gives way to them
+        for slot in registry.slots.values():  # a registry served again: its lanes and shadows start afresh
+            slot.lane.stopped = slot.background.stopped = False
+            slot.learner_model = slot.shadow_model = None  # their hooks answer to this app's traffic
 
     def slot_for(self, name: str) -> ModelSlot:
         try:
@@ -177,28 +192,46 @@ class Explorer:
             names = ", ".join(self.registry.slots)
             raise UnknownModel(f"unknown model {name!r}; this server has: {names}") from None
 
-    @staticmethod
-    def loaded(slot: ModelSlot):
+    def loaded(self, slot: ModelSlot):
         try:
-            return slot.get()
+            slot.get()
         except GlassformerError as err:
             raise LoadFailed(f"model {slot.name!r} could not be loaded: {err}") from None
+        return slot.get_learner(self.traffic)
 
-    async def on_model(self, name: str, fn: Callable[[Any], Any]) -> Any:
-        """fn(model) in the model's lane, one at a time; GlassformerError becomes a 422."""
+    async def on_model(self, name: str, fn: Callable[[Any], Any], text: str | None = None) -> Any:
+        """fn(model) in the model's lane, one at a time, once `text` (when given) is found
+        within `limits` (TooLong: 413); GlassformerError becomes a 422."""
         slot = self.slot_for(name)
 
         def job():
             model = self.loaded(slot)
+            if text is not None:
+                limits.check_text(model, text)
             with self.traffic.learner():
                 return fn(model)
 
         return await slot.lane.call(job)
 
-    async def answer(self, name: str, fn: Callable[[Any], dict]) -> bytes:
+    async def answer(self, name: str, fn: Callable[[Any], dict], text: str | None) -> bytes:
         """fn(model)'s answer as JSON bytes, written out in the model's lane too: a big grid
-        of floats is never serialised on the event loop, where it would hold up every request."""
-        return await self.on_model(name, lambda model: answers.to_json(fn(model)))
+        of floats is never serialised on the event loop, where it would hold up every request.
+        `text`: the request's text, judged against `limits` before fn runs (None: no text)."""
+        return await self.on_model(name, lambda model: answers.to_json(fn(model)), text)
+
+    def stop(self) -> None:
+        """The server is shutting down (on the event loop): refuse new work, answer what
+        waits with Stopping, and stop running forward passes at their next block."""
+        self.traffic.stop()
+        for slot in self.registry.slots.values():
+            slot.lane.stop()
+            slot.background.stop()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """True once no lane runs a job (within `timeout` s in all): no thread left in torch."""
+        deadline = time.monotonic() + timeout
+        lanes = [lane for slot in self.registry.slots.values() for lane in (slot.lane, slot.background)]
+        return all(lane.wait_idle(max(0.0, deadline - time.monotonic())) for lane in lanes)
 
     def start_showcase(self, slot: ModelSlot, text: str) -> asyncio.Future:
         """Find the showcase head for `text` in the background (once), on the shadow."""
@@ -207,6 +240,7 @@ class Explorer:
             model = slot.get_shadow(self.traffic)
             found = slot.showcase_for(text)
             if found is None:
+                limits.check_text(model, text)
                 shown = heads.showcase_head(model, encode_batch(model, text))
                 found = showcase_fields(shown)
                 slot.remember_showcase(text, found, shown.per_text)
@@ -219,7 +253,7 @@ class Explorer:
 
         def detect() -> dict:
             if slot.detection is None:
-                found = answers.detection(heads.detect_all(slot.get_shadow(self.traffic)))
+                found = answers.detection(detector_cache.detect_all(slot.get_shadow(self.traffic)))
                 with slot.lock:
                     slot.detection = found
             return slot.detection

@@ -7,7 +7,18 @@ state.py    the run directory: lock, log, checkpoints, resume state
 loop.py     the loop itself
 """
 
+from typing import Any
+
 from .config import TrainConfig
-from .loop import TrainResult, resume, train
 
 __all__ = ["TrainConfig", "TrainResult", "resume", "train"]
+
+
+def __getattr__(name: str) -> Any:
+    """The loop and what it imports load only when training: every command's parser reads
+    TrainConfig's fields (train's flags), and explain or generate need nothing more."""
+    if name in ("TrainResult", "resume", "train"):
+        from . import loop
+
+        return getattr(loop, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field
 
 from ..config import PRESETS, GlassformerError, ModelConfig, preset
@@ -104,12 +105,15 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise GlassformerError(f"unknown precision {self.precision!r}; use {', '.join(PRECISIONS)}")
         spec = self.tokenizer
-        if not (spec == "char" or (spec.startswith("bpe:") and spec[4:].isdigit())):
+        digits = spec[4:] if spec.startswith("bpe:") else ""
+        # ASCII digits only: str.isdigit accepts '²⁵⁷', which int() then refuses
+        if not (spec == "char" or (digits.isascii() and digits.isdigit())):
             raise GlassformerError(f"unknown tokenizer {spec!r}; use char or bpe:VOCAB_SIZE")
-        if spec.startswith("bpe:") and not 257 <= int(spec[4:]) <= MAX_BPE_VOCAB:
+        size = int(digits) if 0 < len(digits) <= 9 else MAX_BPE_VOCAB + 1  # int() refuses 4,300+ digits
+        if digits and not 257 <= size <= MAX_BPE_VOCAB:
             raise GlassformerError(
                 f"a bpe vocabulary must hold 257 to {MAX_BPE_VOCAB:,} tokens (256 bytes and an end-of-text), "
-                f"not {int(spec[4:]):,}"
+                f"not {digits if len(digits) <= 12 else digits[:12] + '…'}"
             )
         if self.preset is not None and not preset(self.preset).causal:
             raise GlassformerError(
@@ -134,10 +138,25 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         if not isinstance(data, dict) or not set(data) <= names:
             raise GlassformerError("the saved training settings are not a TrainConfig")
+        hints = typing.get_type_hints(cls)
+        for name, value in data.items():
+            kinds = typing.get_args(hints[name]) or (hints[name],)
+            if not any(_of_kind(value, kind) for kind in kinds):
+                kind = getattr(hints[name], "__name__", str(hints[name]))  # int, or str | None
+                raise GlassformerError(f"the saved training setting {name} is {value!r:.40}, not {kind}")
         return cls(**data)
 
 
 MAX_BPE_VOCAB = 1_000_000  # the tokenizers library tries to allocate for the size asked
+
+
+def _of_kind(value, kind: type) -> bool:
+    """JSON's value has the type a field declares (bool is not an int; an int is a float)."""
+    if kind is type(None):
+        return value is None
+    if isinstance(value, bool):
+        return kind is bool
+    return isinstance(value, (int, float) if kind is float else kind)
 
 
 def _whole(name: str, value, low: int) -> None:

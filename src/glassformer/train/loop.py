@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import GlassformerError, ModelConfig
-from ..hardware import resolve_precision
+from ..hardware import resolve_device, resolve_precision
 from ..model import Transformer
 from ..params import available_memory, count_params
 from .config import MODEL_FIELDS, TrainConfig
@@ -26,6 +26,20 @@ from .devices import autocast_for, pick_device, setup_distributed
 from .state import RunDir, Saved, load_optimizer, optimizer_tensors
 
 log = logging.getLogger(__name__)
+
+
+ESTIMATE_STEPS = 5  # steps timed (after the first) before the time left is estimated
+
+
+@dataclass
+class Estimate:
+    """How long the rest of a run should take, from its first steps' pace."""
+
+    after_step: int  # the estimate was made after this step
+    steps_left: int
+    seconds_per_step: float
+    seconds_left: float  # steps and evaluations
+    evaluations: int
 
 
 @dataclass
@@ -75,11 +89,13 @@ class Trainer:
         saved: Saved | None = None,
         progress: bool = True,
         on_eval=None,
+        on_estimate=None,
     ) -> None:
         settings.check()
         self.run_dir = run
         self.progress = progress
         self.on_eval = on_eval  # called with each evaluation's record (rank 0), e.g. to print it
+        self.on_estimate = on_estimate  # called once with an Estimate of the time left (rank 0)
         self.dist = setup_distributed(settings.device)
         self.device = pick_device(settings.device, self.dist)
         # the resolved precision is what checkpoints record, so a resume trains the same way
@@ -136,7 +152,9 @@ class Trainer:
             raise GlassformerError(f"the saved weights do not match this model (missing {sorted(missing)[0]})")
         self.model.load_state_dict(weights, strict=False)
         opt = {k.removeprefix("opt."): v for k, v in saved.tensors.items() if k.startswith("opt.")}
-        load_optimizer(self.opt, opt, saved.loop["optimizer"])
+        load_optimizer(
+            self.opt, opt, saved.loop["optimizer"], where=str(self.run_dir.path / "latest" / "train_state.safetensors")
+        )
         self.batcher.set_state(saved.tensors["rng.data"])
         torch.set_rng_state(saved.tensors["rng.torch"])
         if self.device.startswith("cuda") and "rng.cuda" in saved.tensors:
@@ -215,6 +233,16 @@ class Trainer:
             self._save_latest()
         return record
 
+    def _estimate(self, per_step: float, end: int) -> Estimate:
+        """The time the rest of the run should take at `per_step` seconds a step, its
+        evaluations included (each a forward pass over the fixed validation batches, taken
+        as a third of a training step per batch: forward only, no backward or update)."""
+        s = self.settings
+        left = end - self.step
+        evals = end // s.eval_every - self.step // s.eval_every + (end == s.steps and end % s.eval_every != 0)
+        eval_seconds = evals * s.eval_batches * per_step / (3 * s.grad_accum)
+        return Estimate(self.step, left, per_step, left * per_step + eval_seconds, evals)
+
     # --- the loop ------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         from tqdm.auto import tqdm
@@ -233,7 +261,9 @@ class Trainer:
             dynamic_ncols=True,
         )
         clock, clock_tokens = time.perf_counter(), 0
+        first_step, timed = self.step, 0.0  # seconds of training steps 2.. (the first pays for warm-up)
         while self.step < end:
+            started = time.perf_counter()
             lr = s.lr_at(self.step)
             for group in self.opt.param_groups:
                 group["lr"] = lr
@@ -261,6 +291,10 @@ class Trainer:
             clock_tokens += tokens_per_step
             elapsed = time.perf_counter() - clock
             speed = clock_tokens / elapsed if elapsed > 0 else 0.0
+            if self.step > first_step + 1:
+                timed += time.perf_counter() - started
+            if self.step == first_step + 1 + ESTIMATE_STEPS and self.on_estimate is not None and self.dist.main:
+                self.on_estimate(self._estimate(timed / ESTIMATE_STEPS, end))
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{speed:,.0f}", refresh=False)
             if self.step % s.eval_every == 0 or self.step == s.steps:
@@ -278,7 +312,7 @@ class Trainer:
         return TrainResult(self.run_dir.path, self.step, self.best_val, history, s.precision)
 
 
-def train(settings: TrainConfig, *, progress: bool = True, on_eval=None) -> TrainResult:
+def train(settings: TrainConfig, *, progress: bool = True, on_eval=None, on_estimate=None) -> TrainResult:
     """Start a new run in `settings.out`, which must be empty or absent and is then held
     by this process until the run ends."""
     settings.check()
@@ -286,7 +320,7 @@ def train(settings: TrainConfig, *, progress: bool = True, on_eval=None) -> Trai
     run = RunDir(settings.out)
     if main_process():
         run.check_new()  # refused before anything is prepared or written
-    trainer = Trainer(settings, run, progress=progress, on_eval=on_eval)
+    trainer = Trainer(settings, run, progress=progress, on_eval=on_eval, on_estimate=on_estimate)
     return _run(trainer, new=True)
 
 
@@ -297,13 +331,18 @@ def resume(
     stop_at: int | None = None,
     expect: dict | None = None,
     data: str | None = None,
+    device: str | None = None,
+    compile: bool | None = None,
     progress: bool = True,
     on_eval=None,
+    on_estimate=None,
 ) -> TrainResult:
     """Continue the run in `out` exactly where its last checkpoint left it.
 
-    The run keeps its own settings; `steps` may lengthen it. `expect` (model fields) and
-    `data`, when given, must match the run, so a resume never mixes two models.
+    The run keeps its own settings; `steps` may lengthen it, `stop_at` end this process
+    early, and `device` / `compile` say where and how it runs (not what it learns).
+    Everything in `expect` (any other TrainConfig field) and `data`, when given, must
+    match the run: a resume never silently mixes two set-ups.
     """
     run = RunDir(out)
     if main_process():
@@ -311,12 +350,7 @@ def resume(
     try:
         saved = run.read_latest()
         for name, asked in (expect or {}).items():
-            have = saved.settings.preset if name == "preset" else getattr(saved.config, name, None)
-            if name in MODEL_FIELDS + ("preset",) and asked is not None and asked != have:
-                raise GlassformerError(
-                    f"{out} holds a model with {name}={have}, not {asked}; "
-                    "resume with the same shape or start a new --out"
-                )
+            _check_same(out, saved, name, asked)
         if data is not None and data != saved.settings.data:
             raise GlassformerError(f"{out} was trained on {saved.settings.data}, not {data}; resume refused")
         done = saved.loop["step"]
@@ -326,14 +360,46 @@ def resume(
         if steps is None and done >= saved.settings.steps:
             raise GlassformerError(f"{out} finished at step {done}; give --steps N (above {done}) to train it longer")
         settings = dataclasses.replace(
-            saved.settings, out=str(out), stop_at=stop_at, steps=steps or saved.settings.steps
+            saved.settings,
+            out=str(out),
+            stop_at=stop_at,
+            steps=steps or saved.settings.steps,
+            device=saved.settings.device if device is None else device,
+            compile=saved.settings.compile if compile is None else compile,
         )
-        trainer = Trainer(settings, run, saved=saved, progress=progress, on_eval=on_eval)
+        trainer = Trainer(settings, run, saved=saved, progress=progress, on_eval=on_eval, on_estimate=on_estimate)
         run.trim_log(trainer.step)
     except BaseException:
         run.release()
         raise
     return _run(trainer, new=False)
+
+
+RESUME_MAY_CHANGE = ("steps", "stop_at", "device", "compile")  # where and how long, not what is learned
+
+
+def _check_same(out: str | Path, saved: Saved, name: str, asked) -> None:
+    """Refuse a setting given with --resume that differs from the run's own."""
+    if asked is None:
+        return
+    if name in MODEL_FIELDS + ("preset",):
+        have = saved.settings.preset if name == "preset" else getattr(saved.config, name, None)
+        if asked != have:
+            raise GlassformerError(
+                f"{out} holds a model with {name}={have}, not {asked}; resume with the same shape or start a new --out"
+            )
+        return
+    have, shown = getattr(saved.settings, name), asked
+    if name == "precision":  # the run recorded what "auto" became
+        asked = resolve_precision(asked, resolve_device(saved.settings.device))
+        shown = f"{shown} ({asked} here)" if shown != asked else shown
+    if asked != have:
+        flag = "--" + name.replace("_", "-")
+        raise GlassformerError(
+            f"{flag} {shown} differs from this run's {have}: a resume continues the run as it was set up "
+            f"(only {', '.join('--' + n.replace('_', '-') for n in RESUME_MAY_CHANGE)} may change); "
+            "drop the flag, or start a new --out"
+        )
 
 
 def main_process() -> bool:

@@ -14,8 +14,10 @@ from importlib import resources
 import torch
 
 from ..config import GlassformerError
-from ..inputs import check_layer_head
-from ..inspect.explain import Analysis, analyze
+from ..inputs import check_layer_head, tokenizer_of
+from ..inspect.explain import Analysis, analyze, walk_head
+from ..inspect.heads import query_to_follow
+from ..inspect.readings import detector_note, read_delta, scores_note, sink_note
 from ..model import Transformer
 
 PAGE = """<!doctype html>
@@ -52,6 +54,7 @@ PAGE = """<!doctype html>
   </figure>
 </div>
 <p id="hover" class="hover"></p>
+<div id="reading" class="reading"></div>
 </section>
 <section class="card"><h2>every head</h2><div class="scroll"><div id="thumbs"></div></div></section>
 <section class="card" id="next-section"><h2>next token (T = 1)</h2><div id="next"></div></section>
@@ -119,7 +122,8 @@ def report_html(
     """The whole report for `text` on `model`, as one HTML string."""
     check_layer_head(model, layer, head)
     analysis = analyze(model, text, scores=True)
-    data = report_data(analysis, text, token_texts=model.tokenizer.token_texts, start=(layer, head))
+    data = report_data(analysis, text, token_texts=tokenizer_of(model).token_texts, start=(layer, head))
+    data["reading"] = head_reading(model, text, layer, head)
     return PAGE.format(
         title=html.escape(title),
         css=static_text("style.css"),
@@ -127,6 +131,17 @@ def report_html(
         grid_js=static_text("grid.js"),
         report_js=static_text("report.js"),
     )
+
+
+def head_reading(model: Transformer, text: str, layer: int, head: int) -> dict:
+    """The lines `explain` ends with, for the head the report opens on, at the query it follows."""
+    walk = walk_head(model, text, layer, head)
+    q = query_to_follow(model, walk)
+    token = walk.tokens[q]
+    lines = [f"following the query “{token}” (position {q})", detector_note(walk)]
+    lines += [n for n in (scores_note(walk, q), sink_note(walk, q)) if n]
+    lines += read_delta(model, walk, q).sentences(token)
+    return {"layer": layer, "head": head, "query": q, "lines": lines}
 
 
 class AttentionView:

@@ -9,6 +9,7 @@ the figure and the exact matrix drawn (`.data`), so tests can check what is show
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checkpoint import write_file_atomically
 from ..config import GlassformerError
+from ..files import write_file_atomically
 from ..inputs import token_texts
 from ..inspect.explain import analyze
+from ..inspect.readings import pattern_note
 from ..sampling import probabilities
 from .text import label
 
@@ -201,7 +203,9 @@ def picture(
             a.tokens,
             scores_TS=a.scores[layer, head],
             video=video,
-            title=f"{title} — layer {layer}, head {head}",
+            # what the detectors say it does, so a pattern is not read as something it is not
+            title=f"{title} — layer {layer}, head {head}\n"
+            + "\n".join(textwrap.wrap(pattern_note(a.patterns[layer, head], a.tokens), 110)),
         )
     if kind == "all":
         return all_heads_picture(a.patterns, a.tokens, video=video, title=title)

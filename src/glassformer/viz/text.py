@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import textwrap
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from ..inspect.explain import HeadWalk, Step, sharpest_query
-from ..inspect.heads import DETECTORS, STRONG, Detection
+from ..inspect.heads import DETECTORS, STRONG, Detection, strongest
 from ..inspect.lens import LensRow
+from ..inspect.readings import DeltaReading, detector_note, scores_note, sink_note
 
 MAX_ROWS = 16  # rows of a grid or a vector list shown before the rest are left out
 CELL = 6  # characters per grid cell: " +1.23" or "  0.96"
@@ -240,12 +242,14 @@ def render_walk(
     why: str | None = None,
     questions: tuple[str, str] | None = None,
     notes: list[str] | None = None,
+    reading: DeltaReading | None = None,
 ) -> str:
     """The whole walk as text. `query`: the position the summary follows (default: the
     one whose query looks most sharply at another token); `why`: why this head was
     chosen; `questions`: what this head's queries ask and its keys answer, when known (the
     adjective head's "is there an adjective in front of me?"); `notes`: lines to show
-    first (unknown words)."""
+    first (unknown words); `reading`: the head's ΔE at the query read as a direction
+    (inspect.readings.read_delta), else only its size is compared with E."""
     style = style or Style()
     T = len(walk.tokens)
     q = sharpest_query(walk) if query is None else query % T
@@ -255,6 +259,7 @@ def render_walk(
         out += wrap(visible(line), W, "  ")
     out += wrap(f"{T} tokens: " + " ".join(f"[{label(t, 12)}]" for t in walk.tokens), W)
     out += wrap(f"following the query [{label(walk.tokens[q], 12)}] (position {q}); --query picks another", W)
+    out += wrap(detector_note(walk), W)
     out += wrap(f"({VIDEO if style.video else USUAL}; {PRECISION[walk.precision]})", W) + [""]
     for step in walk.steps:
         caption = None
@@ -262,24 +267,27 @@ def render_walk(
             caption = f"this head's queries ask: “{questions[0]}”"
         elif questions and step is walk.K:
             caption = f"its keys answer: “{questions[1]}”"
+        elif step is walk.dots:
+            caption = scores_note(walk, q)
+        elif step is walk.pattern:
+            caption = sink_note(walk, q)
         out += [*render_step(step, walk, style, q, caption), ""]
-    out += summary(walk, q, style)
+    out += summary(walk, q, style, reading)
     return "\n".join(out)
 
 
-def summary(walk: HeadWalk, q: int, style: Style) -> list[str]:
-    """What the followed query attends to, and how far this head moves its embedding."""
+def summary(walk: HeadWalk, q: int, style: Style, reading: DeltaReading | None = None) -> list[str]:
+    """What the followed query attends to, and what this head's ΔE does to its stream."""
     weights = walk.pattern.tensor[q]
     top = weights.topk(min(3, weights.numel()))
     looks = ", ".join(f"{label(walk.tokens[k], 12)} {w:.2f}" for w, k in zip(top.values.tolist(), top.indices.tolist()))
-    moved = (walk.dE.tensor[q].norm() / walk.stream[q].norm().clamp(min=1e-9)).item()
-    return [
-        *wrap(f"{label(walk.tokens[q], 12)} → {looks}", style.width),
-        *wrap(
-            f"this head's ΔE moves [{label(walk.tokens[q], 12)}] by |ΔE| / |residual stream| = {moved:.2f}",
-            style.width,
-        ),
-    ]
+    if reading is None:
+        normed = walk.normed.tensor[q].norm().item() if walk.normed is not None else None
+        reading = DeltaReading(q, walk.stream[q].norm().item(), normed, walk.dE.tensor[q].norm().item())
+    out = wrap(f"{label(walk.tokens[q], 12)} → {looks}", style.width)
+    for line in reading.sentences(label(walk.tokens[q], 12)):
+        out += wrap(visible(line), style.width)
+    return out
 
 
 # --- the other commands' tables ----------------------------------------------------------------
@@ -292,6 +300,18 @@ def render_detection(found: Detection, name: str, config, on: str) -> str:
     for kind, table in found.tables.items():
         out += ["", f"{kind}: {DETECTORS[kind]}", "layer " + " ".join(f"{f'h{h}':>5}" for h in range(table.shape[1]))]
         out += [f"{layer:>5} " + " ".join(f"{v:5.2f}" for v in row) for layer, row in enumerate(table.tolist())]
+    if found.switch_off is None:
+        out += ["", f"switched off: {found.switch_off_on}"]
+    else:
+        table = found.switch_off
+        out += ["", f"switched off (z set to zero): mean KL of the next-token distribution, over {found.switch_off_on}"]
+        out += ["layer " + " ".join(f"{f'h{h}':>5}" for h in range(table.shape[1]))]
+        out += [
+            f"{layer:>5} " + " ".join("    ·" if v != v else f"{v:5.2f}" for v in row)  # NaN: not measured
+            for layer, row in enumerate(table.tolist())
+        ]
+        layer, head, kl = strongest(table.nan_to_num(-1.0))
+        out.append(f"  the head the next token needs most: layer {layer}, head {head} (KL {kl:.3f})")
     out += ["", f"the heads whose score reaches {STRONG}, strongest first:", *(f"  {line}" for line in found.summary())]
     return "\n".join(out)
 
@@ -302,6 +322,13 @@ def render_lens(rows: list[LensRow], tokens: list[str], k: int, positions: list[
     out = wrap(
         f"the residual stream read through the final norm and W_U after each layer "
         f"(top {k} next-token guesses, each token in brackets, its probability after it)",
+        80,
+    )
+    out += wrap(
+        "the embed row reads the token's own embedding before any layer has run: it is no prediction, only "
+        "the tokens whose W_U columns best match that vector once the final norm has weighted it (often the "
+        "token itself where W_U is tied to W_E, sometimes an odd one such as [<filename>] or [ strugg]); "
+        "the middle rows are the model's work in progress, and only the last row is its real guess",
         80,
     )
     for pos, tok in enumerate(tokens):
@@ -319,12 +346,18 @@ def render_lens(rows: list[LensRow], tokens: list[str], k: int, positions: list[
     return "\n".join(out)
 
 
-def render_neurons(found: list[tuple[int, int, float | None, list[str] | None]], measure: str = "activation") -> str:
-    """(layer, index, value or None, tokens it pushes up or None) per neuron; `measure`
-    names the value."""
+def render_neurons(
+    found: Sequence[tuple[int, int, float | None, list[str] | None]],
+    shares: list[float] | None = None,
+    target: str = "",
+) -> str:
+    """(layer, index, signed activation or None, tokens it pushes up given that sign, or
+    None) per neuron; `shares`: what each adds to `target`'s logit."""
     lines = []
-    for layer, index, act, pushes in found:
-        line = f"  layer {layer:>2}, neuron {index:<5}" + (f"  {measure} {act:+.2f}" if act is not None else "")
+    for n, (layer, index, act, pushes) in enumerate(found):
+        line = f"  layer {layer:>2}, neuron {index:<5}" + (f"  activation {act:+7.2f}" if act is not None else "")
+        if shares is not None:
+            line += f"  adds {shares[n]:+.2f} to [{bracketed(target, 12)}]"
         if pushes is not None:
             line += "  pushes up: " + " ".join(f"[{bracketed(t, 12)}]" for t in pushes)
         lines.append(line)

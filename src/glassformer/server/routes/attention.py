@@ -6,14 +6,15 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
+from ...config import GlassformerError
 from ...inspect import heads
 from ...inspect.explain import analyze, walk_head
 from .. import answers
 from ..replies import json_answer
 from ..schemas import AnalyzeRequest, HeadRequest, settings
-from .common import Ex
+from .common import ON_A_MODEL, Ex
 
-router = APIRouter()
+router = APIRouter(responses=ON_A_MODEL)
 
 
 @router.post("/api/analyze", summary="every layer's and head's attention pattern, and the next-token distribution")
@@ -31,7 +32,7 @@ async def analyze_text(req: AnalyzeRequest, ex: Ex) -> Response:
             out["showcase"] = slot.showcase_for(req.text)
         return out
 
-    return json_answer(await ex.answer(req.model, job))
+    return json_answer(await ex.answer(req.model, job, req.text))
 
 
 @router.post("/api/head", summary="one head step by step: Q, K, dot products, mask, pattern, V, ΔE")
@@ -39,6 +40,9 @@ async def head(req: HeadRequest, ex: Ex) -> Response:
     def job(model) -> dict:
         walk = walk_head(model, req.text, req.layer, req.head)
         follow = heads.query_to_follow(model, walk)
-        return {"model": req.model, **answers.head_walk(walk), "query": follow}
+        focus = follow if req.query is None else req.query
+        if not 0 <= focus < len(walk.tokens):
+            raise GlassformerError(f"query {focus} is out of range: the text has tokens 0..{len(walk.tokens) - 1}")
+        return {"model": req.model, **answers.head_walk(walk, focus, model), "query": follow}
 
-    return json_answer(await ex.answer(req.model, job))
+    return json_answer(await ex.answer(req.model, job, req.text))

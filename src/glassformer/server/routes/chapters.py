@@ -30,7 +30,7 @@ async def embed(req: EmbedRequest, ex: Ex) -> Response:
             return embeddings.project(model, req.expression, req.words, req.matrix).to_dict()
         return embeddings.pca(model, req.words, req.matrix).to_dict()
 
-    return json_answer(await ex.answer(req.model, job))
+    return json_answer(await ex.answer(req.model, job, None))
 
 
 @router.post("/api/superposition", summary="train the toy model of superposition (lesson:superposition) and give W")

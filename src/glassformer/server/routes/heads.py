@@ -12,9 +12,9 @@ from ...inputs import encode
 from .. import answers
 from ..replies import json_answer
 from ..schemas import TextRequest
-from .common import Ex
+from .common import ON_A_MODEL, Ex
 
-router = APIRouter()
+router = APIRouter(responses=ON_A_MODEL)
 
 
 @router.post("/api/showcase", summary="the head that best shows what the model does on this text, and why")

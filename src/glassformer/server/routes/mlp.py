@@ -8,11 +8,12 @@ from fastapi.responses import Response
 from .. import answers
 from ..replies import json_answer
 from ..schemas import MLPRequest
-from .common import Ex
+from .common import ON_A_MODEL, Ex
 
-router = APIRouter()
+router = APIRouter(responses=ON_A_MODEL)
 
 
 @router.post("/api/mlp", summary="the MLP step at one token: the neurons that fire hardest, what they push towards")
 async def mlp(req: MLPRequest, ex: Ex) -> Response:
-    return json_answer(await ex.answer(req.model, lambda m: answers.mlp_step(m, req.text, req.position, req.k)))
+    step = await ex.answer(req.model, lambda m: answers.mlp_step(m, req.text, req.position, req.k), req.text)
+    return json_answer(step)

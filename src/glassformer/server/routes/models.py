@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from .. import limits
 from .common import Ex
 
 router = APIRouter()
@@ -29,6 +30,7 @@ async def models(ex: Ex) -> list[dict]:
                 "n_layers": c.n_layers,
                 "n_heads": c.n_heads,
                 "context_length": c.context_length,
+                "max_tokens": limits.max_tokens(c),  # longer texts are refused (413)
             }
         out.append(entry)
     return out

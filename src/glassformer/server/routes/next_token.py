@@ -11,9 +11,9 @@ from ...inputs import encode_batch
 from .. import answers
 from ..replies import json_answer
 from ..schemas import SamplingRequest, settings
-from .common import Ex
+from .common import ON_A_MODEL, Ex
 
-router = APIRouter()
+router = APIRouter(responses=ON_A_MODEL)
 
 
 @router.post("/api/next", summary="the next-token distribution under temperature, top-k and top-p, and a sample")
@@ -31,4 +31,4 @@ async def next_token(req: SamplingRequest, ex: Ex) -> Response:
             slot.remember_logits(req.text, logits)
         return answers.next_tokens(model, logits, **how)
 
-    return json_answer(await ex.answer(req.model, job))
+    return json_answer(await ex.answer(req.model, job, req.text))

@@ -17,7 +17,9 @@
     video: true, // the video's orientation: keys down the side, queries across the top
     pickedHead: false, // the learner chose a head: a late showcase answer must not move it
     showcase: null,
-    seq: { analyze: 0, head: 0, next: 0, mlp: 0, detect: 0 }, // newest request of each kind
+    off: [], // [layer, head] switched off: /api/ablate compares the next token without them
+    changed: [], // [layer, head, largest weight change]: later heads whose pattern moved
+    seq: { analyze: 0, head: 0, next: 0, mlp: 0, detect: 0, ablate: 0, patch: 0, circuit: 0 }, // newest of each kind
   };
 
   async function api(path, body) {
@@ -51,6 +53,18 @@
       out.push(heads);
     }
     return out;
+  }
+
+  // /api/head sends the grids' rows (dots, mask, pattern) for a window of queries around
+  // the one followed, w.rows[0] to w.rows[1] − 1, each over every key: the row of query q
+  // is there when q is in the window (on a short text, every row is)
+  function rowOf(w, name, q) {
+    const i = q - w.rows[0];
+    return i >= 0 && i < w[name].length ? w[name][i] : null;
+  }
+
+  function inWindow(w, q) {
+    return q >= w.rows[0] && q < w.rows[1];
   }
 
   function status(text, isError) {
@@ -116,13 +130,15 @@
   // the chips light up with the selected query's weights: the sentence shows where it looks
   function markChips() {
     const w = state.walk;
-    const row = w && w.tokens.length === state.analysis.tokens.length ? w.pattern[state.query] : null;
+    const same = w && w.tokens.length === state.analysis.tokens.length;
+    const weights = same ? rowOf(w, "pattern", state.query) : null;
+    const mask = same ? rowOf(w, "mask", state.query) : null;
     for (const b of $("chips").children) {
       const i = Number(b.dataset.position);
       const on = i === state.query;
       b.classList.toggle("query", on);
       b.setAttribute("aria-pressed", String(on));
-      const v = row && !(w.mask[state.query][i]) ? row[i] : 0;
+      const v = weights && !mask[i] ? weights[i] : 0;
       b.style.background = on ? "" : Grid.weightColor(v);
       b.style.color = on ? "" : Grid.inkFor(v);
     }
@@ -163,22 +179,25 @@
     const isShowcase = s && s.questions && s.layer === w.layer && s.head === w.head;
     $("questions").hidden = !isShowcase;
     $("questions").textContent = isShowcase ? `its query asks “${s.questions[0]}”; a key answers “${s.questions[1]}”` : "";
+    $("head-does").textContent = w.detectors || "";
+    const read = w.normed ? "norm(E)" : "E"; // pre-norm models read a normed copy of the stream
 
     let qkMax = Grid.maxAbsOf([w.q[q]]);
     for (const row of w.k) qkMax = Math.max(qkMax, Grid.maxAbsOf([row]));
     const vMax = Grid.maxAbsOf(w.v);
-    $("q-label").textContent = `Q = E·W_Q for “${name}”`;
+    $("q-label").textContent = `Q = ${read}·W_Q for “${name}”`;
     $("q-strip").replaceChildren(Grid.strip(w.q[q], qkMax, `the query of “${name}”: ${w.d_head} numbers`));
     $("q-note").textContent = `${w.d_head} numbers` + (w.rotated ? ", turned by position (rotary)" : "");
 
-    const masked = w.mask[q];
-    const dots = w.dots[q];
-    // the same scale as the whole grid below (every unmasked cell), so a colour means one number
-    const dotMax = Grid.maxAbsOf(w.dots.map((row, i) => row.filter((_, k) => !w.mask[i][k])));
+    const masked = rowOf(w, "mask", q);
+    const dots = rowOf(w, "dots", q);
+    const weights = rowOf(w, "pattern", q);
+    // the same scale as the grid below (every unmasked cell sent), so a colour means one number
+    const dotMax = Grid.maxAbsOf(w.dots.map((r, i) => r.filter((_, k) => !w.mask[i][k])));
     const box = $("attend");
     box.replaceChildren();
     box.style.gridTemplateRows = `auto repeat(${n}, var(--row))`;
-    for (const h of ["query", "", "key", "K| = E·W_K", "q·k/√d", "weight", "V| = E·W_V"]) {
+    for (const h of ["query", "", "key", `K| = ${read}·W_K`, "q·k/√d", "weight", `V| = ${read}·W_V`]) {
       const [short, long] = h.split("|"); // the long part gives way on a phone
       const cell = box.appendChild(el("div", "attend-head", short));
       if (long) cell.appendChild(el("span", "long", long));
@@ -211,10 +230,10 @@
         dot.style.color = Grid.inkFor(Math.abs(dots[k]) / dotMax);
         const track = el("span", "bar-track");
         const bar = el("span", "bar weight-bar");
-        bar.style.width = `${(100 * w.pattern[q][k]).toFixed(1)}%`;
+        bar.style.width = `${(100 * weights[k]).toFixed(1)}%`;
         track.appendChild(bar);
         weight.appendChild(track);
-        weight.appendChild(el("span", "weight-value", Grid.fmt(w.pattern[q][k])));
+        weight.appendChild(el("span", "weight-value", Grid.fmt(weights[k])));
       }
       cells.push(dot, weight);
       const vs = el("div", "v-strip");
@@ -223,17 +242,31 @@
       const line = el("div", "key-row-cells");
       line.classList.add("key-row");
       line.dataset.key = k;
-      line.dataset.weight = w.pattern[q][k];
+      line.dataset.weight = weights[k];
       if (masked[k]) line.dataset.masked = "true";
       line.style.gridRow = String(row);
       for (const c of cells) line.appendChild(c);
       box.appendChild(line);
     }
     box.appendChild(lines(w, q));
+    // a long text's keys scroll in a box of their own, opened at the query's row
+    const scroller = box.parentElement;
+    scroller.classList.toggle("tall", n > 24);
+    if (n > 24) {
+      const at = box.querySelector(".q-tok.on");
+      scroller.scrollTop = at ? Math.max(0, at.offsetTop - scroller.clientHeight / 2) : 0;
+    }
 
-    const sum = w.pattern[q].reduce((x, y) => x + y, 0);
+    const sum = weights.reduce((x, y) => x + y, 0);
     const where = state.video ? `column “${name}” of the pattern grid below` : `row “${name}” of the pattern grid below`;
     $("story-sum").textContent = `the weights sum to ${sum.toFixed(3)}: this list is ${where}`;
+    const notes = $("story-notes"), said = w.per_query ? w.per_query[q] : null;
+    notes.replaceChildren();
+    for (const [id, text] of [["scores-note", said && said.scores], ["sink-note", said && said.sink]]) {
+      if (!text) continue;
+      const p = notes.appendChild(el("p", "muted small", text));
+      p.id = id;
+    }
     const legend = $("story-legend");
     legend.replaceChildren();
     const a = el("div"), b = el("div");
@@ -252,9 +285,10 @@
     const rowH = 26;
     const g = Grid.svg("svg", { viewBox: `0 0 100 ${n * rowH}`, preserveAspectRatio: "none", "aria-hidden": "true" });
     const y = (i) => (i + 0.5) * rowH;
+    const masked = rowOf(w, "mask", q), weights = rowOf(w, "pattern", q);
     for (let k = 0; k < n; k++) {
-      if (w.mask[q][k]) continue;
-      const v = w.pattern[q][k];
+      if (masked[k]) continue;
+      const v = weights[k];
       const line = Grid.svg("line", {
         x1: 0, y1: y(q), x2: 100, y2: y(k),
         stroke: Grid.weightColor(1),
@@ -273,41 +307,51 @@
   function drawDelta() {
     const w = state.walk, q = state.query;
     const z = new Array(w.d_head).fill(0);
-    w.pattern[q].forEach((p, k) => w.v[k].forEach((v, i) => { z[i] += p * v; }));
+    rowOf(w, "pattern", q).forEach((p, k) => w.v[k].forEach((v, i) => { z[i] += p * v; }));
     $("z-strip").replaceChildren(Grid.strip(z, Grid.maxAbsOf(w.v), "the weighted sum of the values"));
-    // ΔE is added to the residual stream, so that is what its length is measured against
-    // (in a pre-norm model the head read a normalised copy of it: the E of the story above)
-    const e = w.stream_norm[q], d = w.delta_e_norm[q];
-    const top = Math.max(e, d, 1e-9);
+    // ΔE is added to the residual stream E, so that is what its length is measured against;
+    // a pre-norm head read norm(E), a rescaled copy of E: shown as its own, named bar
+    const e = w.stream_norm[q], d = w.delta_e_norm[q], r = w.e_norm[q];
     const name = shown(w.tokens[q]);
-    Grid.bars($("delta"), [
-      { token: `|E| “${name}”`, prob: e / top, label: e.toFixed(2) },
-      { token: "|ΔE| this head", prob: d / top, label: d.toFixed(2) },
-    ]);
-    const p = $("delta").appendChild(el("p", "muted small",
-      `this head adds a vector ${(100 * d / Math.max(e, 1e-9)).toFixed(1)}% as long as “${name}”'s vector ` +
-      "in the residual stream (E ← E + ΣΔE over every head of the layer)"));
-    p.id = "delta-note";
-    const e0 = w.steps.find((st) => st.symbol === "E");
-    if (e0) $("delta").appendChild(el("p", "muted small", `the E this head read: ${e0.meaning}`));
+    const bars = [
+      { token: "|E| stream", prob: 0, label: e.toFixed(2) },
+      { token: "|ΔE| this head", prob: 0, label: d.toFixed(2) },
+    ];
+    if (w.normed) bars.push({ token: "|norm(E)| read", prob: 0, label: r.toFixed(2) });
+    const top = Math.max(1e-9, e, d, w.normed ? r : 0);
+    for (const [i, v] of [e, d, r].entries()) if (bars[i]) bars[i].prob = v / top;
+    Grid.bars($("delta"), bars);
+    const said = w.per_query && w.per_query[q] ? w.per_query[q].delta : [
+      `|ΔE| = ${d.toFixed(2)} is added to the residual stream E of “${name}”, |E| = ${e.toFixed(2)}: ` +
+      `${(d / Math.max(e, 1e-9)).toFixed(2)} of its length`];
+    said.forEach((line, i) => {
+      const p = $("delta").appendChild(el("p", "muted small", line));
+      if (i === 0) p.id = "delta-note";
+    });
     const dMax = Math.max(1e-9, ...w.delta_e_norm);
     Grid.bars($("delta-all"), w.tokens.map((tok, t) => ({
       token: tok, prob: w.delta_e_norm[t] / dMax,
-      label: `${w.delta_e_norm[t].toFixed(2)} / ${w.stream_norm[t].toFixed(1)}`,
+      label: `|ΔE| ${w.delta_e_norm[t].toFixed(2)} / |E| ${w.stream_norm[t].toFixed(1)}`,
     })));
   }
 
   // --- 5: the grids --------------------------------------------------------------------------
+  // a long text's grids show the window of tokens the server sent rows for (queries and
+  // keys alike), around the query; picking a token outside it moves the window there
   function drawGrids() {
     const w = state.walk, n = w.tokens.length;
-    Grid.fitCells([$("scores"), $("grid")], n);
-    const masked = w.dots.map((row, q) => row.map((v, k) => (w.mask[q][k] ? null : v)));
-    const pattern = w.pattern.map((row, q) => row.map((v, k) => (w.mask[q][k] ? null : v)));
+    const [start, stop] = w.rows;
+    const keys = (r) => r.slice(start, stop);
+    Grid.fitCells([$("scores"), $("grid")], stop - start);
+    const masked = w.dots.map((r, i) => keys(r.map((v, k) => (w.mask[i][k] ? null : v))));
+    const pattern = w.pattern.map((r, i) => keys(r.map((v, k) => (w.mask[i][k] ? null : v))));
     const common = {
-      tokens: w.tokens, pattern: w.pattern, scores: masked, video: state.video, selected: state.query,
+      tokens: w.tokens.slice(start, stop), offset: start, pattern: w.pattern.map(keys), scores: masked,
+      video: state.video, selected: state.query,
       onHover: (h) => { $("hover").textContent = Grid.hoverText(h); },
       onPick: pickQuery,
     };
+    drawWindowNote(start, stop, n);
     const scores = Grid.draw($("scores"), { ...common, values: masked, kind: "signed" });
     Grid.legend($("scores-legend"), { kind: "signed", maxAbs: Number(scores.dataset.maxAbs), masked: w.decoder });
     const grid = Grid.draw($("grid"), { ...common, values: pattern, kind: "weight" });
@@ -320,17 +364,41 @@
     clearHover(); // the old line may name a token that is gone
   }
 
+  function drawWindowNote(start, stop, n) {
+    const box = $("grid-window");
+    box.hidden = stop - start >= n;
+    box.replaceChildren();
+    if (box.hidden) return;
+    box.appendChild(el("span", "", `tokens ${start}–${stop - 1} of ${n}, around the query; `));
+    const step = Math.max(1, Math.floor((stop - start) / 2));
+    for (const [label, to, off] of [["◀ earlier", start - step, start === 0], ["later ▶", stop - 1 + step, stop === n]]) {
+      const b = el("button", "link", label);
+      b.type = "button";
+      b.disabled = off;
+      b.addEventListener("click", () => pickQuery(Math.max(0, Math.min(n - 1, to))));
+      if (box.children.length > 1) box.appendChild(el("span", "", " · "));
+      box.appendChild(b);
+    }
+    box.appendChild(el("span", "", " (moves the query), or pick any token."));
+  }
+
   function drawThumbs() {
     const a = state.analysis;
     if (!a) return;
-    Grid.thumbnails($("thumbs"), a.patterns, state.video, [state.layer, state.head], pickHead);
+    const pick = (l, h) => ($("off-mode").checked ? toggleOff(l, h) : pickHead(l, h));
+    Grid.thumbnails($("thumbs"), a.patterns, state.video, [state.layer, state.head], pick, a.thumbnail_tokens);
+    markThumbs();
   }
 
   // a new head only moves the outline: redrawing every thumbnail costs more than a forward pass
   function markThumbs() {
     for (const c of $("thumbs").querySelectorAll("canvas")) {
-      c.classList.toggle("selected", Number(c.dataset.layer) === state.layer && Number(c.dataset.head) === state.head);
+      const l = Number(c.dataset.layer), h = Number(c.dataset.head);
+      c.classList.toggle("selected", l === state.layer && h === state.head);
+      c.classList.toggle("off", isOff(l, h));
+      c.classList.toggle("changed", state.changed.some(([cl, ch]) => cl === l && ch === h));
     }
+    $("switch-off").textContent = isOff(state.layer, state.head) ? "switch this head back on" : "switch this head off";
   }
 
   function drawHead() {
@@ -344,8 +412,18 @@
   // --- 3: next token ---------------------------------------------------------------------------
   function drawNext(n) {
     Grid.bars($("next"), n.next.map((x) => ({ token: x.token, prob: x.prob })));
-    $("sample").textContent = `${n.kept} of ${n.vocab_size} tokens kept · one sample at these settings: ` +
-      `“${shown(n.sample.token)}”`;
+    // a token at probability 0 was either cut (top-k, top-p) or is too unlikely at this
+    // temperature for float32 to hold (underflow): say which, so T = 0.1 does not read as a cut
+    let kept = `${n.kept} of ${n.vocab_size} tokens have a probability above 0`;
+    if (n.temperature === 0) kept = "T = 0: all the weight on the likeliest token";
+    else {
+      if (n.cut) kept += ` · top-k/top-p cut ${n.cut}`;
+      if (n.underflow) {
+        kept += ` · ${n.underflow} more are not cut but so unlikely at T = ${n.temperature} that their ` +
+          "probability underflows to 0 in float32";
+      }
+    }
+    $("sample").textContent = `${kept} · one sample at these settings: “${shown(n.sample.token)}”`;
   }
 
   function drawNextCard() {
@@ -406,7 +484,7 @@
       row.appendChild(el("span", "bar-value", x.activation.toFixed(2)));
       if (x.pushes) {
         const pushes = el("span", "pushes");
-        pushes.appendChild(el("span", "muted", "pushes up "));
+        pushes.appendChild(el("span", "muted", "pushes up "));  // given its sign: see the note below
         for (const p of x.pushes) pushes.appendChild(el("span", "push", shown(p.token)));
         row.appendChild(pushes);
       }
@@ -414,7 +492,9 @@
     }
     const whose = `the ${m.neurons.length} neurons, of ${m.d_mlp} in each layer's MLP, that fire hardest at this token, from any layer`;
     box.appendChild(el("p", "muted small", m.decoder
-      ? `${whose}; “pushes up”: the tokens each neuron's output raises directly through W_U`
+      ? `${whose}, by the size of their signed activation; “pushes up”: the tokens each neuron's output ` +
+        "raises directly through W_U given its sign (a neuron at −2 writes its row twice, negated); " +
+        "tokens are word pieces, so “strugg” is the start of a longer word"
       : `${whose} (an encoder has no W_U to read them through)`));
   }
 
@@ -481,12 +561,127 @@
     for (const [kind, why] of Object.entries(d.skipped)) box.appendChild(el("p", "muted small", `${kind}: not scored (${why})`));
   }
 
+  // --- the laboratory: switch off, patch, read weights ---------------------------------------------
+  function isOff(l, h) {
+    return state.off.some(([ol, oh]) => ol === l && oh === h);
+  }
+
+  function toggleOff(l, h) {
+    state.off = isOff(l, h) ? state.off.filter(([ol, oh]) => ol !== l || oh !== h) : [...state.off, [l, h]];
+    runAblation();
+  }
+
+  async function runAblation() {
+    const id = ++state.seq.ablate;
+    if (!state.off.length || !state.analysis || !state.analysis.decoder) {
+      state.changed = [];
+      $("ablated").hidden = true;
+      markThumbs();
+      return;
+    }
+    markThumbs();
+    try {
+      const r = await api("/api/ablate", { model: state.model, text: state.text, heads: state.off, rows: 8 });
+      if (id === state.seq.ablate) drawAblated(r);
+    } catch (err) {
+      if (id === state.seq.ablate) status(err.message, true);
+    }
+  }
+
+  function drawAblated(r) {
+    state.changed = r.changed;
+    $("ablated").hidden = false;
+    const off = state.off.map(([l, h]) => `layer ${l} head ${h}`).join(", ");
+    $("ablated-note").textContent = `switched off: ${off} · “${shown(r.top.token)}” ${r.top.before.toFixed(3)} → ` +
+      `${r.top.after.toFixed(3)} · KL ${r.kl.toFixed(4)} nats · ${r.changed.length} later heads' patterns moved`;
+    Grid.bars($("next-before"), r.before.map((x) => ({ token: x.token, prob: x.prob })));
+    Grid.bars($("next-after"), r.after.map((x) => ({ token: x.token, prob: x.prob })));
+    $("python").textContent = r.python;
+    markThumbs();
+  }
+
+  async function runPatch() {
+    const id = ++state.seq.patch;
+    const body = { model: state.model, clean: state.text, corrupt: $("corrupt").value };
+    if ($("answer").value) body.answer = $("answer").value;
+    if ($("wrong").value) body.wrong = $("wrong").value;
+    $("patch-note").textContent = "patching every head…";
+    try {
+      const r = await api("/api/patch", body);
+      if (id === state.seq.patch) drawPatch(r);
+    } catch (err) {
+      if (id === state.seq.patch) $("patch-note").textContent = err.message;
+    }
+  }
+
+  function drawPatch(r) {
+    $("patch-note").textContent = `logit(“${shown(r.answer.token)}”) − logit(“${shown(r.wrong.token)}”): ` +
+      `${r.clean_diff.toFixed(2)} on your sentence, ${r.corrupt_diff.toFixed(2)} corrupted. ` +
+      "Rows: layers, columns: heads; each cell: the share restored by that head's output from your sentence.";
+    const table = el("table", "patch-map");
+    const head = el("tr", "");
+    head.appendChild(el("th", "", ""));
+    r.restored[0].forEach((_, h) => head.appendChild(el("th", "", `h${h}`)));
+    table.appendChild(head);
+    r.restored.forEach((row, l) => {
+      const tr = el("tr", "");
+      tr.appendChild(el("th", "", `L${l}`));
+      row.forEach((v, h) => {
+        const td = el("td", "", v.toFixed(2));
+        const a = Math.min(1, Math.abs(v));
+        td.style.background = v >= 0 ? `rgba(59,111,182,${a})` : `rgba(200,80,60,${a})`;
+        td.dataset.layer = l;
+        td.dataset.head = h;
+        td.dataset.value = v;
+        td.title = `layer ${l}, head ${h}: ${v.toFixed(3)}`;
+        td.addEventListener("click", () => pickHead(l, h));
+        tr.appendChild(td);
+      });
+      table.appendChild(tr);
+    });
+    $("patch-map").replaceChildren(table);
+  }
+
+  async function runCircuit() {
+    const id = ++state.seq.circuit;
+    const a = state.analysis;
+    const body = { model: state.model, layer: state.layer, head: state.head, k: 8 };
+    if (a && a.ids) body.token_ids = [a.ids[state.query]];
+    $("circuit").replaceChildren(el("p", "muted small", "reading the weights…"));
+    try {
+      const r = await api("/api/circuit", body);
+      if (id === state.seq.circuit) drawCircuit(r);
+    } catch (err) {
+      if (id === state.seq.circuit) $("circuit").replaceChildren(el("p", "error", err.message));
+    }
+  }
+
+  function drawCircuit(r) {
+    const box = $("circuit");
+    box.replaceChildren(el("p", "small", `layer ${r.layer}, head ${r.head}`));
+    const pairs = (title, rows) => {
+      box.appendChild(el("h3", "", title));
+      const ul = el("ul", "circuit-list");
+      for (const [a, b, v] of rows) ul.appendChild(el("li", "", `“${shown(a)}” → “${shown(b)}”  ${v.toFixed(2)}`));
+      box.appendChild(ul);
+    };
+    for (const [t, row] of Object.entries(r.qk_by_token || {})) pairs(`“${shown(t)}” as a query: its best keys`, row.map(([k, v]) => [t, k, v]));
+    for (const [t, row] of Object.entries(r.ov_by_token || {})) pairs(`attending to “${shown(t)}” pushes up`, row.map(([o, v]) => [t, o, v]));
+    pairs("QK: the best query → key pairs of the whole vocabulary", r.qk);
+    if (r.ov) pairs("OV: attended token → output token it pushes up most", r.ov);
+    box.appendChild(el("p", "muted small", "left out: " + r.leaves_out.join("; ")));
+  }
+
   // --- choosing -------------------------------------------------------------------------------
   function pickQuery(i) {
     if (!state.walk) return;
     state.autoQuery = false;
     if (i === state.query) return;
     state.query = i;
+    if (!inWindow(state.walk, i)) { // its rows are not here: ask for the window around it
+      loadHead().then(loadMLP);
+      return;
+    }
     drawStory();
     drawGrids();
     status(`${state.walk.tokens.length} tokens · layer ${state.walk.layer}, head ${state.walk.head} · ` +
@@ -534,7 +729,7 @@
     p.textContent = "looking for the head that shows this model best…";
     try {
       const s = await api("/api/showcase", { model, text });
-      if (model !== state.model) return;
+      if (model !== state.model || text !== state.text) return; // an answer for an older sentence
       if (state.pickedHead) {
         state.showcase = s;
         showcaseNote(s);
@@ -543,18 +738,20 @@
         loadHead();
       }
     } catch (err) {
-      if (model === state.model) p.hidden = true;
+      if (model === state.model && text === state.text) p.hidden = true;
     }
   }
 
   async function loadHead() {
     const id = ++state.seq.head;
-    const asked = api("/api/head", { model: state.model, text: state.text, layer: state.layer, head: state.head });
+    const query = state.autoQuery ? undefined : state.query; // none: the server picks the one to follow
+    const asked = api("/api/head", { model: state.model, text: state.text, layer: state.layer, head: state.head, query });
     markThumbs();
     try {
       const w = await asked;
       if (id !== state.seq.head) return; // a newer request is on its way
       state.walk = w;
+      if (!inWindow(w, state.query)) state.query = w.focus; // its rows must be here to draw it
       const moved = state.autoQuery && Number.isInteger(w.query) && w.query < w.tokens.length && w.query !== state.query;
       if (moved) state.query = w.query;
       drawHead();
@@ -571,9 +768,11 @@
     const model = $("model").value, text = $("text").value;
     status("running…");
     clearHover();
+    // a new sentence gets its own showcase note: the last one named the old sentence's positions
+    const newText = fresh || state.model !== model || state.text !== text;
     let a;
     try {
-      a = await api("/api/analyze", { model, text, ...sampling(), showcase: fresh });
+      a = await api("/api/analyze", { model, text, ...sampling(), showcase: newText });
     } catch (err) {
       if (id === state.seq.analyze) status(err.message, true);
       return;
@@ -589,8 +788,17 @@
       state.showcase = null;
       state.layer = 0;
       state.head = 0;
+      state.off = [];
       showcaseNote(null);
       if (a.showcase) useShowcase(a.showcase);
+    } else if (newText) {
+      state.showcase = null;
+      showcaseNote(null);
+      if (a.showcase && state.pickedHead) {
+        state.showcase = a.showcase;
+      } else if (a.showcase) {
+        useShowcase(a.showcase);
+      }
     }
     state.layer = Math.min(state.layer, a.n_layers - 1);
     state.head = Math.min(state.head, a.n_heads - 1);
@@ -604,9 +812,11 @@
     drawUnknown();
     drawNextCard();
     drawThumbs();
+    runAblation(); // the heads switched off stay off on a new sentence of the same model
     await head;
     loadMLP();
-    if (fresh && !a.showcase) findShowcase(model, text);
+    if (state.showcase) showcaseNote(state.showcase);
+    if (newText && !a.showcase) findShowcase(model, text);
     const entry = modelEntry(model);
     if (fresh && entry && entry.detectors_ready) loadDetectors();
   }
@@ -649,6 +859,10 @@
     drawThumbs();
   });
   $("detect").addEventListener("click", loadDetectors);
+  $("switch-off").addEventListener("click", () => toggleOff(state.layer, state.head));
+  $("all-on").addEventListener("click", () => { state.off = []; runAblation(); });
+  $("patch-run").addEventListener("click", runPatch);
+  $("circuit-run").addEventListener("click", runCircuit);
   let timer = null;
   for (const id of ["temperature", "top-k", "top-p"]) {
     $(id).addEventListener("input", () => { showSettings(); clearTimeout(timer); timer = setTimeout(loadNext, 60); });

@@ -79,13 +79,17 @@ const Grid = (() => {
   // stored); video=true draws keys down the side and queries across the top.
   //   values: the cell colours, null where masked; kind "weight" (0..1) or "signed"
   //   pattern, scores: for the hover line; selected: a query to outline
+  //   offset: the position of tokens[0] in the text (a window of a long one): cells,
+  //     selected and the callbacks speak in positions of the text
   //   onHover(info | null), onPick(query)
   function draw(container, opts) {
     const { tokens, values, pattern, scores, video, onHover, onPick } = opts;
+    const off = opts.offset || 0;
     const signed = opts.kind === "signed";
     container.replaceChildren();
     const n = tokens.length;
     const maxAbs = signed ? maxAbsOf(values) : 1;
+    const selected = opts.selected - off;
     const table = el("div", "grid");
     table.style.gridTemplateColumns = `max-content repeat(${n}, var(--cell))`;
     table.dataset.orientation = video ? "video" : "usual";
@@ -94,20 +98,20 @@ const Grid = (() => {
     table.appendChild(el("div", "corner", video ? "key ↓ · query →" : "query ↓ · key →"));
     for (let c = 0; c < n; c++) {
       const top = el("div", "top-label", shown(tokens[c]));
-      if (opts.selected === c && video) top.classList.add("sel");
+      if (selected === c && video) top.classList.add("sel");
       table.appendChild(top);
     }
     for (let r = 0; r < n; r++) {
       const side = el("div", "side-label", shown(tokens[r]));
-      if (opts.selected === r && !video) side.classList.add("sel");
+      if (selected === r && !video) side.classList.add("sel");
       table.appendChild(side);
       for (let c = 0; c < n; c++) {
         const [q, k] = video ? [c, r] : [r, c];
         const v = values[q][k];
         const cell = el("div", "cell");
-        cell.dataset.q = q;
-        cell.dataset.k = k;
-        if (opts.selected === q) cell.classList.add("sel");
+        cell.dataset.q = q + off;
+        cell.dataset.k = k + off;
+        if (selected === q) cell.classList.add("sel");
         if (v === null) {
           cell.classList.add("masked"); // −∞ before the softmax, weight exactly 0 after
           if (n <= 24) cell.textContent = "−∞";
@@ -128,9 +132,9 @@ const Grid = (() => {
       if (!cell || !onHover) return;
       const q = Number(cell.dataset.q), k = Number(cell.dataset.k);
       onHover({
-        query: tokens[q], key: tokens[k], q, k,
-        dot: scores ? scores[q][k] : undefined,
-        weight: pattern ? pattern[q][k] : undefined,
+        query: tokens[q - off], key: tokens[k - off], q, k,
+        dot: scores ? scores[q - off][k - off] : undefined,
+        weight: pattern ? pattern[q - off][k - off] : undefined,
       });
     });
     if (onPick) {
@@ -195,8 +199,9 @@ const Grid = (() => {
     return c;
   }
 
-  // Every head as a small canvas; click one to choose it.
-  function thumbnails(container, patterns, video, selected, onPick) {
+  // Every head as a small canvas; click one to choose it. perPixel: tokens per pixel (a
+  // long text's patterns come pooled)
+  function thumbnails(container, patterns, video, selected, onPick, perPixel) {
     container.replaceChildren();
     const L = patterns.length, H = patterns[0].length, n = patterns[0][0].length;
     const box = el("div", L * H > 64 ? "thumbs small" : "thumbs");
@@ -210,7 +215,7 @@ const Grid = (() => {
         c.width = c.height = n;
         const on = selected && selected[0] === l && selected[1] === h;
         c.className = "thumb" + (on ? " selected" : "");
-        c.title = `layer ${l}, head ${h}`;
+        c.title = `layer ${l}, head ${h}` + (perPixel > 1 ? ` (one pixel: ~${perPixel.toFixed(1)} tokens)` : "");
         c.dataset.layer = l;
         c.dataset.head = h;
         const ctx = c.getContext("2d");

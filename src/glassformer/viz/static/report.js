@@ -37,9 +37,24 @@
       Grid.legend($("scores-legend"), { kind: "signed", maxAbs: Number(table.dataset.maxAbs), masked: data.causal });
     }
     $("hover").textContent = ""; // the old line may name another head's numbers
+    drawReading();
     Grid.thumbnails($("thumbs"), data.patterns, state.video, [state.layer, state.head], (l, h) => {
       state.layer = l; state.head = h; render();
     });
+  }
+
+  // what explain ends with, for the head the report opened on: said only while that head is shown
+  function drawReading() {
+    const r = data.reading, box = $("reading");
+    box.replaceChildren();
+    if (!r) return;
+    if (r.layer !== state.layer || r.head !== state.head) {
+      const b = Grid.el("button", "link", `layer ${r.layer}, head ${r.head}`);
+      b.addEventListener("click", () => { state.layer = r.layer; state.head = r.head; render(); });
+      box.append(Grid.el("span", "muted small", "what this head's ΔE does is read for the head the report opened on: "), b);
+      return;
+    }
+    for (const line of r.lines) box.appendChild(Grid.el("p", "small", line));
   }
 
   $("flip").addEventListener("click", () => { state.video = !state.video; render(); });
