@@ -12,6 +12,9 @@
     glassformer patch CLEAN CORRUPT --model M   which heads restore the answer
     glassformer circuit --model M --layer L --head H   a head's QK and OV circuits from weights
     glassformer serve [--model M ...] [--host H] [--port P]
+    glassformer embed EXPRESSION --model M   word arithmetic on W_E; --direction, --pca
+    glassformer angles [--model M]           nearly orthogonal directions
+    glassformer superposition [...]          the toy model of superposition
 
 Each command is a pair, side by side: `NAME_arguments(parser)` declares its flags, and
 `NAME(args)`, registered by @command, runs it (its docstring is its --help description).
@@ -936,6 +939,197 @@ def circuit(args) -> int:
 
     print(render_circuit(found, lambda ids: token_texts(model, ids), args.k, asked, per_token))
     if out is not None:
+        print(f"wrote {out}")
+    return 0
+
+
+# --- chapters 5 and 7: embeddings, nearly orthogonal directions, superposition -----------------
+def embed_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "words",
+        nargs="*",
+        metavar="EXPRESSION|WORD",
+        help="an expression such as 'king - man + woman' or '0.5*walked + 0.5*swam' "
+        "(with --direction or --pca: the words to place)",
+    )
+    model_flag(p, required=True)
+    p.add_argument("-k", type=at_least(1), default=10, help="how many nearest tokens (default: 10)")
+    p.add_argument(
+        "--matrix", choices=["W_E", "W_U"], default="W_E", help="read rows of W_E (default) or W_U's columns"
+    )
+    p.add_argument("--direction", metavar="EXPRESSION", help="project the words on this direction, e.g. 'woman - man'")
+    p.add_argument("--pca", action="store_true", help="place the words in their own 2-D PCA plane")
+    p.add_argument("--out", "-o", help="also draw it: FILE.png or FILE.svg")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+@command(embed_arguments, "word arithmetic, directions and a PCA plane on a model's own embeddings")
+def embed(args) -> int:
+    """Chapter 5 on real weights: 'king - man + woman' lists the tokens nearest the result by
+    cosine (the expression's own words left out); --direction 'woman - man' WORDS places
+    words along a direction; --pca WORDS draws them in a plane. Rows are centred on the mean
+    of all rows and scaled to length 1, as word2vec's analogy test normalises them."""
+    from .inspect import embeddings
+
+    if args.direction is not None and args.pca:
+        raise GlassformerError("give --direction or --pca, not both")
+    out = picture_path(args.out)
+    if not args.words:
+        raise GlassformerError("give an expression such as 'king - man + woman' (or words for --direction/--pca)")
+    placing = args.direction is not None or args.pca
+    expression = " ".join(args.words)
+    if not placing:
+        embeddings.parse(expression)  # a syntax error costs no model load
+    elif args.direction is not None:
+        embeddings.parse(args.direction)
+    model = load_model(args)
+    text, result, picture = embed_result(args, model, expression, terminal_style().width, out is not None)
+    if picture is not None and out is not None:
+        picture.save(out)
+    if args.json:
+        print_json(result)
+    else:
+        print(text)
+        if out:
+            print(f"wrote {out}")
+    return 0
+
+
+def embed_result(args, model, expression: str, width: int, draw: bool):
+    """(terminal text, JSON value, picture or None) for the arithmetic, --direction or --pca."""
+    from .inspect import embeddings
+    from .viz import chapters
+
+    name = args.model
+    if args.direction is not None:
+        found = embeddings.project(model, args.direction, args.words, args.matrix)
+        picture = chapters.projection_picture(found, f"{name}: words along ({args.direction})") if draw else None
+        return chapters.render_projection(found, width), found.to_dict(), picture
+    if args.pca:
+        plane = embeddings.pca(model, args.words, args.matrix)
+        picture = chapters.plane_picture(plane, f"{name}: {len(args.words)} words") if draw else None
+        return chapters.render_plane(plane, width), plane.to_dict(), picture
+    sums = embeddings.arithmetic(model, expression, k=args.k, matrix=args.matrix)
+    picture = None
+    if draw:
+        plane, arrows = embeddings.analogy_plane(model, sums)
+        picture = chapters.plane_picture(plane, f"{name}: {expression} ≈ [{sums.nearest[0].text}]", arrows)
+    return chapters.render_arithmetic(sums, width), sums.to_dict(), picture
+
+
+def angles_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dims", default="3,100,576,12288", help="dimensions, with commas (default: 3,100,576,12288)")
+    p.add_argument("--vectors", type=at_least(2), default=1000, help="random directions per dimension (default: 1000)")
+    p.add_argument("--model", "-m", help="also the angles between rows of this model's W_E (e.g. smollm2)")
+    p.add_argument("--seed", type=at_least(0), default=0, help="seed for the random directions (default: 0)")
+    p.add_argument("--out", "-o", help="also draw the histograms: FILE.png or FILE.svg")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+@command(angles_arguments, "nearly orthogonal directions: angles in 3 to 12,288 dimensions")
+def angles(args) -> int:
+    """Chapter 7's claim that high dimensions hold far more nearly perpendicular directions
+    than they have dimensions: the angles between random directions at each size (and
+    between a model's own W_E rows), and how many directions fit within 89-91°."""
+    from .inspect import embeddings
+    from .viz import chapters
+
+    out = picture_path(args.out)
+    try:
+        dims = [int(d) for d in args.dims.split(",")]
+    except ValueError:
+        raise GlassformerError(f"--dims wants whole numbers with commas, e.g. 3,100,576, not {args.dims!r}") from None
+    if not 1 <= len(dims) <= 8:
+        raise GlassformerError(f"give 1 to 8 dimensions, not {len(dims)}")
+    if args.vectors > 4000:
+        raise GlassformerError(f"--vectors {args.vectors} is too many: at most 4000 (8 million pairs)")
+    rows = [embeddings.random_angles(d, args.vectors, args.seed) for d in dims]
+    if args.model:
+        args.dtype = "fp32"
+        model = load_model(args)
+        rows.append(embeddings.row_angles(model, args.model, args.vectors, args.seed))
+        rows.append(embeddings.row_angles(model, args.model, args.vectors, args.seed, centred=True))
+    fits = [(d, embeddings.random_fit(d, 1.0), embeddings.random_fit(d, 5.0), embeddings.two_bases(d)) for d in dims]
+    if out:
+        chapters.angles_picture(rows, "angles between directions (random, and a model's own W_E rows)").save(out)
+    if args.json:
+        print_json(
+            {
+                "sets": [a.summary() for a in rows],
+                "fit": [
+                    {
+                        "dims": d,
+                        "random_within_1": one,
+                        "random_within_5": five,
+                        "built": built and {"count": built[0], "within": built[1]},
+                    }
+                    for d, one, five, built in fits
+                ],
+            }
+        )
+        return 0
+    print(chapters.render_angles(rows, fits))
+    if not args.model:
+        print("(add --model smollm2 to see the angles between its own W_E rows)")
+    if out:
+        print(f"wrote {out}")
+    return 0
+
+
+def superposition_arguments(p: argparse.ArgumentParser) -> None:
+    from .lessons.superposition import SPARSITIES, Settings
+
+    d = Settings()
+    p.add_argument("--features", "-n", type=at_least(1), default=d.features, help=f"features (default: {d.features})")
+    p.add_argument("--dims", "-d", type=at_least(1), default=d.dims, help=f"dimensions (default: {d.dims})")
+    p.add_argument(
+        "--sparsity",
+        "-s",
+        default=",".join(f"{s:g}" for s in SPARSITIES),
+        help="the chance a feature is 0, or several with commas, side by side (default: 0,0.7,0.9,0.97)",
+    )
+    p.add_argument(
+        "--importance", type=finite, default=d.decay, help=f"feature i weighs DECAY^i, in (0, 1] (default: {d.decay})"
+    )
+    p.add_argument("--steps", type=at_least(1), default=d.steps, help=f"training steps (default: {d.steps})")
+    p.add_argument("--seed", type=at_least(0), default=d.seed, help=f"random seed (default: {d.seed})")
+    p.add_argument("--out", "-o", help="also draw W's columns: FILE.png or FILE.svg")
+    p.add_argument("--json", action="store_true", help="print W as [dims][features] for each sparsity, as JSON")
+
+
+@command(superposition_arguments, "the toy model of superposition: more features than dimensions")
+def superposition(args) -> int:
+    """Train ReLU(WᵀWx + b) on sparse features (Elhage et al. 2022) at a few sparsities and
+    show W's columns: dense features keep as many as there are dimensions; sparse ones fit
+    more, 5 in 2 dimensions as a pentagon."""
+    from .lessons import superposition as toy
+    from .viz import chapters
+
+    out = picture_path(args.out)
+    settings = toy.Settings(
+        features=args.features,
+        dims=args.dims,
+        sparsities=toy.parse_sparsities(args.sparsity),
+        decay=args.importance,
+        steps=args.steps,
+        seed=args.seed,
+    ).check()
+    runs = toy.train(settings, progress=sys.stderr.isatty() and not args.json)
+    if out:
+        chapters.superposition_picture(settings, runs).save(out)
+    if args.json:
+        found: dict[str, object] = {
+            "features": settings.features,
+            "dims": settings.dims,
+            "importance_decay": settings.decay,
+        }
+        found |= {"seed": settings.seed, "steps": settings.steps, "runs": [r.to_dict() for r in runs]}
+        if len(runs) == 1:
+            found["W"] = runs[0].W.tolist()  # one sparsity: its W at the top too
+        print_json(found)
+        return 0
+    print(chapters.render_superposition(settings, runs, terminal_style().width))
+    if out:
         print(f"wrote {out}")
     return 0
 

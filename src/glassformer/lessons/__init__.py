@@ -6,6 +6,8 @@ with `make lessons`).
                        follows their balance, calm against fierce (the video's example)
     lesson:induction   a random segment that reappears later can only be continued by
                        finding its earlier copy and copying what came next
+    lesson:superposition  not a transformer: the toy model of superposition (more features
+                       than dimensions), with its own trainer; `glassformer superposition`
 """
 
 from __future__ import annotations
@@ -13,15 +15,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import GlassformerError
-from . import adjectives, induction
+from . import adjectives, induction, superposition
 
 LESSONS = {"adjectives": adjectives, "induction": induction}
+TOYS = {"superposition": superposition}  # lessons that are not transformers: they have their own command
 MODELS = Path(__file__).resolve().parent / "models"
 
 
 def get(name: str):
     """The lesson module called `name` (with or without the `lesson:` prefix)."""
     short = name.removeprefix("lesson:")
+    if short in TOYS:
+        raise GlassformerError(
+            f"lesson:{short} is not a transformer: it is a toy model with its own trainer; "
+            f"run `glassformer {short}` (or open its card in the explorer)"
+        )
     try:
         return LESSONS[short]
     except KeyError:

@@ -111,3 +111,26 @@ class CircuitRequest(Strict):
         default_factory=list, max_length=20, description="token ids whose best keys and outputs to list"
     )
     whole: bool = Field(False, description="the whole grids too (vocabularies of at most 1000 tokens)")
+
+
+# --- chapters 5 and 7: the embeddings card and the superposition card ---------------------------
+class EmbedRequest(Strict):
+    """Word arithmetic ('king - man + woman'), a direction with words on it, or a PCA plane."""
+
+    model: str = Field(description="one of the names /api/models lists", max_length=200, examples=["smollm2"])
+    kind: str = Field("arithmetic", pattern="^(arithmetic|direction|pca)$", description="arithmetic, direction or pca")
+    expression: str = Field("", max_length=2000, description="arithmetic: the sum; direction: the direction")
+    words: list[str] = Field(default_factory=list, max_length=200, description="direction and pca: the words")
+    k: int = Field(10, ge=1, le=100, description="arithmetic: how many nearest tokens")
+    matrix: str = Field("W_E", pattern="^W_[EU]$", description="W_E's rows or W_U's columns")
+
+
+class SuperpositionRequest(Strict):
+    """The toy model of superposition's settings (lesson:superposition); seconds to train."""
+
+    features: int = Field(5, ge=1, le=64)
+    dims: int = Field(2, ge=1, le=32)
+    sparsities: list[float] = Field(default_factory=lambda: [0.0, 0.7, 0.9, 0.97], min_length=1, max_length=8)
+    importance: float = Field(0.9, gt=0, le=1, allow_inf_nan=False, description="feature i weighs importance^i")
+    steps: int = Field(2000, ge=1, le=5000)
+    seed: int = Field(0, ge=0, le=2**31 - 1)

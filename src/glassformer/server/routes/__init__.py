@@ -29,7 +29,7 @@ Adding a card (say, a patching map):
 
 from __future__ import annotations
 
-from . import attention, cause, heads, mlp, models, next_token, page
+from . import attention, cause, chapters, heads, mlp, models, next_token, page
 
 # in the order /docs lists them
 ROUTERS = [
@@ -40,4 +40,5 @@ ROUTERS = [
     mlp.router,
     heads.router,
     cause.router,
+    chapters.router,
 ]
