@@ -9,7 +9,6 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 DEMO_MODELS ?= --model lesson:adjectives --model smollm2 --model minilm
-LESSONS := adjectives induction
 
 .PHONY: install browser lint test test-fast test-kernels demo bench lessons clean
 
@@ -69,7 +68,7 @@ demo: $(STAMP)
 # TRAIN_DEFAULTS (fixed seeds: the same files come out again on the same machine). The
 # progress bar's estimate says how long each takes (minutes each on 2 shared cores).
 lessons: $(STAMP)
-	@for name in $(LESSONS); do \
+	@for name in $$($(BIN)/python -c 'from glassformer.lessons import LESSONS; print(*LESSONS)'); do \
 	  echo "lesson:$$name (nice -n 5: the machine stays usable)"; \
 	  rm -rf build/lessons/$$name && \
 	  nice -n 5 $(BIN)/glassformer train --data lesson:$$name --out build/lessons/$$name && \

@@ -148,3 +148,27 @@ def test_induction_model_has_a_previous_token_head_then_an_induction_head(induct
     assert prev_layer == 0 and prev >= heads.STRONG, f"previous-token head in layer {prev_layer}, {prev:.2f}"
     code, out, _ = run_cli(capsys, "heads", "--model", "lesson:induction")
     assert code == 0 and "induction head: layer 1" in out and "previous-token head: layer 0" in out
+
+
+@pytest.mark.parametrize("name", sorted(lessons.LESSONS))
+def test_a_lesson_is_one_file_that_offers_the_protocol_and_its_shipped_model(name):
+    """lessons.Lesson: what a new lesson file must define; the registry finds it, `make
+    lessons` trains it, the explorer opens on its example, heads.SHOWCASES finds its head."""
+    from glassformer.inspect.heads import SHOWCASES
+    from glassformer.server.slots import EXAMPLES
+
+    lesson = lessons.get(name)
+    assert lesson.NAME == name and lesson.EXAMPLE and lesson.WORDS
+    assert lesson.SHOWCASE in SHOWCASES
+    assert {"preset", "steps"} <= set(lesson.TRAIN_DEFAULTS)
+    assert EXAMPLES[f"lesson:{name}"] == lesson.EXAMPLE
+    assert (lessons.model_dir(name) / "model.safetensors").is_file()
+    model = gf.load(f"lesson:{name}")
+    assert lessons.spoken_by(model.tokenizer) is lesson
+    assert lessons.spoken_by(gf.load("random:lesson-tiny").tokenizer) is None
+
+
+def test_a_toy_lesson_is_found_and_refused_as_a_transformer():
+    assert "superposition" in lessons.TOYS and "superposition" not in lessons.LESSONS
+    with pytest.raises(gf.GlassformerError, match="glassformer superposition"):
+        lessons.get("lesson:superposition")

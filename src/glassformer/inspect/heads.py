@@ -16,6 +16,8 @@ import torch
 from .. import lessons
 from ..config import GlassformerError
 from ..inputs import check_layer_head, tokenizer_of
+from ..lessons import adjectives as adjectives_lesson
+from ..lessons import induction as induction_lesson
 from ..model import Transformer
 from .explain import HeadWalk, sharpest_query
 
@@ -96,7 +98,7 @@ def induction(model: Transformer, ids: torch.Tensor | None = None, *, seed: int 
 def random_repeats(model: Transformer, n_each: int = 6, lengths=(5, 9, 13, 17), seed: int = 0) -> torch.Tensor:
     """Random segments repeated at random distances, in the model's own tokens: the lesson's
     symbols for a model that reads them, otherwise ids drawn from its vocabulary."""
-    lesson = lessons.induction
+    lesson = induction_lesson
     context = min(lesson.LENGTH, model.config.context_length)
     rows = []
     g = torch.Generator().manual_seed(seed)
@@ -138,7 +140,7 @@ def adjective_scores(model: Transformer, sentences=None, *, n: int = 200, seed: 
     nouns with one or more; `far` the share on those other than the one right before it,
     over nouns with two or more; `even` as `own` with each adjective counted up to 1/k."""
     if sentences is None:
-        sentences = lessons.adjectives.sentences(n, seed)
+        sentences = adjectives_lesson.sentences(n, seed)
     L, H = model.config.n_layers, model.config.n_heads
     own, far, even = torch.zeros(L, H), torch.zeros(L, H), torch.zeros(L, H)
     n_own = n_far = 0
@@ -177,16 +179,8 @@ def strongest(scores: torch.Tensor) -> tuple[int, int, float]:
 
 
 def speaks_adjectives(model: Transformer) -> bool:
-    """True when the model's tokenizer reads the adjectives lesson one word per token."""
-    tok = model.tokenizer
-    if tok is None:
-        return False
-    example = lessons.adjectives.EXAMPLE
-    try:
-        ids = tok.encode(example)
-    except GlassformerError:  # a character vocabulary without these letters
-        return False
-    return len(ids) == len(example.split()) and _token_id(model, "[UNK]") not in ids
+    """True when the model reads the adjectives lesson one word per token."""
+    return lessons.spoken_by(model.tokenizer) is lessons.LESSONS["adjectives"]
 
 
 @dataclass
@@ -304,7 +298,7 @@ def query_to_follow(model: Transformer, walk: HeadWalk) -> int:
 
 def noun_with_most_adjectives(tokens: list[str]) -> int | None:
     """The position of the lesson noun with the most adjectives right in front of it."""
-    words = lessons.adjectives
+    words = adjectives_lesson
     best, most = None, 0
     for i, token in enumerate(tokens):
         if token in words.NOUNS:
@@ -409,7 +403,7 @@ def switch_off_texts(
 def lesson_nouns(model: Transformer, n: int = 200, seed: int = 12345, every_position: bool = False):
     """(ids [B, T] right-padded, where [B, T]): the adjectives lesson's sentences and the
     nouns that have adjectives (or, with every_position, every real token)."""
-    sentences = lessons.adjectives.sentences(n, seed)
+    sentences = adjectives_lesson.sentences(n, seed)
     rows = [tokenizer_of(model).encode(" ".join(w for w, _, _ in sent)) for sent in sentences]
     width = max(len(r) for r in rows)
     ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
@@ -443,28 +437,10 @@ def showcase_head(model: Transformer, ids: torch.Tensor) -> Showcase:
     the adjectives lesson's (nouns on their own adjectives), the induction lesson's, or
     for any other model how sharply the last token looks at one earlier token (not the
     first, where many heads park attention they have no use for)."""
-    if speaks_adjectives(model):
-        nouns, where = lesson_nouns(model)
-        owns, _, evens = adjective_scores(model)
-        layer, head, score, kl = _pick(evens, model, nouns, where)
-        own = owns[layer, head]
-        why = (
-            f"the adjective head: nouns put {own:.0%} of their attention on their own adjectives "
-            f"({score:.0%} counting each up to an equal share), and switched off it moves the word "
-            f"after the noun by KL {kl:.2f}"
-        )
-        questions = ("is there an adjective in front of me?", "I am an adjective!")
-        return Showcase(layer, head, why, questions, per_text=False)
-    if _token_id(model, f"t{lessons.induction.VOCAB - 1}") is not None:
-        probe = random_repeats(model)
-        where = induction_targets(probe).any(-1)
-        layer, head, score, kl = _pick(induction(model, probe), model, probe, where)
-        why = (
-            f"the induction head: {score:.0%} of its attention goes to what came next last time, and "
-            f"switched off it moves the next token there by KL {kl:.2f}"
-        )
-        questions = ("where was my token before?", "the token just before me was this one")
-        return Showcase(layer, head, why, questions, per_text=False)
+    lesson = lessons.spoken_by(model.tokenizer)
+    showcase = SHOWCASES.get(lesson.SHOWCASE) if lesson is not None else None
+    if showcase is not None:
+        return showcase(model)
     ids = ids[:1]
     P = _patterns(model, ids)[:, 0, :, -1]  # [L, H, S]: every head's last query
     offset = 1 if P.shape[-1] > 2 else 0
@@ -478,3 +454,39 @@ def showcase_head(model: Transformer, ids: torch.Tensor) -> Showcase:
     if kl is not None:
         why += f", and switched off it moves the next token by KL {kl:.2f}"
     return Showcase(layer, head, why)
+
+
+def _adjective_showcase(model: Transformer) -> Showcase:
+    """The adjectives lesson's head: nouns on their own adjectives, and needed there."""
+    nouns, where = lesson_nouns(model)
+    owns, _, evens = adjective_scores(model)
+    layer, head, score, kl = _pick(evens, model, nouns, where)
+    own = owns[layer, head]
+    why = (
+        f"the adjective head: nouns put {own:.0%} of their attention on their own adjectives "
+        f"({score:.0%} counting each up to an equal share), and switched off it moves the word "
+        f"after the noun by KL {kl:.2f}"
+    )
+    questions = ("is there an adjective in front of me?", "I am an adjective!")
+    return Showcase(layer, head, why, questions, per_text=False)
+
+
+def _induction_showcase(model: Transformer) -> Showcase:
+    """The induction lesson's head: to what followed the token last time, and needed there."""
+    probe = random_repeats(model)
+    where = induction_targets(probe).any(-1)
+    layer, head, score, kl = _pick(induction(model, probe), model, probe, where)
+    why = (
+        f"the induction head: {score:.0%} of its attention goes to what came next last time, and "
+        f"switched off it moves the next token there by KL {kl:.2f}"
+    )
+    questions = ("where was my token before?", "the token just before me was this one")
+    return Showcase(layer, head, why, questions, per_text=False)
+
+
+# A lesson's SHOWCASE names one of these: how its head is found and what is said of it. A
+# new lesson whose head one of them finds needs nothing here.
+SHOWCASES: dict[str, Callable[[Transformer], Showcase]] = {
+    "adjective": _adjective_showcase,
+    "induction": _induction_showcase,
+}

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import lessons
+from ..lessons import adjectives as adjectives_lesson
 from ..model import Transformer
 from .explain import HeadWalk
 from .heads import DETECTORS, STRONG, speaks_adjectives
@@ -92,7 +92,7 @@ def read_deltas(model: Transformer, walk: HeadWalk, queries: list[int] | None = 
             r.up = list(zip(model.tokenizer.token_texts(top.indices[n].tolist()), top.values[n].tolist()))
             r.down = list(zip(model.tokenizer.token_texts(bottom.indices[n].tolist()), (-bottom.values[n]).tolist()))
     if speaks_adjectives(model):
-        words = set(lessons.adjectives.ADJECTIVES)
+        words = set(adjectives_lesson.ADJECTIVES)
         for n, r in enumerate(readings):
             seen = walk.tokens[: r.query + 1] if walk.causal else walk.tokens
             for p, token in enumerate(seen):

@@ -23,3 +23,20 @@ def word_tokenizer(words: list[str]) -> HFTokenizer:
     )
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
     return HFTokenizer(tok)
+
+
+def train_defaults(*, steps: int, eval_every: int) -> dict:
+    """A lesson's `glassformer train` settings (what `make lessons` runs): the shape and
+    optimiser every lesson shares, and its own length. fp32 everywhere, so the shipped model
+    comes out the same on a CPU with bf16 units."""
+    return dict(
+        preset="lesson-llama",
+        steps=steps,
+        batch_size=32,
+        lr=3e-3,
+        min_lr=3e-4,
+        warmup=100,
+        eval_every=eval_every,
+        weight_decay=0.1,
+        precision="fp32",
+    )

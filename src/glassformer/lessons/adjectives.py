@@ -39,7 +39,7 @@ import random
 import torch
 
 from .. import inputs
-from ._words import word_tokenizer
+from ._words import train_defaults, word_tokenizer
 
 DETERMINERS = ["a", "the"]
 # every adjective is calm or fierce; a noun's next word follows the balance of its own
@@ -59,7 +59,9 @@ WORDS = DETERMINERS + ADJECTIVES + NOUNS + [v for g in VERBS for v in g] + [a fo
 ADJECTIVE_COUNTS = [0, 1, 2, 2, 3, 3, 3]  # drawn uniformly: three in seven phrases have three
 
 HELD_OUT = 1_000_003  # added to the seed for the validation sentences: a stream the training one never reaches
+NAME = "adjectives"
 EXAMPLE = inputs.EXAMPLE  # the video's sentence, which the grammar is built around
+SHOWCASE = "adjective"  # its head: nouns gather their own adjectives
 
 
 def group(adjs: list[str]) -> int:
@@ -152,14 +154,4 @@ def corpus(seed: int = 0) -> tuple[list[int], list[int]]:
 # nouns give every adjective half an equal share), and the work is shared with layer 0
 # head 2. Both are right on 1.00 of mixed three-adjective nouns (fp32, CPU).
 # fp32 even where bf16 would be the default: the lessons' heads grew weaker in bf16.
-TRAIN_DEFAULTS = dict(
-    preset="lesson-llama",
-    steps=2500,
-    batch_size=32,
-    lr=3e-3,
-    min_lr=3e-4,
-    warmup=100,
-    eval_every=250,
-    weight_decay=0.1,
-    precision="fp32",
-)
+TRAIN_DEFAULTS = train_defaults(steps=2500, eval_every=250)

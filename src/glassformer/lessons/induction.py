@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from ._words import word_tokenizer
+from ._words import train_defaults, word_tokenizer
 
 VOCAB = 128  # random symbols t0..t127
 LENGTH = 64  # one episode fills the lesson model's context
@@ -34,6 +34,8 @@ GAP = (0, 8)  # random symbols between the two copies
 PREFIX = (0, 16)  # random symbols before the first copy
 WORDS = [f"t{i}" for i in range(VOCAB)]
 FIRST_ID = 1  # the word tokenizer puts [UNK] at 0 and t0..t127 at 1..128: symbol K is token K + FIRST_ID
+NAME = "induction"
+SHOWCASE = "induction"  # its head: find the earlier copy, copy what came next
 EXAMPLE = "t7 t42 t99 t3 t150 t12 t88 t7 t42 t99 t3 t150"  # a segment of five, then again
 
 
@@ -102,14 +104,4 @@ def copy_accuracy(model, segment: int, n: int = 200, seed: int = 99) -> float:
 
 # what `glassformer train --data lesson:induction` uses when no flag says otherwise; fp32:
 # the lessons' heads grew weaker in bf16 (see adjectives.py)
-TRAIN_DEFAULTS = dict(
-    preset="lesson-llama",
-    steps=12000,
-    batch_size=32,
-    lr=3e-3,
-    min_lr=3e-4,
-    warmup=100,
-    eval_every=500,
-    weight_decay=0.1,
-    precision="fp32",
-)
+TRAIN_DEFAULTS = train_defaults(steps=12000, eval_every=500)

@@ -30,6 +30,7 @@ import torch
 from ..config import GlassformerError
 
 NAME = "superposition"
+TOY = True  # not a transformer: lessons.get refuses it, `glassformer superposition` runs it
 EXAMPLE = "5 features in 2 dimensions, at sparsities 0, 0.7, 0.9 and 0.97"
 SPARSITIES = (0.0, 0.7, 0.9, 0.97)  # the paper's figure 1 runs from dense to very sparse
 RESTARTS = 4  # random starts per sparsity; the lowest held-out loss is kept

@@ -35,11 +35,8 @@ from .lanes import Lane, Traffic, shadow
 log = logging.getLogger(__name__)
 
 # A sentence each model has something to show on: the lessons' own, a fact for a chat model.
-EXAMPLES = {
-    "lesson:adjectives": lessons.adjectives.EXAMPLE,
-    "lesson:induction": lessons.induction.EXAMPLE,
-    "smollm2": "The capital of France is",
-}
+EXAMPLES = {f"lesson:{name}": lesson.EXAMPLE for name, lesson in lessons.LESSONS.items()}
+EXAMPLES["smollm2"] = "The capital of France is"
 BUSY_QUEUE = 64  # requests waiting for one model before the server says it is busy
 
 
