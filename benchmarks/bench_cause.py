@@ -17,8 +17,8 @@ import torch
 
 import glassformer as gf
 from glassformer.inputs import encode_batch, single_token
-from glassformer.inspect.circuit import qk_circuit, read_circuits
-from glassformer.inspect.edit import patch_heads
+from glassformer.lab.circuit import qk_circuit, read_circuits
+from glassformer.lab.edit import patch_heads
 
 from _common import env_line
 

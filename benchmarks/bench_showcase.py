@@ -10,7 +10,7 @@ import time
 
 import glassformer as gf
 from glassformer.inputs import encode_batch
-from glassformer.inspect import heads
+from glassformer.lab import heads, showcase, survey, switch_off
 
 from _common import env_line, race
 
@@ -26,23 +26,23 @@ def main() -> None:
             {
                 "forward": lambda ids=ids: model(ids),
                 "pattern only": lambda ids=ids: heads._patterns(model, ids),
-                "showcase": lambda ids=ids: heads.showcase_head(model, ids),
+                "showcase": lambda ids=ids: showcase.showcase_head(model, ids),
             },
             repeats=3,
             warmup=1,
         )
-        shown = heads.showcase_head(model, ids)
+        shown = showcase.showcase_head(model, ids)
         print(
             f"{text!r} ({ids.shape[1]} tokens): layer {shown.layer} head {shown.head}; forward {t['forward']:.2f}s, "
             f"pattern {t['pattern only'] / t['forward']:.1f}x, showcase {t['showcase'] / t['forward']:.1f}x a forward"
         )
     start = time.perf_counter()
-    found = heads.detect_all(model)
+    found = survey.detect_all(model)
     total = time.perf_counter() - start
-    only = heads.switch_off_heads(model, found.tables)
-    texts, where, what = heads.switch_off_texts(model, None, None if only is None else len(only))
+    only = switch_off.switch_off_heads(model, found.tables)
+    texts, where, what = switch_off.switch_off_texts(model, None, None if only is None else len(only))
     t = race(
-        {"forward": lambda: model(texts), "column": lambda: heads.switch_off_table(model, texts, where, only)},
+        {"forward": lambda: model(texts), "column": lambda: switch_off.switch_off_table(model, texts, where, only)},
         repeats=1,
         warmup=0,
     )

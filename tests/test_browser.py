@@ -11,7 +11,7 @@ import pytest
 import glassformer as gf
 from glassformer import lessons
 from glassformer.inputs import encode_batch
-from glassformer.inspect import heads
+from glassformer.lab import showcase
 from glassformer.server.app import create_app
 from glassformer.tokenizer import CharTokenizer
 from glassformer.viz.page import report_html
@@ -187,7 +187,7 @@ def test_the_mlp_card_follows_the_query_when_a_late_showcase_moves_it(browser):
     model = gf.load("lesson:induction")
     text = gf.lessons.induction.EXAMPLE
     app = create_app(registry_of({"lesson:induction": model}), warm=False)
-    s = heads.showcase_head(model, encode_batch(model, text))  # asked here: the server must find it late
+    s = showcase.showcase_head(model, encode_batch(model, text))  # asked here: the server must find it late
     with serving(app) as url:  # the page opens on the lesson's example
         queries = [api_head(url, "lesson:induction", text, *lh)["query"] for lh in [(0, 0), (s.layer, s.head)]]
         assert queries[0] != queries[1], "the showcase head does not move the query; the test cannot tell"

@@ -7,8 +7,8 @@ import pytest
 from test_browser import OUT, browser, open_page, story, wait_for_story  # noqa: F401 (browser: a fixture)
 
 import glassformer as gf
-from glassformer.inspect.explain import walk_head
-from glassformer.inspect.readings import detector_note, read_delta
+from glassformer.lab.explain import walk_head
+from glassformer.lab.readings import detector_note, read_delta
 
 from servers import running
 

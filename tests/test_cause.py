@@ -8,16 +8,10 @@ import math
 import pytest
 import torch
 
-from glassformer.inspect import circuit as circuits
-from glassformer.inspect.circuit import FactoredMatrix, ov_circuit, qk_circuit, read_circuits
-from glassformer.inspect.edit import (
-    ablate_head,
-    ablate_mlp,
-    combine,
-    compare_next_token,
-    mlp_logit_attribution,
-    patch_heads,
-)
+from glassformer.lab import circuit as circuits
+from glassformer.lab.attribution import mlp_logit_attribution
+from glassformer.lab.circuit import FactoredMatrix, ov_circuit, qk_circuit, read_circuits
+from glassformer.lab.edit import ablate_head, ablate_mlp, combine, compare_next_token, patch_heads
 
 from conftest import assert_one_line_error, build, needs, run_cli, tiny_decoder, tiny_llama
 

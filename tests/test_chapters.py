@@ -10,7 +10,7 @@ import torch
 
 import glassformer as gf
 from glassformer.config import GlassformerError
-from glassformer.inspect import embeddings as emb
+from glassformer.lab import embeddings as emb
 from glassformer.lessons import superposition as toy
 from glassformer.lessons._words import word_tokenizer
 from glassformer.tokenizer import ByteTokenizer

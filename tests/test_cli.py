@@ -116,7 +116,7 @@ def test_explain_describes_an_encoders_mask(capsys):
 
 def test_explain_pattern_rows_sum_to_one():
     import glassformer as gf
-    from glassformer.inspect.explain import walk_head
+    from glassformer.lab.explain import walk_head
 
     walk = walk_head(gf.load("random:lesson-tiny"), "hello there", 0, 1)
     pattern = walk.pattern.tensor  # [query, key]: each row (a query) sums to 1

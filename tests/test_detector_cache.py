@@ -6,7 +6,7 @@ import torch
 from test_gguf_cache import tiny_llama_gguf
 
 import glassformer as gf
-from glassformer.inspect import detector_cache, heads
+from glassformer.lab import detector_cache, heads, survey
 from glassformer.pretrained import weights_cache
 
 from conftest import build, tiny_decoder, tiny_encoder
@@ -25,7 +25,7 @@ def test_one_pass_gives_each_detectors_own_scores(family, monkeypatch):
     passes = []
     real = heads._patterns
     monkeypatch.setattr(heads, "_patterns", lambda *a, **k: passes.append(1) or real(*a, **k))
-    found = heads.detect_all(model)
+    found = survey.detect_all(model)
     assert len(passes) == 1
     for kind, table in alone.items():
         assert torch.equal(found.tables[kind], table), kind
@@ -33,7 +33,7 @@ def test_one_pass_gives_each_detectors_own_scores(family, monkeypatch):
 
 def test_a_text_without_repeats_still_skips_with_the_reason():
     model = build(tiny_decoder())
-    found = heads.detect_all(model, torch.tensor([[1, 2, 3, 4]]))
+    found = survey.detect_all(model, torch.tensor([[1, 2, 3, 4]]))
     assert "no token repeats in this text" in found.skipped["duplicate-token"]
     assert set(found.tables) == {"previous-token", "first-token"}
 
@@ -47,8 +47,8 @@ def cache(tmp_path, monkeypatch):
 @pytest.fixture
 def scorings(monkeypatch) -> list:
     seen: list = []
-    real = heads.detect_all
-    monkeypatch.setattr(heads, "detect_all", lambda *a, **k: seen.append(1) or real(*a, **k))
+    real = survey.detect_all
+    monkeypatch.setattr(survey, "detect_all", lambda *a, **k: seen.append(1) or real(*a, **k))
     return seen
 
 

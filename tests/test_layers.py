@@ -19,7 +19,7 @@ LAYERS = [
     {"checkpoint", "lessons"},
     {"pretrained", "generate", "sentences"},
     {"train"},
-    {"inspect"},
+    {"lab"},
     {"viz"},
     {"server"},
     {"cli", ""},  # "" is the package's own __init__: the public face, on top

@@ -9,8 +9,8 @@ import torch
 import glassformer as gf
 from glassformer import lessons
 from glassformer.inputs import encode_batch
-from glassformer.inspect import heads
-from glassformer.inspect.edit import ablate_head
+from glassformer.lab import heads, showcase, survey, switch_off
+from glassformer.lab.edit import ablate_head
 from glassformer.train.data import prepare
 
 from conftest import run_cli
@@ -35,7 +35,7 @@ def noun_shares(model, layer: int, head: int, seed: int) -> list[list[float]]:
     """For each noun with 2-3 adjectives in 300 held-out sentences, the weight head (layer,
     head) puts on each of its own adjectives."""
     sents = lessons.adjectives.sentences(300, seed)
-    ids, _ = heads.lesson_nouns(model, 300, seed)
+    ids, _ = switch_off.lesson_nouns(model, 300, seed)
     _, cache = model.run_with_cache(ids, names=f"blocks.{layer}.attn.pattern")
     P = cache[f"blocks.{layer}.attn.pattern"][:, head]  # [B, T, S]
     shares = []
@@ -58,10 +58,10 @@ def test_the_head_shown_first_is_the_one_the_nouns_need(adjectives_model, seed):
     the head that moves it most: measured KL 2.01-2.10 against 3.04-3.14 for layer 0 head
     2 (which looks mostly at the nearest adjective), a ratio of 0.66-0.67 over these seeds."""
     model = adjectives_model
-    shown = heads.showcase_head(model, encode_batch(model, lessons.adjectives.EXAMPLE))
-    ids, nouns = heads.lesson_nouns(model, 300, seed)
+    shown = showcase.showcase_head(model, encode_batch(model, lessons.adjectives.EXAMPLE))
+    ids, nouns = switch_off.lesson_nouns(model, 300, seed)
     every = [(layer, head) for layer in range(model.config.n_layers) for head in range(model.config.n_heads)]
-    kl = heads.switch_off_kl(model, ids, every, nouns).view(model.config.n_layers, -1)
+    kl = switch_off.switch_off_kl(model, ids, every, nouns).view(model.config.n_layers, -1)
     assert kl[shown.layer, shown.head] >= 0.5 * kl.max(), f"shown {kl[shown.layer, shown.head]:.3f}, max {kl.max():.3f}"
     assert "switched off it moves the word after the noun by KL" in shown.why  # it says both numbers
 
@@ -73,7 +73,7 @@ def test_the_adjective_head_gathers_every_adjective_of_its_noun(adjectives_model
     (1/2k): on average by its place in the phrase (three: 0.36 / 0.32 / 0.26 first to
     last; two: 0.48 / 0.38), and for >= 90% of the nouns one by one (1.00 measured)."""
     model = adjectives_model
-    shown = heads.showcase_head(model, encode_batch(model, lessons.adjectives.EXAMPLE))
+    shown = showcase.showcase_head(model, encode_batch(model, lessons.adjectives.EXAMPLE))
     shares = noun_shares(model, shown.layer, shown.head, seed)
     own = sum(sum(s) for s in shares) / len(shares)
     assert own >= 0.8, f"nouns put {own:.2f} of their attention on their own adjectives"
@@ -119,7 +119,7 @@ def test_only_a_head_that_reads_every_adjective_gets_the_next_word_right(adjecti
     rule (<= 0.75; 0.63 measured)."""
     model = adjectives_model
     A = lessons.adjectives
-    shown = heads.showcase_head(model, encode_batch(model, A.EXAMPLE))
+    shown = showcase.showcase_head(model, encode_batch(model, A.EXAMPLE))
     with_head = A.group_accuracy(model, n=600, seed=2024, mixed_three=True)
     assert with_head >= 0.9, f"the model is right on {with_head:.2f} of mixed three-adjective nouns"
     with model.hooks(ablate_head(model, shown.layer, shown.head)):
@@ -141,7 +141,7 @@ def test_induction_model_continues_second_copies_of_any_length(induction_model, 
 
 
 def test_induction_model_has_a_previous_token_head_then_an_induction_head(induction_model, capsys):
-    found = heads.detect_all(induction_model)
+    found = survey.detect_all(induction_model)
     layer, _, score = heads.strongest(found.tables["induction"])
     assert layer == 1 and score >= 0.5, f"induction head in layer {layer}, score {score:.2f}"
     prev_layer, _, prev = heads.strongest(found.tables["previous-token"])
@@ -153,8 +153,8 @@ def test_induction_model_has_a_previous_token_head_then_an_induction_head(induct
 @pytest.mark.parametrize("name", sorted(lessons.LESSONS))
 def test_a_lesson_is_one_file_that_offers_the_protocol_and_its_shipped_model(name):
     """lessons.Lesson: what a new lesson file must define; the registry finds it, `make
-    lessons` trains it, the explorer opens on its example, heads.SHOWCASES finds its head."""
-    from glassformer.inspect.heads import SHOWCASES
+    lessons` trains it, the explorer opens on its example, showcase.SHOWCASES finds its head."""
+    from glassformer.lab.showcase import SHOWCASES
     from glassformer.server.slots import EXAMPLES
 
     lesson = lessons.get(name)

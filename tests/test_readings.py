@@ -49,7 +49,7 @@ def test_explain_names_the_stream_and_the_normed_copy_and_compares_delta_e_with_
     import torch
 
     import glassformer as gf
-    from glassformer.inspect.explain import walk_head
+    from glassformer.lab.explain import walk_head
 
     text = gf.lessons.adjectives.EXAMPLE
     code, out, _ = run_cli(capsys, "explain", text, "--model", "random:lesson-tiny", "--layer", "1", "--head", "0")
@@ -72,7 +72,7 @@ def test_delta_e_read_through_w_u_is_its_share_of_the_logits():
     same way, sum to the logits (an RMSNorm model has no bias to leave out)."""
     import torch
 
-    from glassformer.inspect.readings import direct_logit_effect
+    from glassformer.lab.readings import direct_logit_effect
 
     from conftest import build, tiny_llama
 
@@ -98,9 +98,9 @@ def test_the_adjective_heads_delta_e_points_along_its_adjectives_value(capsys):
     head the retrained lesson model grows."""
     import glassformer as gf
     from glassformer.inputs import encode_batch
-    from glassformer.inspect.explain import walk_head
-    from glassformer.inspect.heads import choose_head, query_to_follow
-    from glassformer.inspect.readings import read_delta
+    from glassformer.lab.explain import walk_head
+    from glassformer.lab.readings import read_delta
+    from glassformer.lab.showcase import choose_head, query_to_follow
 
     model = gf.load("lesson:adjectives")
     text = gf.lessons.adjectives.EXAMPLE
@@ -125,7 +125,7 @@ def planted_walk(pattern, dots, tokens):
     """A HeadWalk whose pattern and grid are given (the notes read only those)."""
     import torch
 
-    from glassformer.inspect.explain import HeadWalk, Step
+    from glassformer.lab.explain import HeadWalk, Step
 
     T = len(tokens)
     mask = torch.zeros(T, T).masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
@@ -138,7 +138,7 @@ def planted_walk(pattern, dots, tokens):
 def test_a_query_parked_on_the_first_token_is_called_a_sink_and_negative_scores_are_explained():
     import torch
 
-    from glassformer.inspect.readings import detector_note, scores_note, sink_note
+    from glassformer.lab.readings import detector_note, scores_note, sink_note
 
     tokens = ["The", " capital", " of", " France", " is"]
     pattern = torch.eye(5)
@@ -164,7 +164,7 @@ def test_a_query_parked_on_the_first_token_is_called_a_sink_and_negative_scores_
 def test_a_special_token_sink_in_an_encoder():
     import torch
 
-    from glassformer.inspect.readings import sink_note
+    from glassformer.lab.readings import sink_note
 
     tokens = ["[CLS]", "a", "cat", "[SEP]"]
     pattern = torch.zeros(4, 4)
@@ -179,7 +179,7 @@ def test_a_special_token_sink_in_an_encoder():
 def test_a_previous_token_head_is_named_by_the_detectors():
     import torch
 
-    from glassformer.inspect.readings import detector_note
+    from glassformer.lab.readings import detector_note
 
     T = 6
     pattern = torch.zeros(T, T)
@@ -194,7 +194,7 @@ def test_a_previous_token_head_is_named_by_the_detectors():
 def test_a_negative_neuron_pushes_what_its_row_would_push_down():
     import torch
 
-    from glassformer.inspect.lens import neuron_tokens
+    from glassformer.lab.neurons import neuron_tokens
 
     from conftest import build, tiny_llama
 
@@ -226,10 +226,9 @@ def test_neurons_prints_signed_activations_and_each_ones_share_of_the_guess(caps
 def test_the_readmes_smollm2_readings_hold(capsys):
     """The README quotes these numbers; they are held to the output (SmolLM2's weights are fixed)."""
     import glassformer as gf
-    from glassformer.inspect.edit import neurons_toward_guess
-    from glassformer.inspect.explain import walk_head
-    from glassformer.inspect.lens import neuron_tokens
-    from glassformer.inspect.readings import read_delta
+    from glassformer.lab.explain import walk_head
+    from glassformer.lab.neurons import neuron_tokens, neurons_toward_guess
+    from glassformer.lab.readings import read_delta
 
     from conftest import ROOT
 
@@ -256,9 +255,9 @@ def test_the_report_says_what_explain_ends_with_for_the_head_it_opens_on():
     import json
 
     import glassformer as gf
-    from glassformer.inspect.explain import walk_head
-    from glassformer.inspect.heads import query_to_follow
-    from glassformer.inspect.readings import read_delta
+    from glassformer.lab.explain import walk_head
+    from glassformer.lab.readings import read_delta
+    from glassformer.lab.showcase import query_to_follow
     from glassformer.viz.page import report_html
 
     model = gf.load("random:lesson-tiny")

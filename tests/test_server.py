@@ -25,6 +25,7 @@ import torch
 import glassformer as gf
 from glassformer.cli import build_parser
 from glassformer.config import GlassformerError
+from glassformer.lab import survey
 
 from servers import SERVER_SCRIPT, free_port, registry_of, running, serving
 
@@ -122,8 +123,8 @@ def test_the_explorer_starts_on_the_query_explain_follows(capsys):
     ΔE's length is set against the residual stream it is added to."""
     from glassformer.cli import main
     from glassformer.inputs import encode_batch
-    from glassformer.inspect.explain import walk_head
-    from glassformer.inspect.heads import choose_head, query_to_follow
+    from glassformer.lab.explain import walk_head
+    from glassformer.lab.showcase import choose_head, query_to_follow
 
     model = gf.load("lesson:adjectives")
     text = gf.lessons.adjectives.EXAMPLE
@@ -166,17 +167,16 @@ def test_a_loaded_models_showcase_is_found_when_the_server_starts():
 def test_detectors_never_hold_the_model_a_user_waits_for(monkeypatch):
     """While the detectors run (here: held until the test lets go), an analysis on the same
     model answers: detector scoring runs on a shadow of the model, not under its lock."""
-    from glassformer.inspect import heads
 
     release, started = threading.Event(), threading.Event()
-    real = heads.detect_all
+    real = survey.detect_all
 
     def held_detect_all(model, ids=None):
         started.set()
         assert release.wait(30)
         return real(model, ids)
 
-    monkeypatch.setattr(heads, "detect_all", held_detect_all)
+    monkeypatch.setattr(survey, "detect_all", held_detect_all)
     with running({"tiny": gf.load("random:lesson-tiny")}) as url, concurrent.futures.ThreadPoolExecutor(1) as pool:
         scores = pool.submit(httpx.get, f"{url}/api/heads", params={"model": "tiny"}, timeout=60)
         assert started.wait(30)
@@ -477,10 +477,11 @@ def test_the_page_has_no_inline_script_or_handlers(base):
     assert re.findall(r"<script[^>]*>", page) == [
         '<script src="/static/grid.js">',
         '<script src="/static/explorer.js">',
+        '<script src="/static/chapters.js">',
     ]
     assert not re.search(r"\son[a-z]+\s*=", page), "inline event handlers are blocked by the CSP"
     assert 'name="viewport"' in page
-    for name in ("explorer.js", "grid.js"):
+    for name in ("explorer.js", "grid.js", "chapters.js"):
         assert "innerHTML" not in httpx.get(f"{base}/static/{name}").text
 
 

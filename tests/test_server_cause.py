@@ -10,7 +10,7 @@ import pytest
 
 import glassformer as gf
 from glassformer.inputs import encode_batch
-from glassformer.inspect.edit import ablate_head, compare_next_token
+from glassformer.lab.edit import ablate_head, compare_next_token
 
 pytest.importorskip("fastapi", reason="the explorer is a FastAPI app (extra serve)")
 from servers import running

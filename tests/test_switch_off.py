@@ -4,8 +4,8 @@ item 6). The lesson's own figures are in test_lessons.py."""
 import pytest
 import torch
 
-from glassformer.inspect import heads
-from glassformer.inspect.edit import ablate_head
+from glassformer.lab import heads, showcase, survey, switch_off
+from glassformer.lab.edit import ablate_head
 from glassformer.viz.text import render_detection
 
 from conftest import build, run_cli, tiny_decoder, tiny_encoder, tiny_llama
@@ -18,7 +18,7 @@ def test_one_batched_pass_equals_switching_each_head_off_alone(family):
     model = build(family(n_layers=3))
     ids = torch.randint(0, 97, (3, 12), generator=torch.Generator().manual_seed(0))
     chosen = [(0, 1), (2, 3), (1, 0), (2, 1)]
-    batched = heads.switch_off_kl(model, ids, chosen)
+    batched = switch_off.switch_off_kl(model, ids, chosen)
     with torch.inference_mode():
         clean = model(ids).log_softmax(-1)
         for (layer, head), kl in zip(chosen, batched):
@@ -39,15 +39,15 @@ def test_heads_prints_the_switch_off_column_on_the_lesson(capsys):
 
 def test_a_model_with_many_heads_switches_off_only_the_detectors_best():
     model = build(tiny_decoder(n_layers=3, n_heads=12, d_model=48))  # 36 heads > FULL_SWEEP
-    found = heads.detect_all(model)
+    found = survey.detect_all(model)
     measured = ~found.switch_off.isnan()
-    assert 0 < int(measured.sum()) <= heads.CANDIDATES * len(found.tables) < 36
+    assert 0 < int(measured.sum()) <= switch_off.CANDIDATES * len(found.tables) < 36
     text = render_detection(found, "tiny", model.config, "repeated random segments")
     assert "    ·" in text and "only the 4 best heads of each detector" in text
 
 
 def test_an_encoder_says_why_it_has_no_switch_off_column():
-    found = heads.detect_all(build(tiny_encoder()))
+    found = survey.detect_all(build(tiny_encoder()))
     assert found.switch_off is None and "encoder predicts no next token" in found.switch_off_on
 
 
@@ -58,12 +58,12 @@ def test_the_showcase_rule_picks_a_head_the_next_token_needs(seed):
     most; the same call answers the CLI and the explorer, so they cannot disagree."""
     model = build(tiny_decoder(n_layers=3), seed=seed)
     ids = torch.randint(0, 97, (1, 10), generator=torch.Generator().manual_seed(seed))
-    shown = heads.showcase_head(model, ids)
+    shown = showcase.showcase_head(model, ids)
     P = heads._patterns(model, ids)[:, 0, :, -1, 1:-1].amax(-1)  # as the rule scores them
-    top = [divmod(i, P.shape[1]) for i in P.flatten().argsort(descending=True)[: heads.CANDIDATES].tolist()]
+    top = [divmod(i, P.shape[1]) for i in P.flatten().argsort(descending=True)[: switch_off.CANDIDATES].tolist()]
     last = torch.zeros(ids.shape, dtype=torch.bool)
     last[:, -1] = True
-    kls = heads.switch_off_kl(model, ids, top, last)
+    kls = switch_off.switch_off_kl(model, ids, top, last)
     k = top.index((shown.layer, shown.head))
     assert kls[k] >= kls.max() / 2 and "switched off it moves the next token by KL" in shown.why
     assert all(kls[j] < kls.max() / 2 for j in range(k))  # every better pattern matters less
@@ -75,7 +75,7 @@ def test_the_api_gives_the_switch_off_column_as_json():
     from glassformer.server import answers
 
     model = build(tiny_decoder(n_layers=3, n_heads=12, d_model=48))
-    body = json.loads(json.dumps(answers.detection(heads.detect_all(model)), allow_nan=False))
+    body = json.loads(json.dumps(answers.detection(survey.detect_all(model)), allow_nan=False))
     column = body["switch_off"]
     assert len(column) == 3 and len(column[0]) == 12 and "repeated random segments" in body["switch_off_on"]
     assert any(v is None for row in column for v in row) and any(v is not None for row in column for v in row)

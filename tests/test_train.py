@@ -239,7 +239,7 @@ def test_default_adjectives_lesson_grows_an_adjective_head(tmp_path):
     their attention on their own adjectives, each counted up to an equal share. Seed 1337
     measured 0.84 (layer 0 head 3; 0.91 on own adjectives), seed 0 0.79 (layer 0 head 0,
     which leans on the middle one of three): the thresholds, 0.7 and 0.8, hold for both."""
-    from glassformer.inspect import heads
+    from glassformer.lab import heads
 
     code = subprocess.run(
         [

@@ -9,7 +9,7 @@ import torch
 
 import glassformer as gf
 from glassformer.cli import main
-from glassformer.inspect.explain import analyze
+from glassformer.lab.explain import analyze
 from glassformer.viz import plots
 from glassformer.viz.page import AttentionView, report_html
 
@@ -129,7 +129,7 @@ def test_show_cli_bad_input(capsys, tmp_path):
 
 def test_show_opens_on_the_head_explain_starts_on(tmp_path, capsys):
     from glassformer.inputs import encode_batch
-    from glassformer.inspect.heads import choose_head
+    from glassformer.lab.showcase import choose_head
 
     model = gf.load("lesson:adjectives")
     text = gf.lessons.adjectives.EXAMPLE

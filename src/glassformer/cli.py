@@ -186,9 +186,9 @@ def explain(args) -> int:
     """Print E, W_Q, Q, W_K, K, the grid of dot products, the mask, the pattern, the values
     and ΔE for one head, with what each means, fitted to the terminal."""
     from .inputs import encode_batch, unknown_note
-    from .inspect.explain import walk_head
-    from .inspect.heads import choose_head, query_to_follow
-    from .inspect.readings import read_delta
+    from .lab.explain import walk_head
+    from .lab.readings import read_delta
+    from .lab.showcase import choose_head, query_to_follow
     from .viz.text import render_walk
 
     model = load_model(args)
@@ -373,8 +373,8 @@ def heads(args) -> int:
     """Run the head detectors and print a [layer, head] table for each, then the heads
     whose scores reach the threshold."""
     from .inputs import encode_batch
-    from .inspect import detector_cache
-    from .inspect.heads import detect_all
+    from .lab import detector_cache
+    from .lab.survey import detect_all
     from .viz.text import render_detection
 
     model = load_model(args)
@@ -421,7 +421,7 @@ def lens_arguments(p: argparse.ArgumentParser) -> None:
 def lens(args) -> int:
     """Read the residual stream after each layer through the final norm and W_U."""
     from .inputs import encode_batch, token_texts
-    from .inspect.lens import logit_lens
+    from .lab.lens import logit_lens
     from .viz.text import render_lens
 
     model = load_model(args)
@@ -465,8 +465,7 @@ def neurons(args) -> int:
     """The MLP neurons that fire hardest at a position, and the tokens each one's output
     pushes up through W_U (3Blue1Brown's chapter 7)."""
     from .inputs import check_neuron, encode_batch, token_texts
-    from .inspect.edit import neurons_toward_guess
-    from .inspect.lens import neuron_tokens, top_neurons
+    from .lab.neurons import neuron_tokens, neurons_toward_guess, top_neurons
     from .viz.text import label, render_neurons
 
     model = load_model(args)
@@ -528,8 +527,7 @@ def neurons_json(model, args, ids, rows) -> dict:
     """`neurons --json`: the neurons that fire (or the one asked for), what each pushes up,
     and, for a decoder and a text, the model's guess and the neurons that push toward it."""
     from .inputs import token_texts
-    from .inspect.edit import neurons_toward_guess
-    from .inspect.lens import neuron_tokens
+    from .lab.neurons import neuron_tokens, neurons_toward_guess
 
     value: dict = {"neurons": [{"layer": L, "neuron": i, "activation": a, "pushes": p} for L, i, a, p in rows]}
     if ids is not None:
@@ -585,7 +583,7 @@ def show(args) -> int:
     from . import sampling
     from .files import write_file_atomically
     from .inputs import check_layer_head, encode_batch
-    from .inspect.heads import choose_head
+    from .lab.showcase import choose_head
 
     out = Path(args.out)
     if out.suffix.lower() not in (".html", ".png", ".svg"):
@@ -764,7 +762,8 @@ def ablate(args) -> int:
     distribution before and after: KL and the top token's probability. With --mlp, also
     each layer's MLP push on the top token's logit."""
     from .inputs import encode_batch, token_texts
-    from .inspect.edit import ablate_head, ablate_mlp, combine, compare_next_token, mlp_logit_attribution
+    from .lab.attribution import mlp_logit_attribution
+    from .lab.edit import ablate_head, ablate_mlp, combine, compare_next_token
     from .viz.text import bracketed
 
     if len(args.layer) != len(args.head):
@@ -841,7 +840,7 @@ def patch(args) -> int:
     put into the corrupted one; the share of the logit difference (answer - wrong) it
     brings back, (patched - corrupt) / (clean - corrupt), for every layer and head."""
     from .inputs import encode_batch, single_token, token_texts
-    from .inspect.edit import patch_heads
+    from .lab.edit import patch_heads
 
     out = picture_path(args.out)
     model = load_model(args)
@@ -915,7 +914,7 @@ def circuit(args) -> int:
     no sentence; it says what that leaves out. Whole grids for a small vocabulary, the top
     pairs (searched in chunks) for a large one."""
     from .inputs import check_layer_head, single_token, token_texts
-    from .inspect.circuit import SMALL_VOCAB, by_token, circuit_json, read_circuits
+    from .lab.circuit import SMALL_VOCAB, by_token, circuit_json, read_circuits
 
     out = picture_path(args.out)
     model = load_model(args)
@@ -969,7 +968,7 @@ def embed(args) -> int:
     cosine (the expression's own words left out); --direction 'woman - man' WORDS places
     words along a direction; --pca WORDS draws them in a plane. Rows are centred on the mean
     of all rows and scaled to length 1, as word2vec's analogy test normalises them."""
-    from .inspect import embeddings
+    from .lab import embeddings
 
     if args.direction is not None and args.pca:
         raise GlassformerError("give --direction or --pca, not both")
@@ -997,7 +996,7 @@ def embed(args) -> int:
 
 def embed_result(args, model, expression: str, width: int, draw: bool):
     """(terminal text, JSON value, picture or None) for the arithmetic, --direction or --pca."""
-    from .inspect import embeddings
+    from .lab import embeddings
     from .viz import chapters
 
     name = args.model
@@ -1031,7 +1030,7 @@ def angles(args) -> int:
     """Chapter 7's claim that high dimensions hold far more nearly perpendicular directions
     than they have dimensions: the angles between random directions at each size (and
     between a model's own W_E rows), and how many directions fit within 89-91°."""
-    from .inspect import embeddings
+    from .lab import embeddings
     from .viz import chapters
 
     out = picture_path(args.out)

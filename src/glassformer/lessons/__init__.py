@@ -32,7 +32,7 @@ class Lesson(Protocol):
     EXAMPLE: str  # the text explain, show and the explorer open on
     WORDS: list[str]  # its vocabulary, one token per word
     TRAIN_DEFAULTS: dict  # what `glassformer train --data lesson:NAME` uses (see _words.train_defaults)
-    SHOWCASE: str  # the head detector whose best head shows the lesson (inspect/heads.SHOWCASES)
+    SHOWCASE: str  # the head detector whose best head shows the lesson (lab/heads.SHOWCASES)
 
     def tokenizer(self) -> Tokenizer: ...
 

@@ -11,8 +11,8 @@ import torch
 from .. import sampling
 from ..config import GlassformerError
 from ..inputs import encode_batch, token_texts, unknown_note, unknown_pieces, vocabulary
-from ..inspect import heads, lens, readings
-from ..inspect.explain import Analysis, HeadWalk
+from ..lab import heads, neurons, readings, survey
+from ..lab.explain import Analysis, HeadWalk
 from ..viz.page import rounded
 from .limits import THUMB, window
 
@@ -177,25 +177,25 @@ def mlp_step(model, text: str, position: int, k: int) -> dict:
     T = ids.shape[1]
     if not 0 <= position < T:
         raise GlassformerError(f"position {position} is out of range: the text has tokens 0..{T - 1}")
-    neurons = []
-    for layer, index, activation in lens.top_neurons(model, ids, position, k):
+    found = []
+    for layer, index, activation in neurons.top_neurons(model, ids, position, k):
         pushes = None
         if model.config.causal:
             pushes = [
                 {"token": t, "score": round(s, 4)}
-                for t, s in lens.neuron_tokens(model, layer, index, 5, sign=activation)
+                for t, s in neurons.neuron_tokens(model, layer, index, 5, sign=activation)
             ]
-        neurons.append({"layer": layer, "neuron": index, "activation": round(activation, 4), "pushes": pushes})
+        found.append({"layer": layer, "neuron": index, "activation": round(activation, 4), "pushes": pushes})
     return {
         "position": position,
         "token": token_texts(model, ids[0, position : position + 1])[0],
         "decoder": model.config.causal,
         "d_mlp": model.config.d_mlp,
-        "neurons": neurons,
+        "neurons": found,
     }
 
 
-def detection(found: heads.Detection) -> dict:
+def detection(found: survey.Detection) -> dict:
     return {
         "strong": heads.STRONG,
         "kinds": {
@@ -222,7 +222,7 @@ def detection(found: heads.Detection) -> dict:
 def ablation(model, name: str, text: str, heads_off, mlps_off, mode: str, position: int | None, rows: int) -> dict:
     """The next-token distribution before and after switching heads and MLPs off, which
     later heads' patterns moved, and the Python lines that do the same."""
-    from ..inspect import edit
+    from ..lab import edit
 
     edit.need_decoder(model, "switching heads off and reading the next token")
     ids = encode_batch(model, text)
@@ -268,7 +268,7 @@ def ablation_python(name: str, heads_off, mlps_off, mode: str, text: str, positi
     lines = [
         "import glassformer as gf",
         "from glassformer.inputs import encode_batch",
-        "from glassformer.inspect.edit import ablate_head, ablate_mlp, combine, compare_next_token",
+        "from glassformer.lab.edit import ablate_head, ablate_mlp, combine, compare_next_token",
         "",
         f"model = gf.load({name!r})",
         f"ids = encode_batch(model, {text!r})",
@@ -283,7 +283,7 @@ def patching(model, clean: str, corrupt: str, answer: str | None, wrong: str | N
     """Head-by-head patching from the clean text into the corrupted one: the share of the
     logit difference each head's z brings back, [layer][head]."""
     from ..inputs import single_token
-    from ..inspect import edit
+    from ..lab import edit
 
     edit.need_decoder(model, "patching")
     clean_ids, corrupt_ids = encode_batch(model, clean), encode_batch(model, corrupt)
@@ -316,7 +316,7 @@ def circuit(model, layer: int, head: int, k: int, token_ids: list[int], whole: b
     """One head's QK and OV circuits from its weights: the top pairs, the asked tokens'
     best partners, what the reading leaves out (and the whole grids, if asked and small)."""
     from ..inputs import check_layer_head
-    from ..inspect import circuit as circuits
+    from ..lab import circuit as circuits
 
     check_layer_head(model, layer, head)
     V = model.config.vocab_size

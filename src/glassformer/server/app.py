@@ -10,7 +10,7 @@ Where things live:
     fastapi_app.py  FastAPI, with this server's model names as /docs' examples
     routes/      one APIRouter per card; routes/__init__.py says how a new card is added
     schemas.py   what each request may hold (pydantic; /docs shows them)
-    answers.py   each answer's JSON shape, from inspect/'s results (no FastAPI)
+    answers.py   each answer's JSON shape, from lab/'s results (no FastAPI)
     replies.py   exceptions -> 4xx/503 JSON refusals
     slots.py     the models (loaded on first use), their lanes, background jobs
     lanes.py     one thread per model; the shadow model the background work runs on

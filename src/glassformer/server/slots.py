@@ -28,7 +28,7 @@ import torch
 from .. import lessons
 from ..config import GlassformerError
 from ..inputs import EXAMPLE, encode_batch
-from ..inspect import detector_cache, heads
+from ..lab import detector_cache, showcase
 from . import answers, limits
 from .lanes import Lane, Traffic, shadow
 
@@ -129,8 +129,8 @@ def default_registry(names: list[str], precision: str = "fp32") -> Registry:
     return reg
 
 
-def showcase_fields(found: heads.Showcase) -> dict:
-    """heads.showcase_head's answer as JSON; for a lesson's head, with the question its
+def showcase_fields(found: showcase.Showcase) -> dict:
+    """showcase.showcase_head's answer as JSON; for a lesson's head, with the question its
     queries ask and its keys answer."""
     questions = list(found.questions) if found.questions else None
     return {"layer": found.layer, "head": found.head, "why": found.why, "questions": questions}
@@ -238,7 +238,7 @@ class Explorer:
             found = slot.showcase_for(text)
             if found is None:
                 limits.check_text(model, text)
-                shown = heads.showcase_head(model, encode_batch(model, text))
+                shown = showcase.showcase_head(model, encode_batch(model, text))
                 found = showcase_fields(shown)
                 slot.remember_showcase(text, found, shown.per_text)
             return found

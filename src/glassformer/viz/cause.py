@@ -10,7 +10,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ..inspect.circuit import Circuit
+from ..lab.circuit import Circuit
 from .plots import Picture, _plt
 from .text import bracketed
 

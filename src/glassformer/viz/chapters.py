@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from ..inspect.embeddings import BAND, METHOD, Angles, Arithmetic, Plane, Projection
+from ..lab.embeddings import BAND, METHOD, Angles, Arithmetic, Plane, Projection
 from ..lessons.superposition import REPRESENTED, Run, Settings
 from .plots import Picture, _clean, _plt
 from .text import display_width, label, pad, wrap

@@ -15,9 +15,9 @@ import torch
 
 from ..config import GlassformerError
 from ..inputs import check_layer_head, tokenizer_of
-from ..inspect.explain import Analysis, analyze, walk_head
-from ..inspect.heads import query_to_follow
-from ..inspect.readings import detector_note, read_delta, scores_note, sink_note
+from ..lab.explain import Analysis, analyze, walk_head
+from ..lab.readings import detector_note, read_delta, scores_note, sink_note
+from ..lab.showcase import query_to_follow
 from ..model import Transformer
 
 PAGE = """<!doctype html>

@@ -20,8 +20,8 @@ import torch
 from ..config import GlassformerError
 from ..files import write_file_atomically
 from ..inputs import token_texts
-from ..inspect.explain import analyze
-from ..inspect.readings import pattern_note
+from ..lab.explain import analyze
+from ..lab.readings import pattern_note
 from ..sampling import probabilities
 from .text import label
 

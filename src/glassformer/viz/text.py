@@ -15,10 +15,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..inspect.explain import HeadWalk, Step, sharpest_query
-from ..inspect.heads import DETECTORS, STRONG, Detection, strongest
-from ..inspect.lens import LensRow
-from ..inspect.readings import DeltaReading, detector_note, scores_note, sink_note
+from ..lab.explain import HeadWalk, Step, sharpest_query
+from ..lab.heads import DETECTORS, STRONG, strongest
+from ..lab.lens import LensRow
+from ..lab.readings import DeltaReading, detector_note, scores_note, sink_note
+from ..lab.survey import Detection
 
 MAX_ROWS = 16  # rows of a grid or a vector list shown before the rest are left out
 CELL = 6  # characters per grid cell: " +1.23" or "  0.96"
@@ -249,7 +250,7 @@ def render_walk(
     chosen; `questions`: what this head's queries ask and its keys answer, when known (the
     adjective head's "is there an adjective in front of me?"); `notes`: lines to show
     first (unknown words); `reading`: the head's ΔE at the query read as a direction
-    (inspect.readings.read_delta), else only its size is compared with E."""
+    (lab.readings.read_delta), else only its size is compared with E."""
     style = style or Style()
     T = len(walk.tokens)
     q = sharpest_query(walk) if query is None else query % T

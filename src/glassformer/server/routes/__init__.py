@@ -2,7 +2,7 @@
 
 Adding a card (say, a patching map):
 
-1. its answer's shape: a function in `server/answers.py` that turns the inspect/ result
+1. its answer's shape: a function in `server/answers.py` that turns the lab/ result
    into a JSON-ready dict (no FastAPI there, so it can be tested on its own);
 2. its request, if a model and a text are not enough: a subclass of `TextRequest` in
    `server/schemas.py`;

@@ -7,8 +7,8 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from ...config import GlassformerError
-from ...inspect import heads
-from ...inspect.explain import analyze, walk_head
+from ...lab import showcase
+from ...lab.explain import analyze, walk_head
 from .. import answers
 from ..replies import json_answer
 from ..schemas import AnalyzeRequest, HeadRequest, settings
@@ -39,7 +39,7 @@ async def analyze_text(req: AnalyzeRequest, ex: Ex) -> Response:
 async def head(req: HeadRequest, ex: Ex) -> Response:
     def job(model) -> dict:
         walk = walk_head(model, req.text, req.layer, req.head)
-        follow = heads.query_to_follow(model, walk)
+        follow = showcase.query_to_follow(model, walk)
         focus = follow if req.query is None else req.query
         if not 0 <= focus < len(walk.tokens):
             raise GlassformerError(f"query {focus} is out of range: the text has tokens 0..{len(walk.tokens) - 1}")

@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from ...inspect import embeddings
+from ...lab import embeddings
 from ...lessons import superposition as toy
 from ..lanes import Busy
 from ..replies import json_answer

@@ -20,7 +20,7 @@ import torch
 
 from ..model import Transformer
 from ..pretrained import weights_cache
-from . import heads
+from . import survey
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +38,17 @@ def version_of(model: Transformer) -> str | None:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def detect_all(model: Transformer) -> heads.Detection:
-    """heads.detect_all on the detectors' own probe, read from the cache when this model
+def detect_all(model: Transformer) -> survey.Detection:
+    """survey.detect_all on the detectors' own probe, read from the cache when this model
     version was scored before, else computed and kept."""
     folder, version = weights_cache.cache_dir(), version_of(model)
     if folder is None or version is None:
-        return heads.detect_all(model)
+        return survey.detect_all(model)
     file = folder / weights_cache.DETECTORS / f"{version}.json"
     found = _read(file)
     if found is not None:
         return found
-    found = heads.detect_all(model)
+    found = survey.detect_all(model)
     try:
         _write(file, found)
     except (OSError, TypeError, ValueError) as err:  # a read-only disk; a field that is not JSON
@@ -72,7 +72,7 @@ def _decode(value):
     return value
 
 
-def _write(file, found: heads.Detection) -> None:
+def _write(file, found: survey.Detection) -> None:
     file.parent.mkdir(parents=True, exist_ok=True)
     body = {f.name: _encode(getattr(found, f.name)) for f in dataclasses.fields(found)}
     tmp = file.parent / f".{file.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -83,10 +83,10 @@ def _write(file, found: heads.Detection) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _read(file) -> heads.Detection | None:
+def _read(file) -> survey.Detection | None:
     try:
         body = json.loads(file.read_text(encoding="utf-8"))
-        return heads.Detection(**{k: _decode(v) for k, v in body.items()})
+        return survey.Detection(**{k: _decode(v) for k, v in body.items()})
     except FileNotFoundError:
         return None
     except (OSError, ValueError, TypeError, RecursionError) as err:

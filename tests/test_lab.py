@@ -7,16 +7,11 @@ import torch
 
 import glassformer as gf
 from glassformer.hooks import HOOK_TABLE
-from glassformer.inspect import heads
-from glassformer.inspect.edit import (
-    ablate_head,
-    final_norm_direction,
-    head_logit_attribution,
-    neuron_logit_attribution,
-    neurons_toward_guess,
-    patch,
-)
-from glassformer.inspect.lens import logit_lens, neuron_tokens, top_neurons
+from glassformer.lab import heads
+from glassformer.lab.attribution import final_norm_direction, head_logit_attribution
+from glassformer.lab.edit import ablate_head, patch
+from glassformer.lab.lens import logit_lens
+from glassformer.lab.neurons import neuron_logit_attribution, neuron_tokens, neurons_toward_guess, top_neurons
 
 from conftest import FAMILIES, RTOL_REORDERED, assert_close, build, maxdiff, tiny_decoder
 
@@ -326,7 +321,7 @@ def test_readme_documents_every_name():
 
 
 def test_every_head_over_the_threshold_is_named_strongest_first():
-    from glassformer.inspect.heads import Detection
+    from glassformer.lab.survey import Detection
 
     table = torch.tensor([[0.10, 0.456, 0.398], [0.975, 0.20, 0.428]])
     (line,) = Detection({"adjective-noun": table}).summary()

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import torch
 
 from ..config import GlassformerError
-from ..inputs import check_neuron
 from ..model import Transformer
 
 
@@ -51,33 +50,3 @@ def logit_lens(model: Transformer, ids: torch.Tensor, k: int = 5) -> list[LensRo
         )
         rows.append(LensRow(label, tokens, probs, top))
     return rows
-
-
-@torch.inference_mode()
-def top_neurons(model: Transformer, ids: torch.Tensor, position: int = -1, k: int = 10) -> list[tuple[int, int, float]]:
-    """The k MLP neurons (layer, index, signed activation) that fire hardest at `position`,
-    by the size of their activation: a neuron at −22 writes its row 22 times, negated."""
-    L = model.config.n_layers
-    _, cache = model.run_with_cache(ids, names="blocks.*.mlp.post")
-    acts = torch.stack([cache[f"blocks.{i}.mlp.post"][0, position] for i in range(L)]).float()  # [L, d_mlp]
-    _, flat = acts.flatten().abs().topk(min(k, acts.numel()))
-    return [(int(f) // acts.shape[1], int(f) % acts.shape[1], float(acts.flatten()[f])) for f in flat]
-
-
-@torch.inference_mode()
-def neuron_tokens(
-    model: Transformer, layer: int, neuron: int, k: int = 10, sign: float = 1.0
-) -> list[tuple[str, float]]:
-    """Tokens whose logits this neuron raises most when its activation has the sign of
-    `sign`, read directly through W_U (the direct path; later layers may change it): with
-    a negative activation the row is written negated, so what it raises are the tokens its
-    row would push down."""
-    _need_decoder(model)
-    check_neuron(model, layer, neuron)
-    writes = model.block(layer).mlp.down.weight[neuron].float()  # [C]: what the neuron adds per unit
-    if model.config.normalization != "rmsnorm":
-        writes = writes - writes.mean()  # a LayerNorm centres it first (as edit.final_norm_direction says)
-    scores = (writes * model.ln_final.weight.float()) @ model.W_U.float()  # [V]
-    values, top = (scores * (1.0 if sign >= 0 else -1.0)).topk(k)
-    names = model.tokenizer.token_texts(top.tolist()) if model.tokenizer else [str(i) for i in top.tolist()]
-    return list(zip(names, values.tolist()))
