@@ -83,3 +83,16 @@ def test_not_on_a_batch_in_training_or_with_a_hook_listening():
     model.eval()
     with model.hooks({"blocks.0.attn.q": lambda t, n: None}):
         assert not suits(model, 1)
+
+
+def test_decoding_never_changes_the_models_own_tensors():
+    """The joined W_Q|W_K|W_V and W_gate|W_up the numpy decoder multiplies by are its own
+    copy (or a view where the model already stores them so): the model is not re-laid."""
+    from glassformer.generate import generate
+
+    from conftest import tiny_llama
+
+    model = build(tiny_llama(context_length=40))
+    before = {k: (v.data_ptr(), v.stride()) for k, v in model.state_dict().items()}
+    generate(model, [1, 2, 3], max_new_tokens=5, temperature=0)
+    assert {k: (v.data_ptr(), v.stride()) for k, v in model.state_dict().items()} == before
