@@ -48,8 +48,8 @@ test-fast: $(STAMP)
 # where the CPU has it, AVX-512), at 1 and 2 threads: each rounds differently, and a tolerance
 # must hold on all of them. Each comparison's error, as a share of its scale, is logged; the
 # worst per tolerance is printed at the end (the spread the tests' comments quote).
-KERNEL_TESTS ?= tests/test_attention.py tests/test_cpu_decoder.py tests/test_inspect.py tests/test_generate.py \
-	tests/test_sampling.py tests/test_llama.py tests/test_gguf.py tests/test_pretrained.py tests/test_precision.py tests/test_layers.py
+KERNEL_TESTS ?= tests/test_attention.py tests/test_cpu_decoder.py tests/test_lab.py tests/test_generate.py tests/test_cause.py \
+	tests/test_switch_off.py tests/test_sampling.py tests/test_llama.py tests/test_gguf.py tests/test_pretrained.py tests/test_precision.py tests/test_layers.py
 KERNEL_LOG ?= build/tolerances.tsv
 test-kernels: $(STAMP)
 	@mkdir -p $(dir $(KERNEL_LOG)) && rm -f $(KERNEL_LOG)
