@@ -202,3 +202,18 @@ def test_lens_and_neurons_name_unknown_words_and_bracket_tokens(capsys):
         code, out, _ = run(capsys, *command)
         assert code == 0 and "(read as [UNK]): zzz" in out.splitlines()[0]
     assert "pushes up: [" in out  # every pushed token in brackets, so "," and "." can be told apart
+
+
+def test_one_text_commands_run_torch_on_one_thread_and_give_the_threads_back(capsys, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    import torch
+
+    before, asked = torch.get_num_threads(), []
+    real = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: asked.append(n) or real(n))
+    code, _, _ = run_cli(capsys, "explain", "a fluffy blue creature")
+    assert code == 0 and asked[:1] == [1] and torch.get_num_threads() == before
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's own choice is kept
+    asked.clear()
+    run_cli(capsys, "explain", "a fluffy blue creature")
+    assert 1 not in asked

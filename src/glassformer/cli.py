@@ -25,6 +25,7 @@ boundary: every failure a user can cause ends as one line on stderr and exit sta
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import math
@@ -1164,13 +1165,36 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
 
 
+# Commands that read one short text: a few forward passes of T × d_model rows. A second
+# PyTorch thread saves little on products that small, and on a busy machine its spin-waiting
+# made `explain` on SmolLM2 3-4× slower than on one thread (README, "Figures"). OMP_NUM_THREADS,
+# when set, is the user's choice and is kept.
+ONE_TEXT_COMMANDS = frozenset({"explain", "show", "lens", "neurons", "ablate", "embed"})
+
+
+@contextlib.contextmanager
+def _threads_for(command: str | None):
+    if command not in ONE_TEXT_COMMANDS or "OMP_NUM_THREADS" in os.environ:
+        yield
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
         previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     except ValueError:  # not the main thread (main() called from a test's thread): leave it be
         previous = None
     try:
-        code = args.run(args)
+        with _threads_for(args.command):
+            code = args.run(args)
         sys.stdout.flush()  # a full or closed stdout fails here, inside the boundary
         return code
     except GlassformerError as err:
