@@ -1172,19 +1172,12 @@ def main(argv: list[str] | None = None) -> int:
 ONE_TEXT_COMMANDS = frozenset({"explain", "show", "lens", "neurons", "ablate", "embed"})
 
 
-@contextlib.contextmanager
-def _threads_for(command: str | None):
+def _threads_for(command: str | None) -> contextlib.AbstractContextManager:
     if command not in ONE_TEXT_COMMANDS or "OMP_NUM_THREADS" in os.environ:
-        yield
-        return
-    import torch
+        return contextlib.nullcontext()
+    from .cpu_decoder import one_torch_thread
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    return one_torch_thread()
 
 
 def _run(args: argparse.Namespace) -> int:
