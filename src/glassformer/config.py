@@ -160,7 +160,10 @@ _BERT: dict[str, Any] = dict(
     vocab_size=30522,
     context_length=512,
 )
-_LLAMA: dict[str, Any] = dict(
+# what makes a Llama-family model (the converters of HF and GGUF files read the rest)
+LLAMA_FAMILY: dict[str, Any] = dict(
+    causal=True,
+    norm="pre",
     normalization="rmsnorm",
     activation="silu",
     mlp="gated",
@@ -189,7 +192,7 @@ PRESETS: dict[str, ModelConfig] = {
     "minilm-l6": ModelConfig(**_BERT, d_model=384, n_heads=12, n_layers=6, d_mlp=1536),  # 22.7M
     # the Llama family: 9 query heads share 3 key/value heads in SmolLM2
     "smollm2-135m": ModelConfig(
-        **_LLAMA,
+        **LLAMA_FAMILY,
         vocab_size=49152,
         context_length=8192,
         d_model=576,
@@ -202,7 +205,7 @@ PRESETS: dict[str, ModelConfig] = {
     # small sizes for lessons and experiments; vocab 256 so raw bytes fit until a tokenizer sets it
     "lesson-tiny": ModelConfig(vocab_size=256, context_length=64, d_model=64, n_heads=4, n_layers=2),  # 0.1M
     "lesson-llama": ModelConfig(
-        **_LLAMA, vocab_size=256, context_length=64, d_model=64, n_heads=4, n_layers=2
+        **LLAMA_FAMILY, vocab_size=256, context_length=64, d_model=64, n_heads=4, n_layers=2
     ),  # 0.1M, the Llama family in small: both lessons (rotary positions let a previous-token
     # head form where learned position rows did not, in 8,000 steps; and let the adjectives
     # lesson's head find adjectives where learned rows averaged a fixed window of words)

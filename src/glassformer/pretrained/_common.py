@@ -47,6 +47,16 @@ class Converter:
         """A key that may be present and is deliberately not used."""
         self.used.add(key)
 
+    def finish(self, ours: dict[str, torch.Tensor], config, V: int, C: int) -> dict[str, torch.Tensor]:
+        """The decoders' common ending: W_U taken (or a tied copy dropped: some exports save
+        it, but it is W_E itself), every key checked used, every tensor contiguous."""
+        if config.tied_unembedding:
+            self.drop("lm_head.weight")
+        else:
+            ours["unembed.weight"] = self.take("lm_head.weight", (V, C))
+        self.check_all_used()
+        return {k: v.contiguous() for k, v in ours.items()}
+
     def check_all_used(self) -> None:
         unused = sorted(set(self.state) - self.used)
         if unused:

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import GlassformerError, ModelConfig
+from ..config import LLAMA_FAMILY, GlassformerError, ModelConfig
 from ..params import check_fits
 from ..tokenizer import HFTokenizer
 from . import dequant, weights_cache
@@ -285,14 +285,8 @@ def config_of(reader, path: Path) -> ModelConfig:
             d_head=d_head,
             n_layers=int(need("block_count")),
             d_mlp=int(need("feed_forward_length")),
-            causal=True,
-            norm="pre",
-            normalization="rmsnorm",
-            activation="silu",
-            mlp="gated",
-            positions="rotary",
+            **LLAMA_FAMILY,
             rope_base=float(_field(reader, f"{arch}.rope.freq_base", 10000.0)),
-            bias=False,
             tied_unembedding="output.weight" not in reader.tensors,
             norm_eps=float(_field(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
         )

@@ -105,9 +105,4 @@ def convert(config: ModelConfig, hf_state: dict[str, torch.Tensor]) -> dict[str,
             b + "mlp.down.weight": c.take(h + "mlp.c_proj.weight", (M, C)),
             b + "mlp.down.bias": c.take(h + "mlp.c_proj.bias", (C,)),
         }
-    if config.tied_unembedding:
-        c.drop("lm_head.weight")  # saved by some exports, but it is W_E itself
-    else:
-        ours["unembed.weight"] = c.take("lm_head.weight", (V, C))
-    c.check_all_used()
-    return {k: v.contiguous() for k, v in ours.items()}
+    return c.finish(ours, config, V, C)

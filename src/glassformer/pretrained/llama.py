@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from ..config import GlassformerError, ModelConfig
+from ..config import LLAMA_FAMILY, GlassformerError, ModelConfig
 from ._common import Converter
 
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -64,14 +64,8 @@ def config_from_hf(hf: dict) -> ModelConfig:
         d_head=hf.get("head_dim") or hf["hidden_size"] // heads,
         n_layers=hf["num_hidden_layers"],
         d_mlp=hf["intermediate_size"],
-        causal=True,
-        norm="pre",
-        normalization="rmsnorm",
-        activation="silu",
-        mlp="gated",
-        positions="rotary",
+        **LLAMA_FAMILY,
         rope_base=rope_base(hf),
-        bias=False,
         tied_unembedding=bool(hf.get("tie_word_embeddings", False)),
         norm_eps=hf.get("rms_norm_eps", 1e-6),
     )
@@ -103,9 +97,4 @@ def convert(config: ModelConfig, hf_state: dict[str, torch.Tensor]) -> dict[str,
             b + "mlp.up.weight": c.take(h + "mlp.up_proj.weight", (M, C)).T,
             b + "mlp.down.weight": c.take(h + "mlp.down_proj.weight", (C, M)).T,
         }
-    if config.tied_unembedding:
-        c.drop("lm_head.weight")  # saved by some exports, but it is W_E itself
-    else:
-        ours["unembed.weight"] = c.take("lm_head.weight", (V, C))
-    c.check_all_used()
-    return {k: v.contiguous() for k, v in ours.items()}
+    return c.finish(ours, config, V, C)
