@@ -23,10 +23,7 @@ from ..inputs import token_texts
 from ..lab.explain import analyze
 from ..lab.readings import pattern_note
 from ..sampling import probabilities
-from .text import label
-
-VIDEO = "video orientation: keys down the side, queries across the top; each column sums to 1"
-USUAL = "usual orientation: queries down the side, keys across the top; each row sums to 1"
+from .text import USUAL, VIDEO, label  # the orientation, said in the same words everywhere
 
 
 def _plt():
