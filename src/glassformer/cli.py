@@ -90,6 +90,14 @@ def at_least(low: int) -> Callable[[str], int]:
     return read
 
 
+def seed_value(text: str) -> int:
+    """A random seed: a whole number that fits PyTorch's generator (0 to 2^63 − 1)."""
+    value = whole(text)
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"give a seed from 0 to 2^63 − 1, not {text!r}")
+    return value
+
+
 def yes_no(text: str) -> bool:  # the on/off model flags
     if text.lower() in ("yes", "no"):
         return text.lower() == "yes"
@@ -121,7 +129,7 @@ def model_flag(p: argparse.ArgumentParser, **kwargs) -> None:
 def load_model(args):
     from .pretrained import load
 
-    return load(DEFAULT_MODEL if args.model is None else args.model, precision=args.precision)
+    return load(DEFAULT_MODEL if args.model is None else args.model, precision=getattr(args, "precision", "fp32"))
 
 
 def say_unknown_words(model, text: str) -> None:
@@ -332,7 +340,7 @@ def generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", "-t", type=finite, default=1.0, help="0 = always the likeliest token")
     p.add_argument("--top-k", type=at_least(1), help="sample only among the k likeliest tokens")
     p.add_argument("--top-p", type=finite, help="sample only among the likeliest tokens covering p")
-    p.add_argument("--seed", type=at_least(0), help="make sampling reproducible")
+    p.add_argument("--seed", type=seed_value, help="make sampling reproducible")
     p.add_argument("--crop", action="store_true", help="keep the end of a prompt longer than the context")
     p.add_argument("--no-cache", action="store_true", help="recompute every position each step (slow)")
 
@@ -712,10 +720,21 @@ def cache(args) -> int:
 
 # --- cause: switch off, patch, read weights --------------------------------------------------
 def print_json(value) -> None:
-    """One JSON object on stdout, for notebooks and scripts."""
+    """One JSON object on stdout, for notebooks and scripts: a number that is not one (NaN,
+    infinity: a head not measured, an overflow) is written as null, which every parser reads."""
     import json
 
-    print(json.dumps(value, ensure_ascii=False))
+    print(json.dumps(_finite(value), ensure_ascii=False, allow_nan=False))
+
+
+def _finite(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def json_flag(p: argparse.ArgumentParser) -> None:
@@ -1021,7 +1040,7 @@ def angles_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dims", default="3,100,576,12288", help="dimensions, with commas (default: 3,100,576,12288)")
     p.add_argument("--vectors", type=at_least(2), default=1000, help="random directions per dimension (default: 1000)")
     p.add_argument("--model", "-m", help="also the angles between rows of this model's W_E (e.g. smollm2)")
-    p.add_argument("--seed", type=at_least(0), default=0, help="seed for the random directions (default: 0)")
+    p.add_argument("--seed", type=seed_value, default=0, help="seed for the random directions (default: 0)")
     p.add_argument("--out", "-o", help="also draw the histograms: FILE.png or FILE.svg")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -1092,7 +1111,7 @@ def superposition_arguments(p: argparse.ArgumentParser) -> None:
         "--importance", type=finite, default=d.decay, help=f"feature i weighs DECAY^i, in (0, 1] (default: {d.decay})"
     )
     p.add_argument("--steps", type=at_least(1), default=d.steps, help=f"training steps (default: {d.steps})")
-    p.add_argument("--seed", type=at_least(0), default=d.seed, help=f"random seed (default: {d.seed})")
+    p.add_argument("--seed", type=seed_value, default=d.seed, help=f"random seed (default: {d.seed})")
     p.add_argument("--out", "-o", help="also draw W's columns: FILE.png or FILE.svg")
     p.add_argument("--json", action="store_true", help="print W as [dims][features] for each sparsity, as JSON")
 

@@ -70,7 +70,7 @@ def check_neuron(model: Transformer, layer: int, neuron: int) -> None:
     c = model.config
     if not (0 <= layer < c.n_layers and 0 <= neuron < c.d_mlp):
         raise GlassformerError(
-            f"neuron {layer}.{neuron} is out of range: layers 0..{c.n_layers - 1}, neurons 0..{c.d_mlp - 1}"
+            f"layer {layer}, neuron {neuron} is out of range: layers 0..{c.n_layers - 1}, neurons 0..{c.d_mlp - 1}"
         )
 
 

@@ -22,6 +22,20 @@ from .config import GlassformerError
 _MARK = "glassformer_tokenizer"  # key that tells our own formats from Hugging Face's
 
 
+def utf8(text: str) -> str:
+    """`text`, refused in one line if it cannot be written as UTF-8: a lone surrogate, as
+    Python reads a byte that is not UTF-8 on the command line (the tokenizers library
+    would raise a TypeError on it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise GlassformerError(
+            f"{text[:40]!r} holds a character that is not valid Unicode text at position {err.start} "
+            "(a lone surrogate, or a byte that is not UTF-8 on the command line); give UTF-8 text"
+        ) from None
+    return text
+
+
 @runtime_checkable
 class Tokenizer(Protocol):
     """What every tokenizer offers; a model's `.tokenizer` is one of these (or None)."""
@@ -152,10 +166,10 @@ class HFTokenizer:
         return self.tok.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=add_special_tokens).ids
+        return self.tok.encode(utf8(text), add_special_tokens=add_special_tokens).ids
 
     def encode_batch(self, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
-        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=add_special_tokens)]
+        return [e.ids for e in self.tok.encode_batch([utf8(t) for t in texts], add_special_tokens=add_special_tokens)]
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
@@ -180,7 +194,7 @@ class HFTokenizer:
         return raw.decode("utf-8", errors="backslashreplace")
 
     def token_id(self, token: str) -> int | None:
-        return self.tok.token_to_id(token)
+        return self.tok.token_to_id(utf8(token))
 
     def unknown_pieces(self, text: str) -> list[tuple[int, str]]:
         """(position, piece of `text`) for each token that became the unknown token, at its
@@ -189,7 +203,7 @@ class HFTokenizer:
         unk = self._unknown_token()
         if unk is None:
             return []
-        enc = self.tok.encode(text)
+        enc = self.tok.encode(utf8(text))
         return [(i, text[s:e]) for i, (token, (s, e)) in enumerate(zip(enc.tokens, enc.offsets)) if token == unk]
 
     def unknown_words(self, text: str) -> list[str]:

@@ -230,7 +230,9 @@ def ablation(model, name: str, text: str, heads_off, mlps_off, mode: str, positi
     if position is not None and not 0 <= position < T:
         raise GlassformerError(f"position {position} is out of range: the text has tokens 0..{T - 1}")
     if not heads_off and not mlps_off:
-        raise GlassformerError("say what to switch off: heads [[layer, head], ...] or mlps [[layer, neuron|null], ...]")
+        raise GlassformerError(
+            "say what to switch off: heads [[layer, head], ...], mlps [layer, ...] or neurons [[layer, neuron], ...]"
+        )
     reference = ids if mode == "mean" else None
     edits = [edit.ablate_head(model, L, H, mode=mode, reference=reference) for L, H in heads_off]
     edits += [edit.ablate_mlp(model, L, n, mode=mode, reference=reference) for L, n in mlps_off]
