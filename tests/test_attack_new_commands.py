@@ -49,3 +49,16 @@ def test_a_neuron_is_named_by_layer_and_index(capsys):
         capsys, "ablate", "a fluffy blue creature", "--model", LESSON, "--mlp", "0", "--neuron", "99999"
     )
     assert_one_line_error(code, err, "layer 0, neuron 99999")
+
+
+def test_patch_says_when_its_shares_mean_little():
+    from glassformer.cli import patch_caution
+
+    assert patch_caution(6.1, -5.5) is None
+    assert "does not prefer" in patch_caution(-10.42, -10.38)
+    assert "mostly noise" in patch_caution(0.3, 0.1)
+
+
+def test_circuit_k_is_bounded(capsys):
+    code, _, err = run_cli(capsys, "circuit", "--model", LESSON, "--layer", "0", "--head", "0", "-k", "100000")
+    assert code == 2 and "1 to 1000" in err

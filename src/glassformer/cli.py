@@ -90,6 +90,16 @@ def at_least(low: int) -> Callable[[str], int]:
     return read
 
 
+def between(low: int, high: int) -> Callable[[str], int]:
+    def read(text: str) -> int:
+        value = whole(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"give a whole number from {low} to {high}, not {text!r}")
+        return value
+
+    return read
+
+
 def seed_value(text: str) -> int:
     """A random seed: a whole number that fits PyTorch's generator (0 to 2^63 − 1)."""
     value = whole(text)
@@ -908,6 +918,9 @@ def patch(args) -> int:
 
     print(f"logit([{bracketed(a, 14)}]) - logit([{bracketed(w, 14)}]) at the last position:")
     print(f"  clean {found.clean_diff:+.2f}, corrupted {found.corrupt_diff:+.2f}")
+    note = patch_caution(found.clean_diff, found.corrupt_diff)
+    if note:
+        print(f"  note: {note}")
     print("share restored when one head's z (every position) comes from the clean run, by layer (rows) and head:")
     print("layer " + " ".join(f"{f'h{h}':>6}" for h in range(len(table[0]))))
     print("\n".join(f"{i:>5} " + " ".join(f"{v:+6.2f}" for v in row) for i, row in enumerate(table)))
@@ -917,11 +930,24 @@ def patch(args) -> int:
     return 0
 
 
+def patch_caution(clean: float, corrupt: float) -> str | None:
+    """What a learner should know before reading the shares: they are fractions of the gap
+    between the two runs, which mean little when the gap is small or the clean run does
+    not prefer the answer."""
+    if clean <= 0:
+        return (
+            "the clean run does not prefer the answer; pick --answer/--wrong it gets right, or the shares mean little"
+        )
+    if abs(clean - corrupt) < 1:
+        return f"the two runs differ by only {abs(clean - corrupt):.2f}: shares of so small a gap are mostly noise"
+    return None
+
+
 def circuit_arguments(p: argparse.ArgumentParser) -> None:
     model_flag(p)
     p.add_argument("--layer", "-l", type=at_least(0), required=True, help="layer index, from 0")
     p.add_argument("--head", type=at_least(0), required=True, help="head index, from 0")
-    p.add_argument("-k", type=at_least(1), default=15, help="top pairs listed (default: 15)")
+    p.add_argument("-k", type=between(1, 1000), default=15, help="top pairs listed, 1 to 1000 (default: 15)")
     p.add_argument("--token", action="append", default=[], help="also list this token's best keys and outputs (repeat)")
     p.add_argument("--out", "-o", help="draw the whole QK and OV grids to FILE.png or .svg (vocabularies ≤ 1000)")
     json_flag(p)
