@@ -57,7 +57,7 @@ test-kernels: $(STAMP)
 	for kernel in $$kernels; do for threads in 1 2; do \
 	  echo "== ATEN_CPU_CAPABILITY=$$kernel, $$threads thread(s)"; \
 	  ATEN_CPU_CAPABILITY=$$kernel OMP_NUM_THREADS=$$threads GLASSFORMER_TOLERANCE_LOG=$(abspath $(KERNEL_LOG)) \
-	    $(BIN)/python -m pytest -q -p no:cacheprovider $(KERNEL_TESTS) $(PYTEST_ARGS) || exit 1; \
+	    $(BIN)/python -m pytest -p no:cacheprovider $(KERNEL_TESTS) $(PYTEST_ARGS) || exit 1; \
 	done; done
 	@$(BIN)/python tests/tolerances.py $(KERNEL_LOG)
 
