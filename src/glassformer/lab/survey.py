@@ -11,7 +11,7 @@ import torch
 from ..config import GlassformerError
 from ..model import Transformer
 from .heads import STRONG, adjective_noun, one_pass, random_repeats, speaks_adjectives, strongest
-from .switch_off import CANDIDATES, switch_off_heads, switch_off_table, switch_off_texts
+from .switch_off import CANDIDATES, FULL_SWEEP, switch_off_heads, switch_off_table, switch_off_texts
 
 
 @dataclass
@@ -45,7 +45,11 @@ class Detection:
 def detect_all(model: Transformer, ids: torch.Tensor | None = None) -> Detection:
     """Every detector that applies to this model, on `ids` (else on repeated random
     segments); one that cannot be scored on this text is skipped with the reason."""
-    probe = random_repeats(model) if ids is None else ids
+    probe = ids
+    if probe is None:  # a model of many heads (SmolLM2's 270) gets half the rows: averages of
+        # 768 positions are steady, and the first "score every head" stays within seconds
+        big = model.config.n_layers * model.config.n_heads > FULL_SWEEP
+        probe = random_repeats(model, n_each=3 if big else 6)
     detectors = one_pass(model, probe)
     if speaks_adjectives(model):
         detectors["adjective-noun"] = lambda: adjective_noun(model)

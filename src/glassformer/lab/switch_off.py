@@ -15,7 +15,7 @@ from .heads import random_repeats, speaks_adjectives
 
 CANDIDATES = 4  # the switch-off check runs on this many of the best pattern heads: one batch of 5 on 30 × 9 heads
 FULL_SWEEP = 32  # up to this many heads, `heads` switches off every one; above, the detectors' best
-SWEEP_TOKENS = 2048  # above FULL_SWEEP: token positions the switch-off column may run (rows × length × heads)
+SWEEP_TOKENS = 1024  # above FULL_SWEEP: token positions the switch-off column may run (rows × length × heads)
 LOGITS_PER_PASS = 2**25  # floats of logits one switch-off pass may hold (128 MB)
 
 
