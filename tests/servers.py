@@ -1,10 +1,15 @@
 """Start the explorer for tests: in a background thread (`running`), or in a process of its
-own (`SERVER_SCRIPT`), on a free loopback port, with the same limits `glassformer serve` uses."""
+own (`server_process`), on a free loopback port, with the same limits `glassformer serve` uses."""
 
 import contextlib
+import queue
 import socket
+import subprocess
+import sys
 import threading
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 from glassformer.server.app import Registry, create_app, listen, make_server
 
@@ -63,3 +68,37 @@ for spec in sys.argv[2:]:
     registry.add(name or load_name, lambda m=model: m)
 run(create_app(registry), "127.0.0.1", int(sys.argv[1]), ready=lambda url: print("ready", url, flush=True))
 """
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen
+    url: str
+    lines: queue.Queue  # what it prints after "ready URL", line by line
+
+
+@contextlib.contextmanager
+def server_process(script: str = SERVER_SCRIPT, *args: str):
+    """`script` (argv = a free port, then `args`) in a Python process of its own, once it has
+    printed "ready URL"; killed at the end if it is still running."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(free_port()), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parent,
+    )
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    try:
+        try:
+            line = lines.get(timeout=120)
+        except queue.Empty:
+            proc.kill()
+            raise AssertionError(f"the server did not start: {proc.stderr.read()}") from None
+        assert line.startswith("ready http://127.0.0.1:"), (line, proc.stderr.read() if proc.poll() else "")
+        yield ServerProcess(proc, line.split()[1].rstrip("/"), lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

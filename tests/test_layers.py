@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "glassformer"
 # bottom first; a module may import from its own layer's package or from lower layers only
 LAYERS = [
     {"config"},
-    {"hardware", "hooks", "linear", "files", "tokenizer"},
+    {"hardware", "hooks", "linear", "files", "json_text", "tokenizer"},
     {"attention"},
     {"model"},
     {"params", "sampling", "inputs", "cpu_decoder"},

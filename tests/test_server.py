@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -27,7 +26,7 @@ from glassformer.cli import build_parser
 from glassformer.config import GlassformerError
 from glassformer.lab import survey
 
-from servers import SERVER_SCRIPT, free_port, registry_of, running, serving
+from servers import SERVER_SCRIPT, free_port, registry_of, running, server_process, serving
 
 pytest.importorskip("fastapi", reason="the explorer is a FastAPI app (extra serve)")
 from glassformer.server.app import Registry, create_app, run
@@ -554,29 +553,9 @@ def test_a_taken_port_is_an_error_before_ready():
     assert called == []
 
 
-def start_server(*names: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SERVER_SCRIPT, str(port), *names],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).parent,
-    )
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
-    try:
-        line = lines.get(timeout=120)
-    except queue.Empty:
-        proc.kill()
-        raise AssertionError(f"the server did not start: {proc.stderr.read()}") from None
-    assert line.startswith("ready http://127.0.0.1:"), line
-    return proc, line.split()[1].rstrip("/")
-
-
 def test_sigterm_stops_the_server_within_2_seconds():
-    proc, url = start_server("random:lesson-tiny")
-    try:
+    with server_process(SERVER_SCRIPT, "random:lesson-tiny") as server:
+        proc, url = server.proc, server.url
         keep_alive = httpx.Client()
         assert keep_alive.get(f"{url}/api/models").status_code == 200  # one connection left open
         idle = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))  # and one that says nothing
@@ -587,10 +566,6 @@ def test_sigterm_stops_the_server_within_2_seconds():
         assert took < 2, f"took {took:.2f} s to stop"
         idle.close()
         keep_alive.close()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_serves_on_loopback_unless_told_otherwise():
@@ -695,9 +670,9 @@ def check_answer(kind: str, model: str, text: str, data) -> None:
 
 @pytest.mark.slow
 def test_soak_300_requests_30_clients_and_slow_ones():
-    proc, url = start_server("tiny=random:lesson-tiny", "adjectives=lesson:adjectives")
-    port = int(url.rsplit(":", 1)[1])
-    try:
+    with server_process(SERVER_SCRIPT, "tiny=random:lesson-tiny", "adjectives=lesson:adjectives") as server:
+        proc, url = server.proc, server.url
+        port = int(url.rsplit(":", 1)[1])
         for name in ("tiny", "adjectives"):  # warm: both models have run once before the first reading
             assert post(url, "/api/analyze", {"model": name, "text": "the old wizard watched"}).status_code == 200
         rss_before = rss_mib(proc.pid)
@@ -744,7 +719,6 @@ def test_soak_300_requests_30_clients_and_slow_ones():
             t.join(timeout=120)
         wall = time.perf_counter() - start
         rss_after = rss_mib(proc.pid)
-    finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=10)
     answered = [r for r in results if not r[0].startswith("slow")]

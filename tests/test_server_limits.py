@@ -6,11 +6,8 @@ import base64
 import queue
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -20,7 +17,7 @@ import glassformer as gf
 from glassformer.tokenizer import ByteTokenizer
 
 from conftest import build, tiny_decoder
-from servers import free_port, registry_of, running, serving
+from servers import registry_of, running, server_process, serving
 
 pytest.importorskip("fastapi", reason="the explorer is a FastAPI app (extra serve)")
 from glassformer.server import limits
@@ -150,33 +147,17 @@ run(app, "127.0.0.1", int(sys.argv[1]), ready=lambda url: print("ready", url, fl
 
 
 def test_sigterm_during_a_request_answers_503_json_and_exits_cleanly():
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SLOW_SERVER, str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).parent,
-    )
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
-    try:
-        assert lines.get(timeout=120).startswith("ready ")
-        url = f"http://127.0.0.1:{port}"
+    with server_process(SLOW_SERVER) as server:
         answers: list = []
         asking = threading.Thread(
-            target=lambda: answers.append(post(url, "/api/analyze", {"model": "slow", "text": TEXT}))
+            target=lambda: answers.append(post(server.url, "/api/analyze", {"model": "slow", "text": TEXT}))
         )
         asking.start()
-        assert lines.get(timeout=60).strip() == "inside"  # the forward pass has begun
-        proc.send_signal(signal.SIGTERM)
+        assert server.lines.get(timeout=60).strip() == "inside"  # the forward pass has begun
+        server.proc.send_signal(signal.SIGTERM)
         asking.join(timeout=20)
-        rc = proc.wait(timeout=20)
-        err = proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        rc = server.proc.wait(timeout=20)
+        err = server.proc.stderr.read()
     assert answers, "the request got no answer"
     r = answers[0]
     assert r.status_code == 503 and r.headers["content-type"] == "application/json", (r.status_code, r.text)

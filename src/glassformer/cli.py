@@ -732,19 +732,9 @@ def cache(args) -> int:
 def print_json(value) -> None:
     """One JSON object on stdout, for notebooks and scripts: a number that is not one (NaN,
     infinity: a head not measured, an overflow) is written as null, which every parser reads."""
-    import json
+    from .json_text import to_text
 
-    print(json.dumps(_finite(value), ensure_ascii=False, allow_nan=False))
-
-
-def _finite(value):
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
+    print(to_text(value, nulls=True))
 
 
 def json_flag(p: argparse.ArgumentParser) -> None:

@@ -4,7 +4,6 @@ shape can be read (and tested) on its own. Masked cells (−∞) travel as null.
 from __future__ import annotations
 
 import base64
-import json
 
 import torch
 
@@ -15,21 +14,6 @@ from ..lab import heads, neurons, readings, survey
 from ..lab.explain import Analysis, HeadWalk
 from ..viz.page import rounded
 from .limits import THUMB, window
-
-
-def to_json(data: dict) -> bytes:
-    """An answer as JSON bytes; json.dumps is many times faster than FastAPI's encoder on
-    big nested lists of floats. NaN or infinity (which JSON cannot carry) is a
-    GlassformerError: the model's numbers overflowed on this text."""
-    try:
-        try:
-            return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
-        except UnicodeEncodeError:  # a token text holding a lone surrogate
-            return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
-    except ValueError:
-        raise GlassformerError(
-            "this model's numbers overflowed to NaN or infinity on this text; nothing can be shown"
-        ) from None
 
 
 def analysis(a: Analysis) -> dict:

@@ -19,10 +19,11 @@ its own (400, 503) in JSON with the headers above.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 from collections.abc import Iterable
+
+from ..json_text import to_bytes
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def hosts_allowed(extra: Iterable[str] = ()) -> frozenset[str]:
 
 
 def json_body(status: int, detail: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
-    body = json.dumps({"detail": detail}, ensure_ascii=True).encode()
+    body = to_bytes({"detail": detail})
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),

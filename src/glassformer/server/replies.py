@@ -14,30 +14,29 @@
 
 from __future__ import annotations
 
-import json
-
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
 from ..config import GlassformerError
+from ..json_text import to_bytes
 from .lanes import Busy, Stopping
 from .limits import TooLong
 from .slots import LoadFailed, UnknownModel
 
 
 class SafeJSON(Response):
-    """JSON that is always ASCII (a lone surrogate is escaped, not a crash) and never NaN."""
+    """JSON that a lone surrogate cannot crash and that is never NaN (json_text)."""
 
     media_type = "application/json"
 
     def render(self, content) -> bytes:
-        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
+        return to_bytes(content)
 
 
 def json_answer(body: bytes) -> Response:
-    """JSON already written out (by answers.to_json, in the model's lane)."""
+    """JSON already written out (by json_text.to_bytes, in the model's lane)."""
     return Response(body, media_type="application/json")
 
 

@@ -28,6 +28,7 @@ import torch
 from .. import lessons
 from ..config import GlassformerError
 from ..inputs import EXAMPLE, encode_batch
+from ..json_text import to_bytes
 from ..lab import detector_cache, showcase
 from . import answers, limits
 from .lanes import Lane, Traffic, shadow
@@ -94,16 +95,21 @@ class ModelSlot:
                 while len(self.showcases) > 32:
                     self.showcases.pop(next(iter(self.showcases)))
 
-    def remember_logits(self, text: str, logits: torch.Tensor) -> None:
+    def next_card(self, model, text: str, how: dict, logits: torch.Tensor | None = None) -> dict:
+        """The next-token card for `text` under the sampling settings `how`, from `logits`
+        when the caller has just computed them, else from those kept for this text (the
+        sliders move often, the sentence seldom), else from one forward pass."""
+        with self.lock:
+            logits = self.logits.get(text) if logits is None else logits
+        if logits is None:
+            with torch.inference_mode():
+                logits = model(encode_batch(model, text), last_only=True)[0, -1].float().cpu()
         with self.lock:
             self.logits[text] = logits
             self.logits.move_to_end(text)
             while len(self.logits) > 16:
                 self.logits.popitem(last=False)
-
-    def cached_logits(self, text: str) -> torch.Tensor | None:
-        with self.lock:
-            return self.logits.get(text)
+        return answers.next_tokens(model, logits, **how)
 
 
 class Registry:
@@ -214,7 +220,7 @@ class Explorer:
         """fn(model)'s answer as JSON bytes, written out in the model's lane too: a big grid
         of floats is never serialised on the event loop, where it would hold up every request.
         `text`: the request's text, judged against `limits` before fn runs (None: no text)."""
-        return await self.on_model(name, lambda model: answers.to_json(fn(model)), text)
+        return await self.on_model(name, lambda model: to_bytes(fn(model)), text)
 
     def stop(self) -> None:
         """The server is shutting down (on the event loop): refuse new work, answer what

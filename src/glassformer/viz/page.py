@@ -8,13 +8,12 @@ heads. Token text is data (JSON), put on the page with textContent only.
 from __future__ import annotations
 
 import html
-import json
 from importlib import resources
 
 import torch
 
-from ..config import GlassformerError
 from ..inputs import check_layer_head, tokenizer_of
+from ..json_text import to_text
 from ..lab.explain import Analysis, analyze, walk_head
 from ..lab.readings import detector_note, read_delta, scores_note, sink_note
 from ..lab.showcase import query_to_follow
@@ -74,11 +73,7 @@ def static_text(name: str) -> str:
 
 def json_for_script(value) -> str:
     """JSON that cannot end its <script> element early: <, > and & become \\u escapes."""
-    try:
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    except ValueError:  # NaN or infinity, which JSON cannot carry
-        raise GlassformerError("this model's numbers overflowed to NaN or infinity on this text") from None
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return to_text(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def rounded(t: torch.Tensor, digits: int = 4):

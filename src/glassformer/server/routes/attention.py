@@ -26,8 +26,7 @@ async def analyze_text(req: AnalyzeRequest, ex: Ex) -> Response:
         a = analyze(model, req.text)
         out = {"model": req.model, **answers.analysis(a), **answers.unknowns(model, req.text)}
         if a.last_logits is not None:
-            slot.remember_logits(req.text, a.last_logits)
-            out |= answers.next_tokens(model, a.last_logits, **how)
+            out |= slot.next_card(model, req.text, how, a.last_logits)
         if req.showcase:
             out["showcase"] = slot.showcase_for(req.text)
         return out

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from ...inputs import encode
-from .. import answers
+from ...json_text import to_bytes
 from ..replies import json_answer
 from ..schemas import TextRequest
 from .common import ON_A_MODEL, Ex
@@ -32,4 +32,4 @@ async def showcase(req: TextRequest, ex: Ex) -> dict:
 async def head_scores(
     ex: Ex, model: str = Query(description="one of the names /api/models lists", max_length=200)
 ) -> Response:
-    return json_answer(answers.to_json(await ex.detection(ex.slot_for(model))))
+    return json_answer(to_bytes(await ex.detection(ex.slot_for(model))))
