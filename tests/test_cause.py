@@ -184,7 +184,9 @@ def test_large_vocabularies_get_the_top_pairs_not_the_grid(decoder, monkeypatch)
 def test_the_ov_circuit_refuses_an_encoder(encoder):
     with pytest.raises(Exception, match="encoder"):
         ov_circuit(encoder, 0, 0)
-    assert read_circuits(encoder, 0, 0).ov is None  # the QK circuit still reads
+    found = read_circuits(encoder, 0, 0)
+    assert found.ov is None  # the QK circuit still reads, and the reading says what it lacks
+    assert any("OV circuit" in note and "no W_U" in note for note in found.leaves_out)
 
 
 # --- the command line -------------------------------------------------------------------

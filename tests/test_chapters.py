@@ -219,6 +219,11 @@ def test_angles_command(capsys, tmp_path):
         (["embed", "fluffy", "-m", "lesson:adjectives", "--out", "/no/such/dir/x.png"], "does not exist"),
         (["embed", "--direction", "fluffy -", "blue", "-m", "lesson:adjectives"], "ends without a word"),
         (["embed", "fluffy", "-m", "random:lesson-tiny"], "tokens inside a sentence"),
+        (
+            ["embed", "--direction", "red - blue", "fluffy", "fluffy", "-m", "lesson:adjectives"],
+            "'fluffy' is given twice",
+        ),
+        (["embed", "--pca", "red", "blue", "red", "-m", "lesson:adjectives"], "'red' is given twice"),
         (["superposition", "--sparsity", "1"], "up to (not) 1"),
         (["superposition", "--sparsity", "nan"], "up to (not) 1"),
         (["superposition", "--importance", "1.5"], "importance decay"),

@@ -125,3 +125,18 @@ def test_explain_says_which_precision_made_its_numbers(capsys):
 
     assert main(["explain", "a fluffy blue creature", "--precision", "bf16", "--layer", "0", "--head", "0"]) == 0
     assert "multiplied in bf16" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("native, chosen", [(True, "bf16"), (False, "fp32")])
+def test_auto_says_what_it_chose_on_stderr_and_leaves_json_alone(capsys, monkeypatch, native, chosen):
+    import json
+
+    from conftest import run_cli
+
+    monkeypatch.setattr(hardware, "cpu_has_bf16_units", lambda: native)
+    argv = ["ablate", "a fluffy blue creature", "-m", "lesson:adjectives", "--layer", "0", "--head", "0"]
+    code, out, err = run_cli(capsys, *argv, "--precision", "auto", "--json")
+    assert code == 0 and f"--precision auto: {chosen}" in err
+    assert json.loads(out)["switched_off"] == ["layer 0 head 0"]
+    code, out, err = run_cli(capsys, *argv, "--precision", "fp32")
+    assert code == 0 and "--precision" not in err

@@ -137,9 +137,16 @@ def model_flag(p: argparse.ArgumentParser, **kwargs) -> None:
 
 
 def load_model(args):
+    """The model --model names, in the --precision asked; `auto` says on stderr what it chose
+    (stdout stays the command's own, one JSON object with --json)."""
     from .pretrained import load
 
-    return load(DEFAULT_MODEL if args.model is None else args.model, precision=getattr(args, "precision", "fp32"))
+    asked = getattr(args, "precision", "fp32")
+    model = load(DEFAULT_MODEL if args.model is None else args.model, precision=asked)
+    if asked == "auto":
+        why = "the chip multiplies bf16 natively" if model.precision == "bf16" else "the chip has no native bf16"
+        print(f"--precision auto: {model.precision} ({why})", file=sys.stderr)
+    return model
 
 
 def say_unknown_words(model, text: str) -> None:

@@ -136,6 +136,8 @@ def leaves_out(model: Transformer, layer: int) -> list[str]:
         notes.append("the embedding's own norm and the block's post-norms are left out (raw token rows)")
     if layer > 0:
         notes.append(f"everything layers 0..{layer - 1} add to the stream is left out (token embeddings only)")
+    if not c.causal:
+        notes.append("the OV circuit: it reads what a head writes through W_U, and an encoder has no W_U")
     return notes
 
 

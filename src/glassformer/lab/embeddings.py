@@ -273,6 +273,9 @@ def _check_words(words: list[str], least: int = 1) -> None:
         raise GlassformerError(f"give at least {least} word{'s' if least > 1 else ''}")
     if len(words) > MAX_WORDS:
         raise GlassformerError(f"give at most {MAX_WORDS} words, not {len(words)}")
+    twice = next((w for i, w in enumerate(words) if w in words[:i]), None)
+    if twice is not None:
+        raise GlassformerError(f"{twice!r} is given twice; give each word once")
 
 
 @torch.no_grad()
@@ -311,8 +314,6 @@ class Plane:
 def pca(model: Transformer, words: list[str], matrix: str = "W_E") -> Plane:
     """The words in the plane of their two largest principal components."""
     _check_words(words, 3)
-    if len(set(words)) < len(words):
-        raise GlassformerError("a word appears twice; give each word once")
     s = space(model, matrix)
     return _plane(s, [s.token_of(w) for w in words], list(words))
 
