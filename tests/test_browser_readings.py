@@ -27,7 +27,7 @@ def says_what_explain_says(pg, model, text: str) -> None:
     drawn = story(pg)
     walk = walk_head(model, text, drawn["layer"], drawn["head"])
     reading = read_delta(model, walk, drawn["query"])
-    assert pg.text_content("#head-does") == detector_note(walk)
+    assert pg.text_content("#head-does") == detector_note(walk, drawn["query"])
     lines = pg.eval_on_selector_all("#delta p", "els => els.map(e => e.textContent)")
     assert lines == reading.sentences(walk.tokens[drawn["query"]])
     bars = " ".join(pg.eval_on_selector_all("#delta .bar-row", "els => els.map(e => e.textContent)"))

@@ -79,3 +79,18 @@ def test_a_changed_preset_works_its_sizes_out_again():
     # written out and read back, every size is a plain given number
     again = ModelConfig.from_dict(json.loads(changed.to_json()))
     assert again == changed and type(again.d_head) is int
+
+
+def test_the_modules_hold_plain_ints_for_the_sizes_a_config_worked_out():
+    """torch parses an int subclass (config.Derived) more slowly, on every view of every step."""
+    import glassformer as gf
+    from glassformer.config import Derived
+
+    for name in ("shakespeare-char", "lesson-llama"):
+        config = gf.PRESETS[name]
+        assert isinstance(config.d_head, Derived)
+        model = gf.Transformer(config)
+        attn = model.block(0).attn
+        assert {type(attn.d_head), type(attn.n_kv_heads), type(attn.n_heads)} == {int}
+        if model.rotary is not None:
+            assert type(model.rotary.d_head) is int

@@ -50,7 +50,7 @@ class Rotary(nn.Module):
 
     def __init__(self, d_head: int, base: float) -> None:
         super().__init__()
-        self.d_head, self.base = d_head, base
+        self.d_head, self.base = int(d_head), base
 
     def forward(self, start: int, T: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """(cos, sin), each [T, D], for positions start .. start + T - 1, in float32."""
@@ -126,7 +126,8 @@ class Attention(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.n_heads, self.n_kv_heads, self.d_head = config.n_heads, config.n_kv_heads, config.d_head
+        # plain ints: a config's worked-out sizes (config.Derived) cost torch a slower argument parse
+        self.n_heads, self.n_kv_heads, self.d_head = int(config.n_heads), int(config.n_kv_heads), int(config.d_head)
         self.group = config.group_size
         self.causal = config.causal
         self.dropout = config.dropout

@@ -159,10 +159,22 @@ def scores_note(walk: HeadWalk, query: int) -> str | None:
     )
 
 
-def detector_note(walk: HeadWalk) -> str:
+def detector_note(walk: HeadWalk, query: int | None = None) -> str:
     """What the head detectors, scored on this text's pattern, say this head does (a
-    pattern, not yet a cause: switching the head off is what tests a cause)."""
-    return pattern_note(walk.pattern.tensor, walk.tokens)
+    pattern, not yet a cause: switching the head off is what tests a cause); with `query`,
+    then where that one query looks most, which an average over queries can hide."""
+    note = pattern_note(walk.pattern.tensor, walk.tokens)
+    return note if query is None else f"{note}. {focus_note(walk, query)}"
+
+
+def focus_note(walk: HeadWalk, query: int) -> str:
+    """The key the query puts most weight on."""
+    weights = walk.pattern.tensor[query]
+    key = int(weights.argmax())
+    return (
+        f"The query followed, “{walk.tokens[query]}”, puts most weight on “{walk.tokens[key]}” "
+        f"(position {key}): {float(weights[key]):.2f}"
+    )
 
 
 def pattern_note(P: torch.Tensor, tokens: list, ids: list[int] | None = None) -> str:
@@ -178,7 +190,7 @@ def pattern_note(P: torch.Tensor, tokens: list, ids: list[int] | None = None) ->
     if copies:
         scores["duplicate-token"] = sum(float(P[q, s].sum()) for q, s in copies) / len(copies)
     ranked = sorted(scores.items(), key=lambda x: -x[1])
-    said = "what the detectors say, from its pattern on this text"
+    said = "what the detectors say, from its pattern on this text averaged over the queries"
     strong = [f"a {kind} head ({v:.2f}: {DETECTORS[kind]})" for kind, v in ranked if v >= STRONG]
     if strong:
         return f"{said}: " + "; and ".join(strong)

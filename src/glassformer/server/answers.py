@@ -136,7 +136,7 @@ def head_walk(walk: HeadWalk, focus: int, model=None) -> dict:
 def head_notes(model, walk: HeadWalk, queries: range) -> dict:
     """The sentences `explain` prints, the same words, for the story to show: what the
     detectors say (once), and for each of `queries` (the window the grids hold; null for
-    the others) its sink and negative-score notes and what its ΔE does (against E, through
+    the others) where it looks most, its sink and negative-score notes and what its ΔE does (against E, through
     W_U, along each adjective's value). A head whose numbers overflowed gets no notes."""
     if not bool(torch.isfinite(walk.dE.tensor).all()):
         return {}
@@ -144,6 +144,7 @@ def head_notes(model, walk: HeadWalk, queries: range) -> dict:
     for r in readings.read_deltas(model, walk, list(queries)):
         q = r.query
         per_query[q] = {
+            "looks": readings.focus_note(walk, q),
             "sink": readings.sink_note(walk, q),
             "scores": readings.scores_note(walk, q),
             "delta": r.sentences(walk.tokens[q]),

@@ -133,7 +133,7 @@ def head_reading(model: Transformer, text: str, layer: int, head: int) -> dict:
     walk = walk_head(model, text, layer, head)
     q = query_to_follow(model, walk)
     token = walk.tokens[q]
-    lines = [f"following the query “{token}” (position {q})", detector_note(walk)]
+    lines = [f"following the query “{token}” (position {q})", detector_note(walk, q)]
     lines += [n for n in (scores_note(walk, q), sink_note(walk, q)) if n]
     lines += read_delta(model, walk, q).sentences(token)
     return {"layer": layer, "head": head, "query": q, "lines": lines}

@@ -260,7 +260,7 @@ def render_walk(
         out += wrap(visible(line), W, "  ")
     out += wrap(f"{T} tokens: " + " ".join(f"[{label(t, 12)}]" for t in walk.tokens), W)
     out += wrap(f"following the query [{label(walk.tokens[q], 12)}] (position {q}); --query picks another", W)
-    out += wrap(detector_note(walk), W)
+    out += wrap(detector_note(walk, q), W)
     out += wrap(f"({VIDEO if style.video else USUAL}; {PRECISION[walk.precision]})", W) + [""]
     for step in walk.steps:
         caption = None

@@ -179,7 +179,8 @@
     const isShowcase = s && s.questions && s.layer === w.layer && s.head === w.head;
     $("questions").hidden = !isShowcase;
     $("questions").textContent = isShowcase ? `its query asks “${s.questions[0]}”; a key answers “${s.questions[1]}”` : "";
-    $("head-does").textContent = w.detectors || "";
+    const looks = w.per_query && w.per_query[q] ? w.per_query[q].looks : null; // as detector_note(walk, q)
+    $("head-does").textContent = [w.detectors, looks].filter(Boolean).join(". ");
     const read = w.normed ? "norm(E)" : "E"; // pre-norm models read a normed copy of the stream
 
     let qkMax = Grid.maxAbsOf([w.q[q]]);
