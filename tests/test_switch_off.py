@@ -67,6 +67,9 @@ def test_the_showcase_rule_picks_a_head_the_next_token_needs(seed):
     k = top.index((shown.layer, shown.head))
     assert kls[k] >= kls.max() / 2 and "switched off it moves the next token by KL" in shown.why
     assert all(kls[j] < kls.max() / 2 for j in range(k))  # every better pattern matters less
+    # the note names the query it is about: a first look may follow another
+    key = int(heads._patterns(model, ids)[shown.layer, 0, shown.head, -1, 1:-1].argmax()) + 1
+    assert f"last token, “<{int(ids[0, -1])}>”, looks sharply at one earlier token, “<{int(ids[0, key])}>”" in shown.why
 
 
 def test_the_api_gives_the_switch_off_column_as_json():

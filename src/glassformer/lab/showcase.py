@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import lessons
-from ..inputs import check_layer_head
+from ..inputs import check_layer_head, token_texts
 from ..lessons import adjectives as adjectives_lesson
 from ..model import Transformer
 from .explain import HeadWalk, sharpest_query
@@ -114,7 +114,11 @@ def showcase_head(model: Transformer, ids: torch.Tensor) -> Showcase:
     last[:, -1] = True
     layer, head, weight, kl = _pick(P.amax(-1), model, ids, last)
     key = int(P[layer, head].argmax()) + offset
-    why = f"the head whose last token looks sharply at one earlier token (position {key}, weight {weight:.2f})"
+    tokens = token_texts(model, ids[0, [-1, key]])  # named: the first look may follow another query
+    why = (
+        f"the head whose last token, “{tokens[0]}”, looks sharply at one earlier token, “{tokens[1]}” "
+        f"(position {key}, weight {weight:.2f})"
+    )
     if kl is not None:
         why += f", and switched off it moves the next token by KL {kl:.2f}"
     return Showcase(layer, head, why)
