@@ -154,7 +154,8 @@ def test_a_query_parked_on_the_first_token_is_called_a_sink_and_negative_scores_
     walk.pattern.tensor[4] = torch.tensor([0.05, 0.05, 0.0, 0.9, 0.0])
     # the average over queries still says first-token; the query followed is said to look elsewhere
     assert "averaged over the queries: a first-token head" in detector_note(walk, 4)
-    assert detector_note(walk, 4).endswith("The query followed, “ is”, puts most weight on “ France” (position 3): 0.90")
+    said = detector_note(walk, 4)
+    assert said.endswith("The query followed, “ is”, puts most weight on “ France” (position 3): 0.90")
     assert detector_note(walk, 1).endswith("puts most weight on “The” (position 0): 0.90")
     walk.pattern.tensor[4] = torch.tensor([0.1, 0.1, 0.1, 0.6, 0.1])
     assert sink_note(walk, 4) is None
