@@ -577,8 +577,9 @@ def neurons_json(model, args, ids, rows) -> dict:
 
 
 def step_json(step) -> dict:
-    """One step of the walk: its numbers (−∞ as null) and what its rows and columns are."""
-    values = [[v if math.isfinite(v) else None for v in row] for row in step.tensor.tolist()]
+    """One step of the walk: its numbers (−∞ becomes null in print_json) and what its rows
+    and columns are."""
+    values = step.tensor.tolist()
     return {"symbol": step.symbol, "title": step.title, "rows": step.rows, "cols": step.cols, "values": values}
 
 
@@ -1087,8 +1088,7 @@ def angles(args) -> int:
         raise GlassformerError(f"--vectors {args.vectors} is too many: at most 4000 (8 million pairs)")
     rows = [embeddings.random_angles(d, args.vectors, args.seed) for d in dims]
     if args.model:
-        args.dtype = "fp32"
-        model = load_model(args)
+        model = load_model(args)  # fp32: angles has no --precision
         rows.append(embeddings.row_angles(model, args.model, args.vectors, args.seed))
         rows.append(embeddings.row_angles(model, args.model, args.vectors, args.seed, centred=True))
     fits = [(d, embeddings.random_fit(d, 1.0), embeddings.random_fit(d, 5.0), embeddings.two_bases(d)) for d in dims]

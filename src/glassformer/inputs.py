@@ -117,9 +117,7 @@ def single_token(model: Transformer, text: str, what: str = "token") -> int:
     leading space, as it stands inside a sentence); else a one-line error naming its pieces."""
     if not isinstance(text, str) or not text:
         raise GlassformerError(f"the {what} is empty; give one token, e.g. ' Mary' with its leading space")
-    if model.tokenizer is None:
-        raise GlassformerError("this model has no tokenizer attached")
-    ids = model.tokenizer.encode(text)
+    ids = tokenizer_of(model).encode(text)
     if len(ids) != 1:
         pieces = ", ".join(repr(t) for t in token_texts(model, ids)) or "no tokens"
         raise GlassformerError(

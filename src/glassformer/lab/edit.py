@@ -15,6 +15,7 @@ import torch
 
 from ..attention import LayerCache
 from ..config import GlassformerError
+from ..hooks import ActivationCache
 from ..inputs import check_layer_head, check_neuron
 from ..linear import matmul
 from ..model import Transformer
@@ -111,16 +112,29 @@ class Ablation:
     top: int  # the likeliest token before the edit
     top_before: float  # its probability before
     top_after: float  # and after
+    # with patterns=True, [layer, head]: the largest change of any attention weight. A head
+    # switched off keeps its own pattern (its output is what goes): only heads downstream move
+    moved: torch.Tensor | None = None
 
 
 @torch.inference_mode()
-def compare_next_token(model: Transformer, ids, edits: dict, *, position: int = -1, k: int = 5) -> Ablation:
+def compare_next_token(
+    model: Transformer, ids, edits: dict, *, position: int = -1, k: int = 5, patterns: bool = False
+) -> Ablation:
     """Run `ids` as they are and with `edits` hooked in; the next-token distribution at
-    `position` both ways, their KL divergence and what happened to the top token."""
+    `position` both ways, their KL divergence and what happened to the top token. With
+    `patterns`, the same two runs also keep every head's pattern, to say which moved."""
     need_decoder(model, "the next-token distribution")
-    clean = model(ids)[0, position].float().log_softmax(-1)
+    names = "blocks.*.attn.pattern"
+
+    def run() -> tuple[torch.Tensor, ActivationCache | None]:
+        return model.run_with_cache(ids, names=names) if patterns else (model(ids), None)
+
+    clean_logits, before = run()
     with model.hooks(edits):
-        edited = model(ids)[0, position].float().log_softmax(-1)
+        edited_logits, after = run()
+    clean = clean_logits[0, position].float().log_softmax(-1)
+    edited = edited_logits[0, position].float().log_softmax(-1)
     kl = float((clean.exp() * (clean - edited)).sum())
     top = int(clean.argmax())
     k = min(k, clean.numel())
@@ -129,28 +143,16 @@ def compare_next_token(model: Transformer, ids, edits: dict, *, position: int = 
         values, indices = logp.exp().topk(k)
         return [(int(i), float(v)) for i, v in zip(indices, values)]
 
+    moved = None
+    if before is not None and after is not None:
+        layers = range(model.config.n_layers)
+        key = "blocks.{}.attn.pattern".format
+        moved = torch.stack([(after[key(i)] - before[key(i)]).abs().amax(dim=(0, 2, 3)) for i in layers]).float()
     T = ids.shape[-1]
+    top_after = float(edited[top].exp())
     return Ablation(
-        position % T, best(clean), best(edited), max(kl, 0.0), top, float(clean[top].exp()), float(edited[top].exp())
+        position % T, best(clean), best(edited), max(kl, 0.0), top, float(clean[top].exp()), top_after, moved
     )
-
-
-@torch.inference_mode()
-def pattern_change(model: Transformer, ids, edits: dict) -> torch.Tensor:
-    """[layer, head]: the largest change of any attention weight when `edits` are hooked
-    in; a head switched off keeps its own pattern (its output is what goes), so only the
-    heads downstream of an edit move."""
-    names = "blocks.*.attn.pattern"
-    _, before = model.run_with_cache(ids, names=names)
-    with model.hooks(edits):
-        _, after = model.run_with_cache(ids, names=names)
-    L = model.config.n_layers
-    return torch.stack(
-        [
-            (after[f"blocks.{i}.attn.pattern"] - before[f"blocks.{i}.attn.pattern"]).abs().amax(dim=(0, 2, 3))
-            for i in range(L)
-        ]
-    ).float()
 
 
 def need_decoder(model: Transformer, what: str) -> None:

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import torch
 
 from ..config import GlassformerError
-from ..inputs import unknown_words
+from ..inputs import tokenizer_of, unknown_words
 from ..model import Transformer
-from ..tokenizer import HFTokenizer, Tokenizer
+from ..tokenizer import HFTokenizer
 
 MATRICES = ("W_E", "W_U")
 PREFIX = "a"  # a word is encoded after this one, so it gets the form it has inside a sentence
@@ -132,7 +132,7 @@ class Space:
         return weights @ self.unit[ids]
 
     def texts(self, ids) -> list[str]:
-        return _tokenizer(self.model).token_texts([int(i) for i in ids])
+        return tokenizer_of(self.model).token_texts([int(i) for i in ids])
 
 
 _SPACES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {matrix: Space}
@@ -146,14 +146,8 @@ def space(model: Transformer, matrix: str = "W_E") -> Space:
     return per_model[matrix]
 
 
-def _tokenizer(model: Transformer) -> Tokenizer:
-    if model.tokenizer is None:
-        raise GlassformerError("this model has no tokenizer: words cannot be read")
-    return model.tokenizer
-
-
 def _encode(model: Transformer, text: str) -> list[int]:
-    tok = _tokenizer(model)
+    tok = tokenizer_of(model)
     if isinstance(tok, HFTokenizer):  # special tokens ([CLS], <s>) are not part of a word
         return tok.encode(text, add_special_tokens=False)
     return tok.encode(text)  # the char and byte tokenizers have none
@@ -176,7 +170,7 @@ def word_token(model: Transformer, word: str) -> int:
         raise GlassformerError(f"{word!r} is not in this model's vocabulary (it would be read as [UNK])")
     pieces = word_pieces(model, word)
     if len(pieces) != 1:
-        shown = ", ".join(repr(t) for t in _tokenizer(model).token_texts(pieces))
+        shown = ", ".join(repr(t) for t in tokenizer_of(model).token_texts(pieces))
         raise GlassformerError(
             f"{word!r} is {len(pieces)} tokens inside a sentence ({shown}), not one; "
             "word arithmetic needs words that are a single token: pick another word"

@@ -222,8 +222,8 @@ def ablation(model, name: str, text: str, heads_off, mlps_off, mode: str, positi
     edits = [edit.ablate_head(model, L, H, mode=mode, reference=reference) for L, H in heads_off]
     edits += [edit.ablate_mlp(model, L, n, mode=mode, reference=reference) for L, n in mlps_off]
     where = -1 if position is None else position
-    result = edit.compare_next_token(model, ids, edit.combine(*edits), position=where, k=rows)
-    moved = edit.pattern_change(model, ids, edit.combine(*edits))
+    result = edit.compare_next_token(model, ids, edit.combine(*edits), position=where, k=rows, patterns=True)
+    assert result.moved is not None  # asked for with patterns=True
     names = token_texts(model, [i for i, _ in result.before] + [i for i, _ in result.after] + [result.top])
 
     def listed(pairs, texts):
@@ -236,7 +236,7 @@ def ablation(model, name: str, text: str, heads_off, mlps_off, mode: str, positi
         "kl": round(result.kl, 6),
         "top": {"token": names[-1], "id": result.top, "before": result.top_before, "after": result.top_after},
         # [layer, head, largest change of any weight]: the heads whose pattern moved by more than 0.01
-        "changed": [[L, H, round(float(v), 4)] for (L, H), v in _nonzero(moved, 0.01)],
+        "changed": [[L, H, round(float(v), 4)] for (L, H), v in _nonzero(result.moved, 0.01)],
         "python": ablation_python(name, heads_off, mlps_off, mode, text, where),
     }
 
