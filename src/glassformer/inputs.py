@@ -9,7 +9,7 @@ import torch
 
 from .config import GlassformerError
 from .model import Transformer
-from .tokenizer import Tokenizer
+from .tokenizer import Tokenizer, utf8
 
 # The video's sentence: the default wherever a sentence is needed and none was given.
 EXAMPLE = "a fluffy blue creature roamed the verdant forest"
@@ -21,14 +21,7 @@ def encode(model: Transformer, text: str, *, crop: bool = False, blank_ok: bool 
     last context-length tokens are kept instead)."""
     if not isinstance(text, str) or not text or (not blank_ok and not text.strip()):
         raise GlassformerError("the text is empty; give a sentence to look at")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:
-        raise GlassformerError(
-            f"the text holds a character that is not valid Unicode text at position {err.start} "
-            "(a lone surrogate, or a byte that is not UTF-8 on the command line); give UTF-8 text"
-        ) from None
-    ids = tokenizer_of(model).encode(text)
+    ids = tokenizer_of(model).encode(utf8(text))  # checked here for every tokenizer, bytes too
     if not ids:
         raise GlassformerError(
             f"the text {text!r} has no tokens in this model's vocabulary; give a sentence (generate: --prompt)"
@@ -110,6 +103,12 @@ def unknown_note(model: Transformer, text: str, unknown: list[str] | None = None
     shown = ", ".join(repr(w) if not w.strip() or len(w) == 1 else w for w in unknown[:12])
     more = f" and {len(unknown) - 12} more" if len(unknown) > 12 else ""
     return f"not in {where} (read as [UNK]): {shown}{more}"
+
+
+def need_decoder(model: Transformer, what: str) -> None:
+    """One line refusing an encoder for `what`, which reads the next token through W_U."""
+    if not model.config.causal:
+        raise GlassformerError(f"{what} needs a decoder (a GPT or Llama model with W_U); this model is an encoder")
 
 
 def single_token(model: Transformer, text: str, what: str = "token") -> int:

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import torch
 
-from ..config import GlassformerError
+from ..inputs import need_decoder
 from ..model import Transformer
-from .edit import _as_2d, need_decoder
+from .edit import _as_2d
 
 
 @torch.inference_mode()
@@ -21,8 +21,7 @@ def head_logit_attribution(model: Transformer, ids, token: int, *, position: int
     run used, so the contributions of all heads, the MLPs, the embeddings and the biases
     add up to the logit (up to a LayerNorm's bias term).
     """
-    if not model.config.causal:
-        raise GlassformerError("direct logit attribution needs a decoder (a model with W_U)")
+    need_decoder(model, "direct logit attribution")
     L = model.config.n_layers
     names = [f"blocks.{i}.attn.z" for i in range(L)] + [f"blocks.{L - 1}.resid_post"]
     _, cache = model.run_with_cache(ids, names=names)

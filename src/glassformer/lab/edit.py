@@ -16,7 +16,7 @@ import torch
 from ..attention import LayerCache
 from ..config import GlassformerError
 from ..hooks import ActivationCache
-from ..inputs import check_layer_head, check_neuron
+from ..inputs import check_layer_head, check_neuron, need_decoder
 from ..linear import matmul
 from ..model import Transformer
 
@@ -153,11 +153,6 @@ def compare_next_token(
     return Ablation(
         position % T, best(clean), best(edited), max(kl, 0.0), top, float(clean[top].exp()), top_after, moved
     )
-
-
-def need_decoder(model: Transformer, what: str) -> None:
-    if not model.config.causal:
-        raise GlassformerError(f"{what} needs a decoder (a GPT or Llama model with W_U); this model is an encoder")
 
 
 @dataclass

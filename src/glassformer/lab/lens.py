@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import GlassformerError
+from ..inputs import need_decoder
 from ..model import Transformer
 
 
@@ -26,15 +26,10 @@ class LensRow:
     ids: torch.Tensor  # [T, k]
 
 
-def _need_decoder(model: Transformer) -> None:
-    if not model.config.causal:
-        raise GlassformerError("this needs a decoder (a model with an unembedding W_U)")
-
-
 @torch.inference_mode()
 def logit_lens(model: Transformer, ids: torch.Tensor, k: int = 5) -> list[LensRow]:
     """Top-k next-token guesses at every position, after the embedding and each block."""
-    _need_decoder(model)
+    need_decoder(model, "the logit lens")
     L = model.config.n_layers
     names = ["blocks.0.resid_pre"] + [f"blocks.{i}.resid_post" for i in range(L)]
     _, cache = model.run_with_cache(ids, names=names)

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import torch
 
-from ..config import GlassformerError
-from ..inputs import check_neuron
+from ..inputs import check_neuron, need_decoder
 from ..model import Transformer
 from .attribution import final_norm_direction
-from .lens import _need_decoder
 
 
 @torch.inference_mode()
@@ -33,7 +31,7 @@ def neuron_tokens(
     `sign`, read directly through W_U (the direct path; later layers may change it): with
     a negative activation the row is written negated, so what it raises are the tokens its
     row would push down."""
-    _need_decoder(model)
+    need_decoder(model, "reading neurons through W_U")
     check_neuron(model, layer, neuron)
     writes = model.block(layer).mlp.down.weight[neuron].float()  # [C]: what the neuron adds per unit
     if model.config.normalization != "rmsnorm":
@@ -70,8 +68,7 @@ def neurons_toward_guess(model: Transformer, ids, *, position: int = -1, k: int 
 
 
 def _neuron_run(model: Transformer, ids):
-    if not model.config.causal:
-        raise GlassformerError("direct logit attribution needs a decoder (a model with W_U)")
+    need_decoder(model, "direct logit attribution")
     L = model.config.n_layers
     return model.run_with_cache(ids, names=[f"blocks.{i}.mlp.post" for i in range(L)] + [f"blocks.{L - 1}.resid_post"])
 

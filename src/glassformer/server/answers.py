@@ -9,7 +9,7 @@ import torch
 
 from .. import sampling
 from ..config import GlassformerError
-from ..inputs import encode_batch, token_texts, unknown_note, unknown_pieces, vocabulary
+from ..inputs import encode_batch, need_decoder, token_texts, unknown_note, unknown_pieces, vocabulary
 from ..lab import heads, neurons, readings, survey
 from ..lab.explain import Analysis, HeadWalk
 from ..viz.page import rounded
@@ -209,7 +209,7 @@ def ablation(model, name: str, text: str, heads_off, mlps_off, mode: str, positi
     later heads' patterns moved, and the Python lines that do the same."""
     from ..lab import edit
 
-    edit.need_decoder(model, "switching heads off and reading the next token")
+    need_decoder(model, "switching heads off and reading the next token")
     ids = encode_batch(model, text)
     T = ids.shape[1]
     if position is not None and not 0 <= position < T:
@@ -272,7 +272,7 @@ def patching(model, clean: str, corrupt: str, answer: str | None, wrong: str | N
     from ..inputs import single_token
     from ..lab import edit
 
-    edit.need_decoder(model, "patching")
+    need_decoder(model, "patching")
     clean_ids, corrupt_ids = encode_batch(model, clean), encode_batch(model, corrupt)
     if clean_ids.shape != corrupt_ids.shape:
         raise GlassformerError(
