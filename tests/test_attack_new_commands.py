@@ -52,7 +52,7 @@ def test_a_neuron_is_named_by_layer_and_index(capsys):
 
 
 def test_patch_says_when_its_shares_mean_little():
-    from glassformer.cli import patch_caution
+    from glassformer.lab.edit import patch_caution
 
     assert patch_caution(6.1, -5.5) is None
     assert "does not prefer" in patch_caution(-10.42, -10.38)

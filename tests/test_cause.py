@@ -122,7 +122,7 @@ def test_batched_patching_equals_one_head_at_a_time(family, differ_from):
 
 
 def test_patching_refuses_texts_of_different_lengths(decoder):
-    with pytest.raises(Exception, match="same number of tokens"):
+    with pytest.raises(Exception, match="same token count"):
         patch_heads(decoder, ids_of(0, 10), ids_of(1, 11), 1, 2)
 
 

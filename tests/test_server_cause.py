@@ -7,10 +7,11 @@ import re
 
 import httpx
 import pytest
+import torch
 
 import glassformer as gf
 from glassformer.inputs import encode_batch
-from glassformer.lab.edit import ablate_head, compare_next_token
+from glassformer.lab.edit import ablate_head, compare_next_token, patch_caution
 
 pytest.importorskip("fastapi", reason="the explorer is a FastAPI app (extra serve)")
 from servers import running
@@ -53,6 +54,14 @@ def test_patch_answers_a_layer_by_head_map(base):
     assert r.status_code == 200, r.text
     restored = r.json()["restored"]
     assert len(restored) == 2 and len(restored[0]) == 4
+    # the defaults are each run's own top token, read from the runs patching makes anyway
+    model = gf.load(LESSON)
+    with torch.inference_mode():
+        tops = [int(model(encode_batch(model, t))[0, -1].argmax()) for t in (body["clean"], body["corrupt"])]
+    got = r.json()
+    assert [got["answer"]["id"], got["wrong"]["id"]] == tops
+    # the same caution the command line prints
+    assert got["caution"] == patch_caution(got["clean_diff"], got["corrupt_diff"])
 
 
 def test_circuit_answers_top_pairs_and_the_asked_tokens(base):

@@ -872,27 +872,11 @@ def patch(args) -> int:
 
     out = picture_path(args.out)
     model = load_model(args)
-    if not model.config.causal:
-        raise GlassformerError(
-            f"{args.model} is an encoder; patching compares next-token logits, which needs a decoder"
-        )
     clean, corrupt = encode_batch(model, args.clean), encode_batch(model, args.corrupt)
-    if clean.shape != corrupt.shape:
-        raise GlassformerError(
-            f"the clean text is {clean.shape[1]} tokens and the corrupted one {corrupt.shape[1]}; "
-            "patching goes position by position, so give texts of the same token count"
-        )
     answer = single_token(model, args.answer, "--answer") if args.answer is not None else None
     wrong = single_token(model, args.wrong, "--wrong") if args.wrong is not None else None
-    if answer is None or wrong is None:
-        import torch
-
-        with torch.inference_mode():
-            answer = int(model(clean, last_only=True)[0, -1].argmax()) if answer is None else answer
-            wrong = int(model(corrupt, last_only=True)[0, -1].argmax()) if wrong is None else wrong
-    if answer == wrong:
-        raise GlassformerError("the answer and the wrong token are the same token; give --answer and --wrong")
     found = patch_heads(model, clean, corrupt, answer, wrong, progress=not args.json)
+    answer, wrong = found.answer, found.wrong
     a, w = token_texts(model, [answer, wrong])
     table = found.restored.tolist()
     ranked = sorted(((v, i, h) for i, row in enumerate(table) for h, v in enumerate(row)), reverse=True)
@@ -916,7 +900,7 @@ def patch(args) -> int:
 
     print(f"logit([{bracketed(a, 14)}]) - logit([{bracketed(w, 14)}]) at the last position:")
     print(f"  clean {found.clean_diff:+.2f}, corrupted {found.corrupt_diff:+.2f}")
-    note = patch_caution(found.clean_diff, found.corrupt_diff)
+    note = found.caution()
     if note:
         print(f"  note: {note}")
     print("share restored when one head's z (every position) comes from the clean run, by layer (rows) and head:")
@@ -926,19 +910,6 @@ def patch(args) -> int:
     if out is not None:
         print(f"wrote {out}")
     return 0
-
-
-def patch_caution(clean: float, corrupt: float) -> str | None:
-    """What a learner should know before reading the shares: they are fractions of the gap
-    between the two runs, which mean little when the gap is small or the clean run does
-    not prefer the answer."""
-    if clean <= 0:
-        return (
-            "the clean run does not prefer the answer; pick --answer/--wrong it gets right, or the shares mean little"
-        )
-    if abs(clean - corrupt) < 1:
-        return f"the two runs differ by only {abs(clean - corrupt):.2f}: shares of so small a gap are mostly noise"
-    return None
 
 
 def circuit_arguments(p: argparse.ArgumentParser) -> None:

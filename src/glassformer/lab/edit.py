@@ -165,10 +165,33 @@ class Patching:
     corrupt_diff: float  # the same, corrupted run
     restored: torch.Tensor  # [layer, head]: (patched - corrupt) / (clean - corrupt)
 
+    def caution(self) -> str | None:
+        return patch_caution(self.clean_diff, self.corrupt_diff)
+
+
+def patch_caution(clean: float, corrupt: float) -> str | None:
+    """What a learner should know before reading the shares: they are fractions of the gap
+    between the two runs, which mean little when the gap is small or the clean run does
+    not prefer the answer."""
+    if clean <= 0:
+        return (
+            "the clean run does not prefer the answer; pick an answer and a wrong token it gets right, "
+            "or the shares mean little"
+        )
+    if abs(clean - corrupt) < 1:
+        return f"the two runs differ by only {abs(clean - corrupt):.2f}: shares of so small a gap are mostly noise"
+    return None
+
 
 @torch.inference_mode()
 def patch_heads(
-    model: Transformer, clean_ids, corrupt_ids, answer: int, wrong: int, *, progress: bool = False
+    model: Transformer,
+    clean_ids,
+    corrupt_ids,
+    answer: int | None = None,
+    wrong: int | None = None,
+    *,
+    progress: bool = False,
 ) -> Patching:
     """For every head: its z from the clean run, at every position, put into the corrupted
     run, and the share of the logit difference (answer - wrong) that comes back.
@@ -178,19 +201,25 @@ def patch_heads(
     corrupted stream entering it: one pass through the layers whose batch grows by a layer's
     heads at each (few large products, not one run per head). Before the first token where
     the two texts differ, every z is the same in both runs (a decoder looks only back), so
-    those positions are read from the corrupted run's keys and values, as generation does."""
+    those positions are read from the corrupted run's keys and values, as generation does.
+    `answer` defaults to the clean run's top token, `wrong` to the corrupted run's."""
     need_decoder(model, "patching")
     clean_ids, corrupt_ids = _as_2d(clean_ids), _as_2d(corrupt_ids)
     if clean_ids.shape != corrupt_ids.shape:
         raise GlassformerError(
-            f"the two texts must have the same number of tokens to patch position by position: "
-            f"{clean_ids.shape[-1]} vs {corrupt_ids.shape[-1]}"
+            f"the clean text is {clean_ids.shape[-1]} tokens and the corrupted one {corrupt_ids.shape[-1]}; "
+            "patching goes position by position, so give texts of the same token count"
         )
     L, H = model.config.n_layers, model.config.n_heads
     clean_logits, clean_cache = model.run_with_cache(clean_ids, names=[f"blocks.{i}.attn.z" for i in range(L)])
     corrupt_logits, corrupt_cache = model.run_with_cache(
         corrupt_ids, names=["blocks.*.resid_pre", "blocks.*.attn.k", "blocks.*.attn.v"]
     )
+
+    answer = int(clean_logits[0, -1].argmax()) if answer is None else answer
+    wrong = int(corrupt_logits[0, -1].argmax()) if wrong is None else wrong
+    if answer == wrong:
+        raise GlassformerError("the answer and the wrong token are the same token; name the answer and the wrong one")
 
     def diff(logits_BV: torch.Tensor) -> torch.Tensor:
         return (logits_BV[:, answer] - logits_BV[:, wrong]).float()

@@ -272,29 +272,18 @@ def patching(model, clean: str, corrupt: str, answer: str | None, wrong: str | N
     from ..inputs import single_token
     from ..lab import edit
 
-    need_decoder(model, "patching")
     clean_ids, corrupt_ids = encode_batch(model, clean), encode_batch(model, corrupt)
-    if clean_ids.shape != corrupt_ids.shape:
-        raise GlassformerError(
-            f"the clean text is {clean_ids.shape[1]} tokens and the corrupted one {corrupt_ids.shape[1]}; "
-            "patching goes position by position, so give texts of the same token count"
-        )
-    with torch.inference_mode():
-        a = single_token(model, answer, "answer") if answer else int(model(clean_ids, last_only=True)[0, -1].argmax())
-        w = (
-            single_token(model, wrong, "wrong token")
-            if wrong
-            else int(model(corrupt_ids, last_only=True)[0, -1].argmax())
-        )
-    if a == w:
-        raise GlassformerError("the answer and the wrong token are the same token; give answer and wrong")
+    a = single_token(model, answer, "answer") if answer else None
+    w = single_token(model, wrong, "wrong token") if wrong else None
     found = edit.patch_heads(model, clean_ids, corrupt_ids, a, w)
+    a, w = found.answer, found.wrong
     texts = token_texts(model, [a, w])
     return {
         "answer": {"token": texts[0], "id": a},
         "wrong": {"token": texts[1], "id": w},
         "clean_diff": round(found.clean_diff, 4),
         "corrupt_diff": round(found.corrupt_diff, 4),
+        "caution": found.caution(),
         "restored": rounded(found.restored, 4),
     }
 

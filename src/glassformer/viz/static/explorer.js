@@ -618,7 +618,8 @@
   function drawPatch(r) {
     $("patch-note").textContent = `logit(“${shown(r.answer.token)}”) − logit(“${shown(r.wrong.token)}”): ` +
       `${r.clean_diff.toFixed(2)} on your sentence, ${r.corrupt_diff.toFixed(2)} corrupted. ` +
-      "Rows: layers, columns: heads; each cell: the share restored by that head's output from your sentence.";
+      "Rows: layers, columns: heads; each cell: the share restored by that head's output from your sentence." +
+      (r.caution ? ` Note: ${r.caution}.` : "");
     const table = el("table", "patch-map");
     const head = el("tr", "");
     head.appendChild(el("th", "", ""));
