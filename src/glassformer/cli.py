@@ -612,13 +612,8 @@ def show(args) -> int:
     from .inputs import check_layer_head, encode_batch
     from .lab.showcase import choose_head
 
-    out = Path(args.out)
-    if out.suffix.lower() not in (".html", ".png", ".svg"):
-        raise GlassformerError(f"--out must end in .html, .png or .svg, not {out.name!r}")
-    if not out.parent.is_dir():
-        raise GlassformerError(f"the folder {out.parent} does not exist")
-    if out.is_dir():
-        raise GlassformerError(f"{out} is a directory; give a file name")
+    out = picture_path(args.out, (".html", ".png", ".svg"))
+    assert out is not None  # --out is required
     sampling.check(args.temperature)
     model = load_model(args)
     if out.suffix.lower() == ".html" or args.kind == "head":
@@ -749,13 +744,14 @@ def json_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object on stdout instead of text")
 
 
-def picture_path(out: str | None) -> Path | None:
-    """--out checked before any work: a .png or .svg in a folder that exists."""
+def picture_path(out: str | None, suffixes: tuple[str, ...] = (".png", ".svg")) -> Path | None:
+    """--out checked before any work: a file with one of `suffixes` in a folder that exists."""
     if out is None:
         return None
     path = Path(out)
-    if path.suffix.lower() not in (".png", ".svg"):
-        raise GlassformerError(f"--out must end in .png or .svg, not {path.name!r}")
+    if path.suffix.lower() not in suffixes:
+        *first, last = suffixes
+        raise GlassformerError(f"--out must end in {', '.join(first)} or {last}, not {path.name!r}")
     if not path.parent.is_dir():
         raise GlassformerError(f"the folder {path.parent} does not exist")
     if path.is_dir():
