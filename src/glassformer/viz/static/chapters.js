@@ -4,30 +4,7 @@
 "use strict";
 (() => {
   const $ = (id) => document.getElementById(id);
-  const NS = "http://www.w3.org/2000/svg";
-
-  function el(tag, cls, text) {
-    const e = document.createElement(tag);
-    if (cls) e.className = cls;
-    if (text !== undefined) e.textContent = text;
-    return e;
-  }
-
-  function svg(tag, attrs, text) {
-    const e = document.createElementNS(NS, tag);
-    for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
-    if (text !== undefined) e.textContent = text;
-    return e;
-  }
-
-  async function api(path, body) {
-    const res = await fetch(path, {
-      method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body),
-    });
-    const data = await res.json().catch(() => ({}));
-    if (!res.ok) throw new Error(typeof data.detail === "string" ? data.detail : `request failed (${res.status})`);
-    return data;
-  }
+  const { el, svg, api } = Grid; // grid.js comes first on the page
 
   const words = (text) => text.split(/[\s,]+/).filter(Boolean);
 

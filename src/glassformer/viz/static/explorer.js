@@ -3,7 +3,7 @@
 "use strict";
 (() => {
   const $ = (id) => document.getElementById(id);
-  const { el, shown } = Grid;
+  const { el, shown, api } = Grid;
   const state = {
     models: [],
     model: null, // what the current analysis was run on
@@ -21,15 +21,6 @@
     changed: [], // [layer, head, largest weight change]: later heads whose pattern moved
     seq: { analyze: 0, head: 0, next: 0, mlp: 0, detect: 0, ablate: 0, patch: 0, circuit: 0 }, // newest of each kind
   };
-
-  async function api(path, body) {
-    const res = await fetch(path, body === undefined ? {} : {
-      method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body),
-    });
-    const data = await res.json().catch(() => ({}));
-    if (!res.ok) throw new Error(typeof data.detail === "string" ? data.detail : `request failed (${res.status})`);
-    return data;
-  }
 
   // /api/analyze packs every head's pattern as uint16 (weight × scale) in base64; back to
   // nested arrays, patterns[layer][head][query][key]

@@ -20,10 +20,22 @@ const Grid = (() => {
     return e;
   }
 
-  function svg(tag, attrs) {
+  function svg(tag, attrs, text) {
     const e = document.createElementNS("http://www.w3.org/2000/svg", tag);
     for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
+    if (text !== undefined) e.textContent = text;
     return e;
+  }
+
+  // the explorer's one way to ask its server: POST JSON (GET without a body); a refusal's
+  // one-line detail becomes the Error's message
+  async function api(path, body) {
+    const res = await fetch(path, body === undefined ? {} : {
+      method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body),
+    });
+    const data = await res.json().catch(() => ({}));
+    if (!res.ok) throw new Error(typeof data.detail === "string" ? data.detail : `request failed (${res.status})`);
+    return data;
   }
 
   function shown(tok) {
@@ -253,7 +265,7 @@ const Grid = (() => {
   }
 
   return {
-    el, svg, shown, fmt, weightColor, signedColor, inkFor, maxAbsOf, orientationText,
+    el, svg, api, shown, fmt, weightColor, signedColor, inkFor, maxAbsOf, orientationText,
     fitCells, draw, hoverText, legend, strip, thumbnails, bars,
   };
 })();
